@@ -1,0 +1,1 @@
+"""The on-card applications, one module each, built from a profile."""

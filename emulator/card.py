@@ -1,0 +1,386 @@
+"""The card: power, selection, security state and the command dispatcher; `open_card`."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from .apdu import INS, SW, CommandApdu, StatusError
+from .apps import jpki
+from .files import Application, CardObject, Pin, RsaKey, TransparentEF
+from .layers import T0Chaining
+from .personalize import profile as _profiles
+from .personalize.profile import Profile, Quirks
+from .store import CardStore, PinState, StateLockedError
+
+__all__ = ["Card", "StateLockedError", "open_card"]
+
+log = logging.getLogger(__name__)
+
+_OK = b"\x90\x00"
+# GlobalPlatform ISD: selecting it restores the power-on state (card-spec §2.1).
+ISD_AID = bytes.fromhex("A0000001510000")
+_MAX_VERIFY_LENGTH = 16
+
+Handler = Callable[[CommandApdu], bytes]
+
+
+def _sw(sw: int) -> bytes:
+    return sw.to_bytes(2, "big")
+
+
+class Card:
+    """A powered (or not) card holding applications, answering APDUs as bytes."""
+
+    def __init__(
+        self, applications: Sequence[Application], store: CardStore, atr: bytes, quirks: Quirks
+    ) -> None:
+        self.atr = atr
+        self._applications = tuple(applications)
+        self._store = store
+        self._quirks = quirks
+        self._powered = False
+        self._app: Application | None = None
+        self._ef: CardObject | None = None
+        self._verified: set[int] = set()
+        self._pin_states: dict[int, dict[int, PinState]] = {
+            id(app): {pin.fid: store.pins[pin.state_name] for pin in app.pins()}
+            for app in self._applications
+        }
+        self._iso: dict[int, Handler] = {
+            INS.SELECT: self._select,
+            INS.READ_BINARY: self._read_binary,
+            INS.VERIFY: self._verify,
+            INS.CHANGE_REFERENCE_DATA: self._change_reference_data,
+            INS.GET_CHALLENGE: self._get_challenge,
+            INS.INTERNAL_AUTHENTICATE: self._internal_authenticate,
+            INS.READ_RECORD: self._read_record,
+            INS.GET_DATA: self._get_data,
+            INS.GET_RESPONSE: self._get_response,
+        }
+        self._proprietary: dict[int, Handler] = {
+            INS.COMPUTE_SIGNATURE: self._compute_signature,
+            INS.CHANGE_KEY: self._change_key,
+        }
+        self._exchange: Callable[[bytes], bytes] = (
+            T0Chaining(self._process).exchange if quirks.t0_chaining else self._process
+        )
+
+    # -- power ------------------------------------------------------------------------------
+
+    def power_on(self) -> bytes:
+        """Power the card on (a cold reset) and return the ATR."""
+        self._clear_session()
+        self._powered = True
+        return self.atr
+
+    def reset(self) -> bytes:
+        """Warm reset: security state and selection end; returns the ATR."""
+        return self.power_on()
+
+    def power_off(self) -> None:
+        self._clear_session()
+        self._powered = False
+
+    def close(self) -> None:
+        """Power off and release the state directory."""
+        self.power_off()
+        self._store.close()
+
+    def __enter__(self) -> Card:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _clear_session(self) -> None:
+        self._app = None
+        self._ef = None
+        self._verified.clear()
+        if isinstance(self._exchange, T0Chaining):
+            self._exchange.clear()
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def transmit(self, capdu: bytes) -> bytes:
+        """Process one command APDU and return the response APDU (data + SW)."""
+        if not self._powered:
+            self.power_on()
+        return self._exchange(capdu)
+
+    def _process(self, capdu: bytes) -> bytes:
+        try:
+            apdu = CommandApdu.parse(capdu)
+            cla = apdu.cla
+            if cla == 0x00:
+                handler = self._iso.get(apdu.ins)
+            elif cla == 0x80:
+                handler = self._proprietary.get(apdu.ins)
+            else:
+                return _sw(self._class_error(cla, apdu.ins))
+            if handler is None:
+                other = self._proprietary if cla == 0x00 else self._iso
+                return _sw(SW.CLA_NOT_SUPPORTED if apdu.ins in other else SW.INS_NOT_SUPPORTED)
+            if apdu.extended and not self._quirks.extended_length:
+                return _sw(SW.WRONG_LENGTH)
+            return handler(apdu)
+        except StatusError as error:
+            return _sw(error.sw)
+        except Exception:
+            log.exception("internal error on APDU %s", capdu.hex())
+            return _sw(SW.NO_PRECISE_DIAGNOSIS)
+
+    @staticmethod
+    def _class_error(cla: int, ins: int) -> int:
+        """The status word for a CLA other than 00 / 80 (decisions.md #19, #20)."""
+        if 0x40 <= cla <= 0x7F:
+            return SW.LOGICAL_CHANNEL_NOT_SUPPORTED
+        if cla >= 0xA0 or cla & 0x20:
+            return SW.CLA_NOT_SUPPORTED
+        if cla & 0x03:
+            return SW.LOGICAL_CHANNEL_NOT_SUPPORTED
+        if cla & 0x0C:
+            return (
+                SW.SECURE_MESSAGING_NOT_SUPPORTED
+                if ins == INS.SELECT
+                else SW.SM_DATA_OBJECT_MISSING
+            )
+        return SW.COMMAND_CHAINING_NOT_SUPPORTED
+
+    # -- SELECT -----------------------------------------------------------------------------
+
+    def _select(self, apdu: CommandApdu) -> bytes:
+        p1 = apdu.p1
+        if p1 == 0x04:
+            return self._select_application(apdu)
+        if p1 == 0x02:
+            if apdu.p2 != 0x0C:
+                raise StatusError(SW.INCORRECT_P1_P2)
+            if len(apdu.data) != 2:
+                raise StatusError(SW.WRONG_LENGTH)
+            if self._app is None:
+                raise StatusError(SW.FILE_NOT_FOUND)
+            obj = self._app.objects.get(apdu.data[0] << 8 | apdu.data[1])
+            if obj is None:
+                raise StatusError(SW.FILE_NOT_FOUND)
+            self._ef = obj
+            return _OK
+        if p1 == 0x00:
+            # No MF: 3F00 is not found; otherwise refused until an application is selected,
+            # and then accepted without changing anything (card-spec §2.1).
+            if apdu.data == b"\x3f\x00":
+                raise StatusError(SW.FILE_NOT_FOUND)
+            if self._app is None:
+                raise StatusError(SW.INCORRECT_P1_P2)
+            return _OK
+        raise StatusError(SW.INCORRECT_P1_P2)
+
+    def _select_application(self, apdu: CommandApdu) -> bytes:
+        p2 = apdu.p2
+        if p2 not in (0x00, 0x0C):
+            raise StatusError(SW.INCORRECT_P1_P2)
+        name = apdu.data
+        if not name:
+            raise StatusError(SW.FILE_NOT_FOUND)
+        if ISD_AID.startswith(name):
+            self._clear_session()
+            return b"\x6f\x09\x84\x07" + ISD_AID + _OK if p2 == 0x00 else _OK
+        for app in self._applications:
+            if app.aid.startswith(name):
+                if app is not self._app or self._quirks.reselect_clears_state:
+                    self._verified.clear()
+                self._app = app
+                self._ef = None
+                return app.fci() + _OK if p2 == 0x00 else _OK
+        raise StatusError(SW.FILE_NOT_FOUND)
+
+    # -- READ BINARY / READ RECORD ----------------------------------------------------------
+
+    def _object_by_sfi(self, sfi: int) -> CardObject:
+        obj = self._app.objects.get(sfi) if self._app is not None and sfi else None
+        if obj is None:
+            raise StatusError(SW.FILE_NOT_FOUND)
+        return obj
+
+    def _read_binary(self, apdu: CommandApdu) -> bytes:
+        p1 = apdu.p1
+        ef: CardObject | None
+        if p1 & 0x80:
+            if p1 & 0x60:
+                raise StatusError(SW.INCORRECT_P1_P2)
+            ef = self._ef = self._object_by_sfi(p1 & 0x1F)
+            offset = apdu.p2
+        else:
+            ef = self._ef
+            if ef is None:
+                raise StatusError(SW.NO_CURRENT_EF)
+            offset = p1 << 8 | apdu.p2
+        if not isinstance(ef, TransparentEF):
+            raise StatusError(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
+        le = apdu.le
+        if le is None or apdu.data:
+            raise StatusError(SW.WRONG_LENGTH)
+        if not ef.read.granted(self._verified):
+            raise StatusError(SW.SECURITY_STATUS_NOT_SATISFIED)
+        data = ef.data
+        if offset >= len(data):
+            raise StatusError(SW.OFFSET_OUTSIDE_EF)
+        return data[offset : offset + le] + _OK
+
+    def _read_record(self, apdu: CommandApdu) -> bytes:
+        # No record EFs in the JPKI-AP: ISO 7816-4 answers for the current EF.
+        if apdu.p2 & 0xF8:
+            self._object_by_sfi(apdu.p2 >> 3)
+            raise StatusError(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
+        if self._ef is None:
+            raise StatusError(SW.NO_CURRENT_EF)
+        raise StatusError(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
+
+    # -- PINs -------------------------------------------------------------------------------
+
+    def _pin(self, p2: int) -> tuple[Pin, PinState]:
+        """The PIN named by P2: 80 = the current EF, 80|SFI = that key (card-spec §2)."""
+        if p2 & 0xE0 != 0x80:
+            raise StatusError(SW.INCORRECT_P1_P2)
+        if p2 == 0x80:
+            obj = self._ef
+            if not isinstance(obj, Pin):
+                raise StatusError(SW.NO_CURRENT_EF)
+        else:
+            obj = self._app.objects.get(p2 & 0x1F) if self._app is not None else None
+            if not isinstance(obj, Pin):
+                raise StatusError(SW.REFERENCE_DATA_NOT_FOUND)
+        assert self._app is not None
+        return obj, self._pin_states[id(self._app)][obj.fid]
+
+    def _blocked(self) -> StatusError:
+        return StatusError(self._quirks.blocked_sw)
+
+    def _verify(self, apdu: CommandApdu) -> bytes:
+        if apdu.p1 != 0x00:
+            raise StatusError(SW.INCORRECT_P1_P2)
+        pin, state = self._pin(apdu.p2)
+        value = apdu.data
+        if apdu.le is not None or len(value) > _MAX_VERIFY_LENGTH:
+            raise StatusError(SW.WRONG_LENGTH)
+        if not value:  # retry query: costs no try
+            if pin.fid in self._verified and self._quirks.verified_query_sw is not None:
+                return _sw(self._quirks.verified_query_sw)
+            return _sw(SW.VERIFY_FAILED | state.remaining)
+        if state.remaining == 0:
+            raise self._blocked()
+        if hmac.compare_digest(value, state.value):
+            if state.remaining != state.max_tries:
+                self._store.set_remaining(state, state.max_tries)
+            self._verified.add(pin.fid)
+            return _OK
+        self._verified.discard(pin.fid)
+        self._store.set_remaining(state, state.remaining - 1)  # durable before the answer
+        return _sw(SW.VERIFY_FAILED | state.remaining)
+
+    def _change(self, apdu: CommandApdu, p1: int) -> bytes:
+        """CHANGE REFERENCE DATA (00 24 01 80) / CHANGE KEY (80 32 00 80) after VERIFY."""
+        if apdu.p1 != p1:
+            raise StatusError(SW.INCORRECT_P1_P2)
+        pin, state = self._pin(apdu.p2)
+        if pin.change_ins != apdu.ins:
+            raise StatusError(SW.CONDITIONS_NOT_SATISFIED)
+        if not apdu.data or apdu.le is not None:
+            raise StatusError(SW.WRONG_LENGTH)
+        if state.remaining == 0:
+            raise self._blocked()
+        if pin.fid not in self._verified:
+            raise StatusError(SW.SECURITY_STATUS_NOT_SATISFIED)
+        if not pin.accepts(apdu.data):
+            raise StatusError(SW.WRONG_DATA)
+        self._store.set_value(state, apdu.data)
+        return _OK
+
+    def _change_reference_data(self, apdu: CommandApdu) -> bytes:
+        return self._change(apdu, 0x01)
+
+    def _change_key(self, apdu: CommandApdu) -> bytes:
+        return self._change(apdu, 0x00)
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def _key(self, p2: int) -> RsaKey:
+        """The key named by P2: 80 = the current EF, 80|SFI = that key EF."""
+        if p2 == 0x80:
+            obj = self._ef
+        elif p2 & 0xE0 == 0x80:
+            obj = self._object_by_sfi(p2 & 0x1F)
+        else:
+            raise StatusError(SW.INCORRECT_P1_P2)
+        if not isinstance(obj, RsaKey):
+            raise StatusError(SW.NO_CURRENT_EF)
+        return obj
+
+    def _compute_signature(self, apdu: CommandApdu) -> bytes:
+        if apdu.extended:
+            raise StatusError(SW.WRONG_LENGTH)
+        if apdu.p1 > 0x05:
+            raise StatusError(SW.INCORRECT_P1_P2)
+        key = self._key(apdu.p2)
+        if not key.use.granted(self._verified):
+            raise StatusError(SW.SECURITY_STATUS_NOT_SATISFIED)
+        return key.sign(apdu.p1, apdu.data) + _OK
+
+    def _internal_authenticate(self, apdu: CommandApdu) -> bytes:
+        # JPKI keys sign only with 80 2A (decisions.md #32).
+        if apdu.p1 != 0x00:
+            raise StatusError(SW.INCORRECT_P1_P2)
+        key = self._key(apdu.p2)
+        if not key.use.granted(self._verified):
+            raise StatusError(SW.SECURITY_STATUS_NOT_SATISFIED)
+        raise StatusError(SW.CONDITIONS_NOT_SATISFIED)
+
+    # -- other ISO commands -----------------------------------------------------------------
+
+    def _get_challenge(self, apdu: CommandApdu) -> bytes:
+        if apdu.p1 or apdu.p2:
+            raise StatusError(SW.INCORRECT_P1_P2)
+        if apdu.extended:
+            raise StatusError(SW.CONDITIONS_NOT_SATISFIED)
+        if apdu.le is None or apdu.data:
+            raise StatusError(SW.WRONG_LENGTH)
+        return os.urandom(apdu.le) + _OK
+
+    def _get_data(self, apdu: CommandApdu) -> bytes:
+        # No GET DATA objects are emulated (the MF-level ones are optional, card-spec §2.3).
+        raise StatusError(SW.REFERENCE_DATA_NOT_FOUND)
+
+    def _get_response(self, apdu: CommandApdu) -> bytes:
+        # Answers come whole (T=1); with the t0_chaining quirk the layer answers instead.
+        raise StatusError(SW.CONDITIONS_NOT_SATISFIED)
+
+
+def open_card(profile: str | Path | Profile, state_dir: str | Path) -> Card:
+    """Open the card personalised from `profile`, keeping its live state in `state_dir`.
+
+    `profile` is a shipped profile name, a path to a profile file, or a loaded Profile.
+    `state_dir` is created (0700) if missing; a live card holding it raises StateLockedError.
+    """
+    loaded = profile if isinstance(profile, Profile) else _profiles.load_profile(profile)
+    applications = [jpki.build(loaded)]
+    initial = [
+        (pin, loaded.pins[pin.profile_name], loaded.counters.get(pin.profile_name, pin.max_tries))
+        for app in applications
+        for pin in app.pins()
+    ]
+    store = CardStore.open(
+        Path(state_dir),
+        profile_id=loaded.fingerprint,
+        profile_label=f"{loaded.name} ({loaded.path})",
+        pins=initial,
+    )
+    return Card(applications, store, loaded.atr, loaded.quirks)

@@ -1,0 +1,176 @@
+"""The card's objects: applications (DFs), elementary files, PINs and keys, with access rules."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+from .apdu import SW, StatusError
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """Who may perform an operation: anyone (`free`), or whoever verified one of `keys`."""
+
+    keys: frozenset[int] = frozenset()
+    free: bool = False
+
+    def granted(self, verified: set[int]) -> bool:
+        return self.free or not self.keys.isdisjoint(verified)
+
+
+ALWAYS = Access(free=True)
+NEVER = Access()
+
+
+def any_of(*fids: int) -> Access:
+    """Access opened by verifying any one of the PINs with these FIDs."""
+    return Access(keys=frozenset(fids))
+
+
+@dataclass(slots=True)
+class TransparentEF:
+    """A transparent EF; `data` is the whole allocated content, filler included."""
+
+    fid: int
+    data: bytes
+    read: Access = ALWAYS
+
+
+@dataclass(slots=True)
+class Pin:
+    """A PIN (reference data) object. Its value and counter live in the card's durable store.
+
+    `state_name` names it in the store and `mynacard status`; `profile_name` is the profile
+    PIN (and initial counter) it is personalised from. `change_ins` is the INS that may
+    change it (None: it cannot be changed by APDU).
+    """
+
+    fid: int
+    state_name: str
+    profile_name: str
+    max_tries: int
+    value_format: str  # regular expression a new value must match in full
+    change_ins: int | None = None
+
+    def accepts(self, value: bytes) -> bool:
+        return re.fullmatch(self.value_format, value.decode("latin-1")) is not None
+
+
+# DER DigestInfo prefixes (RFC 8017 §9.2 note 1), by total DigestInfo length.
+_DIGEST_INFOS: dict[int, tuple[bytes, hashes.HashAlgorithm]] = {
+    35: (bytes.fromhex("3021300906052b0e03021a05000414"), hashes.SHA1()),
+    47: (bytes.fromhex("302d300d06096086480165030402040500041c"), hashes.SHA224()),
+    51: (bytes.fromhex("3031300d060960864801650304020105000420"), hashes.SHA256()),
+    67: (bytes.fromhex("3041300d060960864801650304020205000430"), hashes.SHA384()),
+    83: (bytes.fromhex("3051300d060960864801650304020305000440"), hashes.SHA512()),
+}
+_PKCS1 = padding.PKCS1v15()
+_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+_SHA256 = hashes.SHA256()
+_PREHASHED_SHA256 = Prehashed(_SHA256)
+
+
+class SignatureScheme:
+    """P1 of COMPUTE DIGITAL SIGNATURE (80 2A), as measured on cards (card-spec §8)."""
+
+    RAW_PKCS1 = 0x00  # input padded as given (a DigestInfo, normally)
+    HASH_BARE_PKCS1 = 0x01  # card hashes with SHA-256 and pads the bare hash
+    DIGEST_PKCS1 = 0x02  # input is a SHA-256 hash; card wraps it in a DigestInfo
+    HASH_PKCS1 = 0x03  # card hashes and wraps: ordinary sha256WithRSAEncryption
+    DIGEST_PSS = 0x04  # input is a SHA-256 hash; RSASSA-PSS
+    HASH_PSS = 0x05  # card hashes; RSASSA-PSS
+
+
+@dataclass(slots=True)
+class RsaKey:
+    """An RSA private key EF. It signs; nothing reads it.
+
+    `use` is the access needed to sign (the PIN that guards it, or ALWAYS for card keys).
+    """
+
+    fid: int
+    key: RSAPrivateKey
+    use: Access
+    _crt: tuple[int, int, int, int, int, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        numbers = self.key.private_numbers()
+        self._crt = (
+            numbers.public_numbers.n,
+            numbers.p,
+            numbers.q,
+            numbers.dmp1,
+            numbers.dmq1,
+            numbers.iqmp,
+        )
+
+    def sign(self, scheme: int, data: bytes) -> bytes:
+        """Sign `data` under the P1 `scheme`; a bad input length raises StatusError(6700)."""
+        if scheme == SignatureScheme.RAW_PKCS1:
+            return self._sign_padded(data)
+        if not data:
+            raise StatusError(SW.WRONG_LENGTH)
+        if scheme == SignatureScheme.HASH_BARE_PKCS1:
+            return self._raw_pkcs1(hashlib.sha256(data).digest())
+        if scheme == SignatureScheme.HASH_PKCS1:
+            return self.key.sign(data, _PKCS1, _SHA256)
+        if scheme == SignatureScheme.HASH_PSS:
+            return self.key.sign(data, _PSS, _SHA256)
+        if len(data) != 32:
+            raise StatusError(SW.WRONG_LENGTH)
+        if scheme == SignatureScheme.DIGEST_PKCS1:
+            return self.key.sign(data, _PKCS1, _PREHASHED_SHA256)
+        if scheme == SignatureScheme.DIGEST_PSS:
+            return self.key.sign(data, _PSS, _PREHASHED_SHA256)
+        raise StatusError(SW.INCORRECT_P1_P2)
+
+    def _sign_padded(self, data: bytes) -> bytes:
+        """PKCS#1 v1.5 type-1 padding of `data` exactly as given, then the private operation.
+
+        A standard DigestInfo goes through `cryptography` (same bytes, OpenSSL speed); any
+        other input (a DigestInfo without NULL parameters, raw bytes) is padded here.
+        """
+        known = _DIGEST_INFOS.get(len(data))
+        if known is not None and data.startswith(known[0]):
+            return self.key.sign(data[len(known[0]) :], _PKCS1, Prehashed(known[1]))
+        return self._raw_pkcs1(data)
+
+    def _raw_pkcs1(self, data: bytes) -> bytes:
+        n, p, q, dp, dq, qinv = self._crt
+        k = (n.bit_length() + 7) // 8
+        if not 1 <= len(data) <= k - 11:
+            raise StatusError(SW.WRONG_LENGTH)
+        block = b"\x00\x01" + b"\xff" * (k - 3 - len(data)) + b"\x00" + data
+        m = int.from_bytes(block, "big")
+        m1 = pow(m, dp, p)
+        m2 = pow(m, dq, q)
+        h = (qinv * (m1 - m2)) % p
+        return (m2 + h * q).to_bytes(k, "big")
+
+
+CardObject = TransparentEF | Pin | RsaKey
+
+
+@dataclass(slots=True)
+class Application:
+    """A DF named by its AID, holding objects by FID."""
+
+    aid: bytes
+    label: str
+    objects: dict[int, CardObject]
+
+    def pins(self) -> Iterator[Pin]:
+        return (obj for obj in self.objects.values() if isinstance(obj, Pin))
+
+    def fci(self) -> bytes:
+        """FCI for SELECT with P2 = 00: 6F { 84 DF name } (decisions.md #9)."""
+        name = bytes((0x84, len(self.aid))) + self.aid
+        return bytes((0x6F, len(name))) + name
