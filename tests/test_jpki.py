@@ -101,14 +101,14 @@ def test_transmit_before_power_on_powers_on(profile: Profile, tmp_path: Path) ->
         ("00A4040C00", "6A82"),
         ("00B0000000000000", "6700"),  # extended marker with a short body
         ("00A4000C023F00", "6A82"),
-        ("00A4000C00", "6A82"),
+        ("00A4000C00", "6A86"),
         ("00A40000", "6A86"),
         ("00A4080C023F00", "6A86"),
         ("00A4020C020001", "6A82"),  # no application selected
         ("00B0000004", "6986"),
         ("00200080", "6986"),
         ("00840000", "6700"),
-        ("0084000000000008", "6985"),  # extended GET CHALLENGE
+        ("00840000000008", "6985"),  # extended GET CHALLENGE
         ("00C0000010", "6985"),
     ],
 )
@@ -180,7 +180,7 @@ def test_read_binary_bounds_and_forms(card: Card, profile: Profile) -> None:
     assert tx(card, "00B00EE001") == "6B00"
     whole = card.transmit(bytes.fromhex("00B00000000000"))  # extended Le 65536
     assert whole[-2:] == b"\x90\x00" and len(whole) == 3808 + 2
-    assert tx(card, "00B0000000000010") == whole[:16].hex().upper() + "9000"  # extended Le 16
+    assert tx(card, "00B00000000010") == whole[:16].hex().upper() + "9000"  # extended Le 16
     by_sfi = tx(card, "00A4040C0AD392F000260100000001", "00B0860004")  # SFI 6 = token info
     assert by_sfi == "4A504B499000"
     assert tx(card, "00B0000004") == "4A504B499000"  # SFI read made 0006 current
@@ -261,9 +261,8 @@ def test_quirks_blocked_sw_and_verified_query(profile: Profile, tmp_path: Path) 
         lambda c: c.reset(),
         lambda c: c.power_off(),
         lambda c: c.transmit(bytes.fromhex("00A4040C07A0000001510000")),  # the ISD
-        lambda c: c.transmit(bytes.fromhex("00A4040C0AD3921000310001010408")),  # text AP
     ],
-    ids=["reset", "power-off", "select-isd", "select-other-app"],
+    ids=["reset", "power-off", "select-isd"],
 )
 def test_verified_state_ends(card: Card, profile: Profile, leave: object) -> None:
     assert callable(leave)

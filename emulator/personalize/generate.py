@@ -1,0 +1,331 @@
+"""`mynacard profile new`: write a complete profile with a made-up holder and test keys."""
+
+from __future__ import annotations
+
+import random
+import secrets
+import shlex
+import string
+from collections.abc import Mapping
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+)
+
+from emulator.personalize.persona import JST, SIGN_CERT_MIN_AGE, Persona, make_persona
+from emulator.personalize.profile import (
+    DEFAULT_ATR,
+    PIN_MAX_TRIES,
+    PROFILE_NAME,
+    SET_PIN_NAMES,
+    ProfileError,
+    Quirks,
+    parse_profile,
+)
+from emulator.personalize.rsakeys import new_rsa_key
+from emulator.personalize.testca import (
+    CardholderCert,
+    CertKind,
+    TestCa,
+    make_auth_cert,
+    make_sign_cert,
+    make_test_ca,
+    shared_test_ca,
+)
+
+# Seeded profiles are issued on a day of 2025 chosen by the seed, so their dates never drift.
+SEEDED_ISSUE_START = datetime(2025, 1, 6, tzinfo=JST)
+_OPAQUE_ID_ALPHABET = string.digits + string.ascii_uppercase
+
+
+def new_profile(
+    path: Path,
+    seed: int | None = None,
+    *,
+    sign_cert: bool = True,
+    variant: str = "standard",
+    description: str | None = None,
+    holder_age: int | None = None,
+    pins: Mapping[str, str] | None = None,
+    counters: Mapping[str, int] | None = None,
+    atr: str = DEFAULT_ATR.hex().upper(),
+    overwrite: bool = False,
+) -> Path:
+    """Write a new profile file at `path` and return `path`.
+
+    With a seed the file is byte-identical on every run (persona, keys, certificates and
+    dates all follow from it, and seeded profiles share one test CA); without one everything
+    is random and the card is issued now. `pins` overrides any of auth, sign, text, juki and
+    common; `counters` sets initial remaining tries. Raises ProfileError for a bad argument
+    or an existing file (unless `overwrite`); nothing is written then.
+    """
+    if path.suffix != ".toml" or not PROFILE_NAME.fullmatch(path.stem):
+        raise ProfileError(
+            f"{path}: name the file <profile name>.toml, the name made of letters, digits, "
+            "'.', '_' and '-'"
+        )
+    if path.exists() and not overwrite:
+        raise ProfileError(f"{path}: already exists")
+    if holder_age is not None and not 0 <= holder_age <= 120:
+        raise ProfileError(f"holder_age: must be 0 to 120, got {holder_age}")
+    if sign_cert and holder_age is not None and holder_age < SIGN_CERT_MIN_AGE:
+        raise ProfileError(
+            f"holder_age: holders under {SIGN_CERT_MIN_AGE} get no signature certificate; "
+            "use sign_cert=False"
+        )
+    pins = dict(pins or {})
+    counters = dict(counters or {})
+    for name in pins:
+        if name not in SET_PIN_NAMES:
+            raise ProfileError(f"pins.{name}: only {', '.join(SET_PIN_NAMES)} can be set")
+
+    rng: random.Random = (
+        secrets.SystemRandom() if seed is None else random.Random(f"mynacard/{seed}/persona")
+    )
+    if seed is None:
+        issued_at = datetime.now(JST).replace(microsecond=0)
+    else:
+        issued_at = SEEDED_ISSUE_START + timedelta(
+            days=rng.randrange(360), seconds=rng.randrange(9 * 3600, 17 * 3600)
+        )
+    persona = make_persona(rng, issued_at, holder_age)
+    pin_values = {
+        "auth": persona.pin,
+        "sign": persona.sign_password,
+        "text": persona.pin,
+        "juki": persona.pin,
+        "common": persona.pin,
+    } | pins
+
+    auth_ca = _test_ca("auth", seed, issued_at, rng)
+    sign_ca = _test_ca("sign", seed, issued_at, rng)
+    auth_key = new_rsa_key(None if seed is None else f"mynacard/{seed}/auth-key")
+    auth_cert = make_auth_cert(auth_ca, _cardholder_cert(rng, persona, auth_key, "auth"))
+    keys: dict[str, str] = {
+        "auth_key": _private_key_pem(auth_key),
+        "auth_cert": _cert_pem(auth_cert),
+        "auth_ca_cert": _cert_pem(auth_ca.cert),
+    }
+    if sign_cert:
+        sign_key = new_rsa_key(None if seed is None else f"mynacard/{seed}/sign-key")
+        request = _cardholder_cert(rng, persona, sign_key, "sign")
+        keys["sign_key"] = _private_key_pem(sign_key)
+        keys["sign_cert"] = _cert_pem(make_sign_cert(sign_ca, request, persona.holder))
+    keys["sign_ca_cert"] = _cert_pem(sign_ca.cert)
+
+    command = _equivalent_command(
+        path, seed, sign_cert, variant, description, holder_age, pins, counters, atr
+    )
+    if description is None:
+        description = "Made-up holder" + (f" (seed {seed})" if seed is not None else "")
+    text = render_profile(
+        name=path.stem,
+        description=description,
+        atr=atr,
+        variant=variant,
+        persona=persona,
+        sign_cert=sign_cert,
+        pins=pin_values,
+        counters=counters,
+        keys=keys,
+        command=command,
+        reproducible=seed is not None,
+    )
+    data = text.encode("utf-8")
+    parse_profile(data, path=path, label=str(path))  # refuse to write an unloadable profile
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with path.open("wb" if overwrite else "xb") as file:
+            file.write(data)
+    except FileExistsError:
+        raise ProfileError(f"{path}: already exists") from None
+    return path
+
+
+def render_profile(
+    *,
+    name: str,
+    description: str,
+    atr: str,
+    variant: str,
+    persona: Persona,
+    sign_cert: bool,
+    pins: Mapping[str, str],
+    counters: Mapping[str, int],
+    keys: Mapping[str, str],
+    command: list[list[str]],
+    reproducible: bool,
+) -> str:
+    """The text of a profile file (TOML with a comment header).
+
+    `command` is the `mynacard profile new` command line in groups (an option with its value)
+    that are kept together when the header wraps it.
+    """
+    holder = persona.holder
+    made_by = (
+        "# Made by (re-create it byte for byte with):"
+        if reproducible
+        else "# Made without --seed (random: it cannot be re-made) by:"
+    )
+    quirks = Quirks()
+    lines = [
+        f"# mynacard profile {name!r}: a made-up My Number Card holder for testing.",
+        made_by,
+        *_command_comment(command),
+        "#",
+        "# TEST KEYS: the private keys and certificates in [keys] are test keys made by",
+        "# `mynacard profile new` under a test CA (O=JPKI-TEST). They are worthless outside",
+        "# testing: nothing trusts them, and seeded keys can be re-made by anyone.",
+        "# Every person, number and address in this file is made up.",
+        "",
+        "[profile]",
+        f"name = {_toml_string(name)}",
+        f"description = {_toml_string(description)}",
+        "# hex bytes, or a name from card-spec §1: jpki, jpki-02 ... jpki-09",
+        f"atr = {_toml_string(atr)}",
+        f"variant = {_toml_string(variant)}",
+        "",
+        "[holder]",
+        f"name = {_toml_string(holder.name)}",
+        f"address = {_toml_string(holder.address)}",
+        f"birth_date = {holder.birth_date.isoformat()}",
+        f"sex = {_toml_string(holder.sex)}  # 1 male, 2 female, 3 unknown",
+        "",
+        "[card]",
+        f"my_number = {_toml_string(persona.my_number)}",
+        f"expiry = {persona.card_expiry.isoformat()}",
+        f"security_code = {_toml_string(persona.security_code)}",
+        f"resident_code = {_toml_string(persona.resident_code)}  # 住民票コード",
+        "",
+        "[certificates]",
+        f"sign = {_toml_bool(sign_cert)}",
+        "auth = true",
+        "",
+        "[pins]",
+        "# code_a (照合番号A), code_b (照合番号B) and birth (生年月日 key) are derived",
+        "# from [holder] and [card].",
+        *(f"{pin} = {_toml_string(pins[pin])}" for pin in SET_PIN_NAMES),
+        "",
+        "[counters]",
+        "# Remaining tries at first use; 0 = blocked; absent = full:",
+        "# " + ", ".join(f"{pin} {most}" for pin, most in PIN_MAX_TRIES.items()),
+        *(f"{pin} = {counters[pin]}" for pin in counters),
+        "",
+        "[quirks]",
+        "# Behaviours where sources disagree (decisions.md); the values below are the defaults.",
+        f"blocked_sw = 0x{quirks.blocked_sw:04X}  # or 0x6983",
+        f"reselect_clears_state = {_toml_bool(quirks.reselect_clears_state)}",
+        "# verified_query_sw = 0x9000  # answer 9000 to a retry query on a verified PIN",
+        f"filler = 0x{quirks.filler:02X}  # or 0x00",
+        f"extended_length = {_toml_bool(quirks.extended_length)}",
+        f"t0_chaining = {_toml_bool(quirks.t0_chaining)}",
+        "",
+        "[keys]",
+        "test_only = true",
+        *(f"{key} = '''\n{pem}'''" for key, pem in keys.items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _equivalent_command(
+    path: Path,
+    seed: int | None,
+    sign_cert: bool,
+    variant: str,
+    description: str | None,
+    holder_age: int | None,
+    pins: Mapping[str, str],
+    counters: Mapping[str, int],
+    atr: str,
+) -> list[list[str]]:
+    """The `mynacard profile new` command line for these arguments, in option groups."""
+    command = [["mynacard", "profile", "new", str(path)]]
+    if seed is not None:
+        command.append(["--seed", str(seed)])
+    if not sign_cert:
+        command.append(["--no-sign-cert"])
+    if variant != "standard":
+        command.append(["--variant", variant])
+    if description is not None:
+        command.append(["--description", description])
+    if holder_age is not None:
+        command.append(["--age", str(holder_age)])
+    command += [["--pin", f"{name}={value}"] for name, value in pins.items()]
+    command += [["--counter", f"{name}={tries}"] for name, tries in counters.items()]
+    if atr != DEFAULT_ATR.hex().upper():
+        command.append(["--atr", atr])
+    return command
+
+
+def _command_comment(command: list[list[str]]) -> list[str]:
+    """`command` as comment lines of about 90 columns, continued shell-style."""
+    lines: list[str] = []
+    line = "#  "
+    for group in command:
+        words = shlex.join(group)
+        if len(line) + len(words) > 88 and line.strip("# "):
+            lines.append(line + " \\")
+            line = "#     "
+        line += " " + words
+    return [*lines, line]
+
+
+def _test_ca(kind: CertKind, seed: int | None, issued_at: datetime, rng: random.Random) -> TestCa:
+    """The shared seeded test CA, or a fresh one valid from the day before issue for 10 years."""
+    if seed is not None:
+        return shared_test_ca(kind)
+    not_before = datetime.combine(issued_at.date() - timedelta(days=1), time(0, 0), UTC)
+    not_after = datetime(issued_at.year + 10, 12, 31, 14, 59, 59, tzinfo=UTC)
+    serial = rng.randrange(0x10000000, 0x80000000)
+    return make_test_ca(kind, new_rsa_key(None), serial, not_before, not_after)
+
+
+def _cardholder_cert(
+    rng: random.Random, persona: Persona, key: RSAPrivateKey, kind: CertKind
+) -> CardholderCert:
+    """Serial, opaque subject id and validity of one of the holder's certificates."""
+    if kind == "auth":
+        common_name = "".join(rng.choice(_OPAQUE_ID_ALPHABET) for _ in range(22)) + "A"
+    else:  # issuance time + 13 digits + "A", like 202502240907273800303201003A
+        stamp = persona.issued_at.astimezone(JST).strftime("%Y%m%d%H%M%S")
+        common_name = stamp + "".join(rng.choice(string.digits) for _ in range(13)) + "A"
+    return CardholderCert(
+        public_key=key.public_key(),
+        serial=rng.randrange(0x10000000, 0x80000000),
+        common_name=common_name,
+        not_before=persona.issued_at.astimezone(UTC),
+        not_after=datetime.combine(persona.cert_expiry, time(14, 59, 59), UTC),
+        prefecture_romaji=persona.place.prefecture_romaji,
+        municipality_romaji=persona.place.municipality_romaji,
+    )
+
+
+def _private_key_pem(key: RSAPrivateKey) -> str:
+    return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode("ascii")
+
+
+def _cert_pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(Encoding.PEM).decode("ascii")
+
+
+def _toml_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string; non-ASCII text stays as UTF-8."""
+    escaped = []
+    for char in text:
+        if char in ('"', "\\"):
+            escaped.append("\\" + char)
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            escaped.append(f"\\u{ord(char):04X}")
+        else:
+            escaped.append(char)
+    return '"' + "".join(escaped) + '"'
