@@ -1,0 +1,1 @@
+"""The conformance bench: property-based APDU sequences against a card (see the README)."""

@@ -1,0 +1,226 @@
+"""The ``mynacard`` command: serve a card to pcscd, inspect profiles, manage card state."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from .vpcd import VPCD_HOST, VpcdClient, reader_name, reader_port
+
+PROG = "mynacard"
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one line, without a traceback."""
+
+
+def default_state_dir(profile_name: str) -> Path:
+    """``$XDG_STATE_HOME/mynacard/<profile>``, by default ``~/.local/state/mynacard/<profile>``."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / PROG / profile_name
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[v6addr]:PORT`` for IPv6)."""
+    host, sep, port_text = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise UserError(f"--vpcd expects HOST:PORT (e.g. 127.0.0.1:35963), got {text!r}")
+    return host, int(port_text)
+
+
+# -- serve ----------------------------------------------------------------------------------
+
+
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from . import open_card
+    from .personalize.profile import load_profile
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format=f"{PROG}: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.reader < 0:
+        raise UserError(f"--reader must be 0 or more, got {args.reader}")
+    host, port = parse_hostport(args.vpcd) if args.vpcd else (VPCD_HOST, reader_port(args.reader))
+    # Until the client takes over, a signal just ends the process (nothing to close yet).
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _exit_on_signal)
+    profile = load_profile(args.profile)
+    state_dir = Path(args.state) if args.state else default_state_dir(profile.name)
+    card = open_card(profile, state_dir)
+    try:
+        name = reader_name(port)
+        where = f"reader {name!r} via vpcd" if name else "vpcd"
+        print(
+            f"serving profile {profile.name!r} (state {state_dir}) on {where} {host}:{port}",
+            flush=True,
+        )
+        VpcdClient(card, host, port).run_until_signalled()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)  # let the state be written and released
+        card.close()
+    return 0
+
+
+# -- profile --------------------------------------------------------------------------------
+
+
+_SEX = {"1": "male", "2": "female", "3": "unknown"}
+
+
+def cmd_profile_show(args: argparse.Namespace) -> int:
+    from .personalize.profile import load_profile, profile_as_json
+
+    profile = load_profile(args.profile)
+    if args.json:
+        print(json.dumps(profile_as_json(profile), ensure_ascii=False, indent=2))
+        return 0
+    holder = profile.holder
+    rows = [
+        ("profile", f"{profile.name} ({profile.path})"),
+        ("description", profile.description),
+        ("ATR", profile.atr.hex(" ").upper()),
+        ("holder", holder.name),
+        ("address", holder.address),
+        ("birth date", holder.birth_date.isoformat()),
+        ("sex", f"{holder.sex} ({_SEX.get(holder.sex, '?')})"),
+        ("my number", profile.my_number),
+        ("card expiry", profile.card_expiry.isoformat()),
+        ("JPKI keys", "yes" if profile.jpki else "no"),
+    ]
+    rows += [(f"PIN {name}", value) for name, value in profile.pins.items()]
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+    return 0
+
+
+def cmd_profile_list(args: argparse.Namespace) -> int:
+    from .personalize.profile import shipped_profile_names
+
+    for name in shipped_profile_names():
+        print(name)
+    return 0
+
+
+def cmd_profile_new(args: argparse.Namespace) -> int:
+    from .personalize.generate import new_profile
+
+    path = new_profile(Path(args.path), seed=args.seed, sign_cert=not args.no_sign_cert)
+    print(path)
+    return 0
+
+
+# -- state ----------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .store import read_pin_status
+
+    pins = read_pin_status(Path(args.state))
+    if args.json:
+        rows: list[dict[str, Any]] = [
+            {
+                "name": p.name,
+                "remaining": p.remaining,
+                "max_tries": p.max_tries,
+                "blocked": p.blocked,
+            }
+            for p in pins
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'PIN':<8}  {'tries':>5}  blocked")
+    for p in pins:
+        tries = f"{p.remaining}/{p.max_tries}"
+        print(f"{p.name:<8}  {tries:>5}  {'yes' if p.blocked else 'no'}")
+    return 0
+
+
+def cmd_reset_pin(args: argparse.Namespace) -> int:
+    from .store import reset_pin
+
+    reset_pin(Path(args.state), args.name, args.value)
+    print(f"PIN {args.name} reset" + (" with a new value" if args.value is not None else ""))
+    return 0
+
+
+# -- entry point ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="A software My Number Card for PC/SC (via vsmartcard vpcd)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="serve a card to pcscd through vpcd (foreground)")
+    serve.add_argument("--profile", default="default", help="shipped profile name or profile path")
+    serve.add_argument("--state", metavar="DIR", help="state directory (default: per profile)")
+    target = serve.add_mutually_exclusive_group()
+    target.add_argument(
+        "--reader", type=int, default=0, metavar="N", help="vpcd reader number (default 0)"
+    )
+    target.add_argument("--vpcd", metavar="HOST:PORT", help="vpcd address instead of --reader")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log every APDU in hex")
+    serve.set_defaults(func=cmd_serve)
+
+    profile = sub.add_parser("profile", help="list, show or create card profiles")
+    psub = profile.add_subparsers(dest="profile_command", required=True, metavar="ACTION")
+    show = psub.add_parser("show", help="print a profile")
+    show.add_argument("profile", metavar="NAME|PATH")
+    show.add_argument("--json", action="store_true", help="print the profile as JSON")
+    show.set_defaults(func=cmd_profile_show)
+    listing = psub.add_parser("list", help="list the shipped profiles")
+    listing.set_defaults(func=cmd_profile_list)
+    new = psub.add_parser("new", help="create a profile with fresh test keys")
+    new.add_argument("path", metavar="PATH")
+    new.add_argument("--seed", type=int, help="same seed, same file (persona, keys, certificates)")
+    new.add_argument("--no-sign-cert", action="store_true", help="omit the signature certificate")
+    new.set_defaults(func=cmd_profile_new)
+
+    status = sub.add_parser("status", help="show the PIN counters of a card state")
+    status.add_argument("--state", metavar="DIR", required=True)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    reset = sub.add_parser("reset-pin", help="reset a PIN's counter (the municipal office's job)")
+    reset.add_argument("--state", metavar="DIR", required=True)
+    reset.add_argument("name", metavar="NAME", help="PIN name, e.g. auth or sign")
+    reset.add_argument("--value", metavar="NEW", help="also set a new PIN value")
+    reset.set_defaults(func=cmd_reset_pin)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``mynacard`` command; returns the exit status (2 for user errors)."""
+    from .personalize.profile import ProfileError
+    from .store import StateError
+
+    args = build_parser().parse_args(argv)
+    try:
+        status: int = args.func(args)
+    except BrokenPipeError:  # e.g. `mynacard profile show default | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (UserError, ProfileError, StateError, OSError) as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return status

@@ -1,0 +1,408 @@
+"""The vpcd transport: framing against a fake vpcd, then through the real pcscd."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import ServeCard, pcsc_unavailable
+from pcsc import (
+    REPO_ROOT,
+    owned_pcscd_pid,
+    reader_name,
+    start_pcscd,
+    stop_pcscd,
+    wait_for_card,
+)
+
+from emulator.vpcd import VpcdClient, reader_port, unreachable_message
+
+ATR = bytes.fromhex("3B80800101")
+SELECT_UNKNOWN = bytes.fromhex("00A4040C07A0000000000001")
+SELECT_JPKI = bytes.fromhex("00A4040C0AD392F000260100000001")
+
+
+class FakeCard:
+    """Records power events; SELECT gives 6A82, other APDUs get ``answer(capdu)``."""
+
+    def __init__(self, answer: Callable[[bytes], bytes] | None = None) -> None:
+        self.atr = ATR
+        self.events: list[str] = []
+        self.answer = answer or (lambda capdu: capdu + b"\x90\x00")
+
+    def power_on(self) -> bytes:
+        self.events.append("on")
+        return self.atr
+
+    def power_off(self) -> None:
+        self.events.append("off")
+
+    def reset(self) -> bytes:
+        self.events.append("reset")
+        return self.atr
+
+    def transmit(self, capdu: bytes) -> bytes:
+        if capdu[1:2] == b"\xa4":
+            return b"\x6a\x82"
+        return self.answer(capdu)
+
+
+class VpcdConn:
+    """The vpcd side of one connection."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        sock.settimeout(5)
+
+    def send(self, payload: bytes) -> None:
+        self.sock.sendall(struct.pack("!H", len(payload)) + payload)
+
+    def recv(self) -> bytes:
+        (size,) = struct.unpack("!H", self._exact(2))
+        return self._exact(size)
+
+    def _exact(self, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise EOFError
+            buf += chunk
+        return buf
+
+    def control(self, code: int) -> None:
+        self.send(bytes([code]))
+
+    def atr(self) -> bytes:
+        self.control(4)
+        return self.recv()
+
+    def apdu(self, capdu: bytes) -> bytes:
+        self.send(capdu)
+        return self.recv()
+
+
+class FakeVpcd:
+    """A listening socket standing in for vpcd's reader port."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.listener = socket.create_server(("127.0.0.1", port))
+        self.listener.settimeout(5)
+        self.port: int = self.listener.getsockname()[1]
+
+    def accept(self) -> VpcdConn:
+        return VpcdConn(self.listener.accept()[0])
+
+    def accept_from(self, proc: subprocess.Popen[str], timeout: float = 10) -> VpcdConn:
+        """Accept the connection of a card subprocess, failing early if it exits."""
+        self.listener.settimeout(0.1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                return self.accept()
+            except TimeoutError:
+                continue
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"card process did not connect (rc {proc.returncode}):\n{out}{err}")
+
+
+@contextmanager
+def running(client: VpcdClient) -> Iterator[threading.Thread]:
+    thread = threading.Thread(target=client.run, daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        client.request_stop()
+        thread.join(5)
+        assert not thread.is_alive(), "client did not stop"
+
+
+@pytest.fixture
+def vpcd() -> Iterator[FakeVpcd]:
+    server = FakeVpcd()
+    yield server
+    server.listener.close()
+
+
+def test_reader_ports() -> None:
+    assert reader_port(0) == 35963
+    assert reader_port(1) == 35964
+
+
+def test_control_codes(vpcd: FakeVpcd) -> None:
+    card = FakeCard()
+    with running(VpcdClient(card, "127.0.0.1", vpcd.port)):
+        conn = vpcd.accept()
+        assert conn.atr() == ATR  # control codes have no reply: GET ATR synchronises
+        assert card.events == ["off"]  # powered off on connect
+        for code in (1, 2, 0):
+            conn.control(code)
+        assert conn.atr() == ATR
+        assert card.events == ["off", "on", "reset", "off"]
+
+
+def test_apdu_round_trip(vpcd: FakeVpcd) -> None:
+    with running(VpcdClient(FakeCard(), "127.0.0.1", vpcd.port)):
+        conn = vpcd.accept()
+        conn.control(1)
+        assert conn.apdu(SELECT_UNKNOWN) == b"\x6a\x82"
+        assert conn.apdu(b"\x00\x84\x00\x00\x08") == b"\x00\x84\x00\x00\x08\x90\x00"
+
+
+def test_message_split_across_reads(vpcd: FakeVpcd) -> None:
+    """vpcd writes length and body separately; the body may also arrive in pieces."""
+    with running(VpcdClient(FakeCard(), "127.0.0.1", vpcd.port)):
+        conn = vpcd.accept()
+        capdu = b"\x00\xda\x00\x00\x00\x10\x00" + bytes(4096)
+        message = struct.pack("!H", len(capdu)) + capdu
+        for piece in (message[:1], message[1:2], message[2:100], message[100:]):
+            conn.sock.sendall(piece)
+            time.sleep(0.01)
+        assert conn.recv() == capdu + b"\x90\x00"
+
+
+def test_large_response(vpcd: FakeVpcd) -> None:
+    body = bytes(range(256)) * 234 + b"\x01" * 96  # 60 000 bytes
+    with running(VpcdClient(FakeCard(lambda c: body + b"\x90\x00"), "127.0.0.1", vpcd.port)):
+        conn = vpcd.accept()
+        assert conn.apdu(b"\x00\xb0\x00\x00\x00\x00\x00") == body + b"\x90\x00"
+        assert conn.apdu(b"\x00\xb0\x00\x00\x00\x00\x00") == body + b"\x90\x00"
+
+
+def test_oversize_response_keeps_framing(vpcd: FakeVpcd, caplog: pytest.LogCaptureFixture) -> None:
+    def answer(capdu: bytes) -> bytes:
+        return bytes(65534) + b"\x90\x00" if capdu[1] == 0xB0 else b"\x90\x00"
+
+    with running(VpcdClient(FakeCard(answer), "127.0.0.1", vpcd.port)):
+        conn = vpcd.accept()
+        assert conn.apdu(b"\x00\xb0\x00\x00\x00\x00\x00") == b"\x6f\x00"
+        assert conn.apdu(b"\x00\x84\x00\x00\x08") == b"\x90\x00"  # still in step
+    assert "exceeds vpcd's 65535-byte limit" in caplog.text
+
+
+def test_card_exception_answers_6f00(vpcd: FakeVpcd, caplog: pytest.LogCaptureFixture) -> None:
+    def answer(capdu: bytes) -> bytes:
+        raise ValueError("card bug")
+
+    with running(VpcdClient(FakeCard(answer), "127.0.0.1", vpcd.port)):
+        conn = vpcd.accept()
+        assert conn.apdu(b"\x00\x84\x00\x00\x08") == b"\x6f\x00"
+        assert conn.apdu(SELECT_UNKNOWN) == b"\x6a\x82"
+    assert "card bug" in caplog.text
+
+
+def test_reconnects_after_close(vpcd: FakeVpcd) -> None:
+    card = FakeCard()
+    with running(VpcdClient(card, "127.0.0.1", vpcd.port)):
+        conn = vpcd.accept()
+        conn.control(1)
+        assert conn.apdu(SELECT_UNKNOWN) == b"\x6a\x82"
+        conn.sock.close()  # pcscd went away
+        started = time.monotonic()
+        conn = vpcd.accept()
+        assert time.monotonic() - started < 1.0
+        assert conn.atr() == ATR
+        assert card.events == ["off", "on", "off"]  # powered off again on reconnect
+        assert conn.apdu(SELECT_UNKNOWN) == b"\x6a\x82"
+
+
+def test_retries_until_vpcd_listens(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    caplog.set_level(logging.INFO, logger="emulator.vpcd")
+    with running(VpcdClient(FakeCard(), "127.0.0.1", port)):
+        time.sleep(0.5)  # a few refused attempts
+        server = FakeVpcd(port)
+        try:
+            assert server.accept().atr() == ATR
+        finally:
+            server.listener.close()
+    hints = [r for r in caplog.records if "cannot reach vpcd" in r.getMessage()]
+    assert len(hints) == 1
+    assert f"127.0.0.1:{port} (connection refused)" in hints[0].getMessage()
+
+
+def test_unreachable_message_says_how_to_start() -> None:
+    err = ConnectionRefusedError(111, "Connection refused")
+    message = unreachable_message("127.0.0.1", 35963, err)
+    assert "pcscd --foreground" in message and "vsmartcard-vpcd" in message
+
+
+def test_warns_when_vpcd_stays_silent(vpcd: FakeVpcd, caplog: pytest.LogCaptureFixture) -> None:
+    """vpcd keeps a second card for the same reader waiting in its backlog, silent."""
+    with running(VpcdClient(FakeCard(), "127.0.0.1", vpcd.port, idle_warning=0.2)):
+        conn = vpcd.accept()
+        time.sleep(0.4)
+        assert conn.atr() == ATR
+    assert "is another card already using this reader?" in caplog.text
+
+
+def test_stop_while_idle(vpcd: FakeVpcd) -> None:
+    client = VpcdClient(FakeCard(), "127.0.0.1", vpcd.port)
+    with running(client) as thread:
+        vpcd.accept().atr()
+        started = time.monotonic()
+        client.request_stop()
+        thread.join(2)
+        assert not thread.is_alive()
+        assert time.monotonic() - started < 0.5
+
+
+def test_verbose_logs_apdus_in_hex(vpcd: FakeVpcd, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="emulator.vpcd")
+    with running(VpcdClient(FakeCard(), "127.0.0.1", vpcd.port)):
+        vpcd.accept().apdu(SELECT_UNKNOWN)
+    assert "C-APDU 00 a4 04 0c 07 a0 00 00 00 00 00 01" in caplog.text
+    assert "R-APDU 6a 82" in caplog.text
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_serve_exits_cleanly_on_signal(
+    vpcd: FakeVpcd, tmp_path: Path, signum: signal.Signals
+) -> None:
+    """`mynacard serve` closes the card (state released) and exits 0, without a traceback."""
+    from emulator import open_card
+
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "emulator",
+            "serve",
+            "--state",
+            str(state),
+            "--vpcd",
+            f"127.0.0.1:{vpcd.port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    try:
+        conn = vpcd.accept_from(proc)
+        conn.control(1)
+        assert conn.apdu(SELECT_JPKI) == b"\x90\x00"
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert out.startswith("serving profile 'default'")
+    with open_card("default", state):  # the state lock was released
+        pass
+
+
+# -- through pcscd ---------------------------------------------------------------------------
+
+THREAD_READER = 1  # in-process cards use reader 1, `mynacard serve` tests reader 0
+
+
+@contextmanager
+def card_in_reader(card: FakeCard, reader: int = THREAD_READER) -> Iterator[str]:
+    """Serve ``card`` from a thread of this process; yield the reader name once present."""
+    name = reader_name(reader)
+    client = VpcdClient(card, "127.0.0.1", reader_port(reader))
+    with running(client):
+        assert wait_for_card(name, present=True, timeout=5), f"no card in {name}"
+        yield name
+    assert wait_for_card(name, present=False, timeout=5), f"card still in {name}"
+
+
+def connect(name: str):  # type: ignore[no-untyped-def]
+    from smartcard.System import readers
+
+    reader = next(r for r in readers() if str(r) == name)
+    connection = reader.createConnection()
+    connection.connect()
+    return connection
+
+
+def transmit(connection, capdu: bytes) -> bytes:  # type: ignore[no-untyped-def]
+    data, sw1, sw2 = connection.transmit(list(capdu))
+    return bytes([*data, sw1, sw2])
+
+
+@pytest.mark.pcsc
+def test_pcsc_round_trip(pcscd: int) -> None:
+    body = bytes(range(256)) * 234 + b"\x01" * 96  # 60 000 bytes
+
+    def answer(capdu: bytes) -> bytes:
+        return body + b"\x90\x00" if capdu[1] == 0xB0 else b"\x90\x00"
+
+    with card_in_reader(FakeCard(answer)) as name:
+        connection = connect(name)
+        try:
+            assert bytes(connection.getATR()) == ATR
+            assert transmit(connection, SELECT_UNKNOWN) == b"\x6a\x82"
+            assert transmit(connection, b"\x00\xb0\x00\x00\x00\x00\x00") == body + b"\x90\x00"
+        finally:
+            connection.disconnect()
+
+
+@pytest.mark.pcsc
+def test_pcsc_latency_needs_quickack(pcscd: int) -> None:
+    """Without TCP_QUICKACK every APDU costs ~44 ms (Nagle + delayed ACK in vpcd)."""
+    with card_in_reader(FakeCard()) as name:
+        connection = connect(name)
+        try:
+            for _ in range(20):
+                transmit(connection, b"\x00\x84\x00\x00\x08")
+            times = []
+            for _ in range(200):
+                started = time.perf_counter()
+                transmit(connection, b"\x00\x84\x00\x00\x08")
+                times.append(time.perf_counter() - started)
+        finally:
+            connection.disconnect()
+    assert statistics.median(times) < 0.005
+
+
+@pytest.mark.pcsc
+def test_serve_through_pcscd(serve: ServeCard) -> None:
+    from emulator.personalize.profile import load_profile
+
+    with serve("default") as name:
+        connection = connect(name)
+        try:
+            assert bytes(connection.getATR()) == load_profile("default").atr
+            assert transmit(connection, SELECT_UNKNOWN) == b"\x6a\x82"
+            assert transmit(connection, SELECT_JPKI) == b"\x90\x00"
+        finally:
+            connection.disconnect()
+
+
+@pytest.mark.pcsc
+def test_serve_survives_pcscd_restart(serve: ServeCard) -> None:
+    pid = owned_pcscd_pid()
+    if pid is None:
+        if os.environ.get("CI") == "true":
+            pcsc_unavailable("pcscd was not started by setup.sh or the test fixture")
+        pytest.skip("pcscd was not started by this repository; not restarting someone else's")
+    with serve("default") as name:
+        stop_pcscd(pid)
+        start_pcscd()
+        assert wait_for_card(name, present=True, timeout=5), "card did not come back"
+        connection = connect(name)
+        try:
+            assert transmit(connection, SELECT_JPKI) == b"\x90\x00"
+        finally:
+            connection.disconnect()
