@@ -40,6 +40,20 @@ def parse_hostport(text: str) -> tuple[str, int]:
 # -- serve ----------------------------------------------------------------------------------
 
 
+def _assignment(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def _counter(text: str) -> tuple[str, int]:
+    name, value = _assignment(text)
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected NAME=N with N a number, got {text!r}")
+    return name, int(value)
+
+
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
@@ -121,7 +135,18 @@ def cmd_profile_list(args: argparse.Namespace) -> int:
 def cmd_profile_new(args: argparse.Namespace) -> int:
     from .personalize.generate import new_profile
 
-    path = new_profile(Path(args.path), seed=args.seed, sign_cert=not args.no_sign_cert)
+    path = new_profile(
+        Path(args.path),
+        seed=args.seed,
+        sign_cert=not args.no_sign_cert,
+        variant=args.variant,
+        description=args.description,
+        holder_age=args.age,
+        pins=dict(args.pin),
+        counters=dict(args.counter),
+        atr=args.atr,
+        overwrite=args.force,
+    )
     print(path)
     return 0
 
@@ -192,6 +217,27 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("path", metavar="PATH")
     new.add_argument("--seed", type=int, help="same seed, same file (persona, keys, certificates)")
     new.add_argument("--no-sign-cert", action="store_true", help="omit the signature certificate")
+    new.add_argument("--variant", default="standard", help="free-text card variant label")
+    new.add_argument("--description", help="one-line description of the persona")
+    new.add_argument("--age", type=int, help="holder's age at issue (default: random adult)")
+    new.add_argument(
+        "--pin",
+        type=_assignment,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a PIN: auth, sign, text, juki or common (repeatable)",
+    )
+    new.add_argument(
+        "--counter",
+        type=_counter,
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="initial remaining tries of a PIN, 0 = blocked (repeatable)",
+    )
+    new.add_argument("--atr", default="3BE000FF8131FE4514", help="ATR hex or a known ATR name")
+    new.add_argument("--force", action="store_true", help="overwrite an existing file")
     new.set_defaults(func=cmd_profile_new)
 
     status = sub.add_parser("status", help="show the PIN counters of a card state")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import select
+import shlex
 import signal
 import socket
 import subprocess
@@ -79,6 +80,26 @@ def test_profile_new(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert path.exists()
     assert mynacard("profile", "show", path).returncode == 0
+
+
+@pytest.mark.parametrize("name", ["default", "no-sign-cert", "sign-blocked"])
+def test_shipped_profile_header_command_recreates_it(tmp_path: Path, name: str) -> None:
+    shipped = REPO_ROOT / "profiles" / f"{name}.toml"
+    header = shipped.read_text(encoding="utf-8").split("# Made by", 1)[1].split("\n#\n", 1)[0]
+    command = " ".join(line.lstrip("#").strip().rstrip("\\") for line in header.splitlines()[1:])
+    argv = shlex.split(command)
+    assert argv[:3] == ["mynacard", "profile", "new"]
+    (tmp_path / "profiles").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "emulator", *argv[1:]],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "profiles" / f"{name}.toml").read_bytes() == shipped.read_bytes()
 
 
 def test_status_and_reset_pin(tmp_path: Path) -> None:
