@@ -11,7 +11,7 @@ from types import TracebackType
 
 from .apdu import INS, SW, CommandApdu, StatusError
 from .apps import jpki
-from .files import Application, CardObject, Pin, RsaKey, TransparentEF
+from .files import Application, CardObject, Pin, RecordEF, RsaKey, TransparentEF
 from .layers import T0Chaining
 from .personalize import profile as _profiles
 from .personalize.profile import Profile, Quirks
@@ -237,13 +237,28 @@ class Card:
         return data[offset : offset + le] + _OK
 
     def _read_record(self, apdu: CommandApdu) -> bytes:
-        # No record EFs in the JPKI-AP: ISO 7816-4 answers for the current EF.
-        if apdu.p2 & 0xF8:
-            self._object_by_sfi(apdu.p2 >> 3)
+        """READ RECORD P1 (P2 = 04: the current EF; (SFI << 3) | 04: that EF, made current)."""
+        p2 = apdu.p2
+        if p2 & 0x07 != 0x04:
+            raise StatusError(SW.INCORRECT_P1_P2)
+        ef: CardObject | None
+        if p2 >> 3:
+            ef = self._ef = self._object_by_sfi(p2 >> 3)
+        else:
+            ef = self._ef
+            if ef is None:
+                raise StatusError(SW.NO_CURRENT_EF)
+        if not isinstance(ef, RecordEF):
             raise StatusError(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
-        if self._ef is None:
-            raise StatusError(SW.NO_CURRENT_EF)
-        raise StatusError(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
+        if apdu.le is None or apdu.data:
+            raise StatusError(SW.WRONG_LENGTH)
+        if not ef.read.granted(self._verified):
+            raise StatusError(SW.SECURITY_STATUS_NOT_SATISFIED)
+        number = apdu.p1
+        if not 1 <= number <= len(ef.records):
+            raise StatusError(SW.RECORD_NOT_FOUND)
+        # An Le shorter than the record returns its first Le bytes, as READ BINARY does.
+        return ef.records[number - 1][: apdu.le] + _OK
 
     # -- PINs -------------------------------------------------------------------------------
 
@@ -314,9 +329,15 @@ class Card:
     # -- keys -------------------------------------------------------------------------------
 
     def _key(self, p2: int) -> RsaKey:
-        """The key named by P2: 80 = the current EF, 80|SFI = that key EF."""
+        """The key named by P2: 80 = the current EF, 80|SFI = that key EF, 00 = the AP's."""
+        obj: CardObject | None
         if p2 == 0x80:
             obj = self._ef
+        elif p2 == 0x00:
+            app = self._app
+            if app is None or app.default_key is None:
+                raise StatusError(SW.INCORRECT_P1_P2)
+            obj = app.objects[app.default_key]
         elif p2 & 0xE0 == 0x80:
             obj = self._object_by_sfi(p2 & 0x1F)
         else:
@@ -336,13 +357,17 @@ class Card:
         return key.sign(apdu.p1, apdu.data) + _OK
 
     def _internal_authenticate(self, apdu: CommandApdu) -> bytes:
-        # JPKI keys sign only with 80 2A (decisions.md #32).
-        if apdu.p1 != 0x00:
+        """Only keys made for it answer; JPKI keys sign only with 80 2A (decisions.md #32)."""
+        if apdu.p1 != 0x00 or apdu.p2 == 0x00:
             raise StatusError(SW.INCORRECT_P1_P2)
         key = self._key(apdu.p2)
         if not key.use.granted(self._verified):
             raise StatusError(SW.SECURITY_STATUS_NOT_SATISFIED)
-        raise StatusError(SW.CONDITIONS_NOT_SATISFIED)
+        if not key.internal_authenticate:
+            raise StatusError(SW.CONDITIONS_NOT_SATISFIED)
+        if apdu.extended or apdu.le is None:
+            raise StatusError(SW.WRONG_LENGTH)
+        return key.authenticate(apdu.data) + _OK
 
     # -- other ISO commands -----------------------------------------------------------------
 
@@ -374,6 +399,8 @@ def open_card(profile: str | Path | Profile, state_dir: str | Path) -> Card:
     applications = [jpki.build(loaded)]
     initial = [
         (pin, loaded.pins[pin.profile_name], loaded.counters.get(pin.profile_name, pin.max_tries))
+        if pin.profile_name is not None
+        else (pin, "", pin.max_tries)
         for app in applications
         for pin in app.pins()
     ]

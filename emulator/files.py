@@ -45,17 +45,27 @@ class TransparentEF:
 
 
 @dataclass(slots=True)
+class RecordEF:
+    """A record-structured EF; record numbers count from 1."""
+
+    fid: int
+    records: list[bytes]
+    read: Access = ALWAYS
+
+
+@dataclass(slots=True)
 class Pin:
     """A PIN (reference data) object. Its value and counter live in the card's durable store.
 
     `state_name` names it in the store and `mynacard status`; `profile_name` is the profile
-    PIN (and initial counter) it is personalised from. `change_ins` is the INS that may
-    change it (None: it cannot be changed by APDU).
+    PIN (and initial counter) it is personalised from, None for a key blocked at issuance
+    (no value; give it max_tries 0). `change_ins` is the INS that may change it (None: it
+    cannot be changed by APDU).
     """
 
     fid: int
     state_name: str
-    profile_name: str
+    profile_name: str | None
     max_tries: int
     value_format: str  # regular expression a new value must match in full
     change_ins: int | None = None
@@ -94,11 +104,14 @@ class RsaKey:
     """An RSA private key EF. It signs; nothing reads it.
 
     `use` is the access needed to sign (the PIN that guards it, or ALWAYS for card keys).
+    `internal_authenticate`: the key answers INTERNAL AUTHENTICATE (a PKCS#1 v1.5
+    signature of the challenge's SHA-256 DigestInfo, as 共通カードAP EF 0019 does).
     """
 
     fid: int
     key: RSAPrivateKey
     use: Access
+    internal_authenticate: bool = False
     _crt: tuple[int, int, int, int, int, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -132,6 +145,12 @@ class RsaKey:
             return self.key.sign(data, _PSS, _PREHASHED_SHA256)
         raise StatusError(SW.INCORRECT_P1_P2)
 
+    def authenticate(self, challenge: bytes) -> bytes:
+        """INTERNAL AUTHENTICATE: sign the SHA-256 DigestInfo of a 1-255 byte challenge."""
+        if not challenge:
+            raise StatusError(SW.WRONG_LENGTH)
+        return self.key.sign(challenge, _PKCS1, _SHA256)
+
     def _sign_padded(self, data: bytes) -> bytes:
         """PKCS#1 v1.5 type-1 padding of `data` exactly as given, then the private operation.
 
@@ -156,16 +175,20 @@ class RsaKey:
         return (m2 + h * q).to_bytes(k, "big")
 
 
-CardObject = TransparentEF | Pin | RsaKey
+CardObject = TransparentEF | RecordEF | Pin | RsaKey
 
 
 @dataclass(slots=True)
 class Application:
-    """A DF named by its AID, holding objects by FID."""
+    """A DF named by its AID, holding objects by FID.
+
+    `default_key` is the key COMPUTE DIGITAL SIGNATURE uses with P2 = 00 (the 券面 APs).
+    """
 
     aid: bytes
     label: str
     objects: dict[int, CardObject]
+    default_key: int | None = None
 
     def pins(self) -> Iterator[Pin]:
         return (obj for obj in self.objects.values() if isinstance(obj, Pin))
