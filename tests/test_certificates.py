@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime, time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 from emulator.personalize import Profile, ProfileError, load_profile, new_profile
 from emulator.personalize.eras import era_coded_date
 from emulator.personalize.persona import JST
-from emulator.personalize.profile import MAX_CERT_SIZE, PROFILES_DIR
+from emulator.personalize.profile import MAX_CERT_SIZE, shipped_profile_names
 from emulator.personalize.testca import (
     SAN_ADDRESS,
     SAN_ADDRESS_ALT_POSITIONS,
@@ -31,30 +30,6 @@ from emulator.personalize.testca import (
     read_holder_alt_names,
 )
 
-SIMPLE_PINS = {"auth": "1234", "sign": "ABC123", "text": "1234", "juki": "1234", "common": "1234"}
-# How the shipped profiles were made (the same call as in each file's header).
-SHIPPED_RECIPES: dict[str, dict[str, object]] = {
-    "default": {
-        "seed": 1,
-        "description": "Adult holder, both certificates, full counters, simple PINs",
-        "pins": SIMPLE_PINS,
-    },
-    "no-sign-cert": {
-        "seed": 2,
-        "sign_cert": False,
-        "variant": "no-sign-cert",
-        "description": "14-year-old holder: auth certificate only, no signature certificate",
-        "holder_age": 14,
-        "pins": SIMPLE_PINS,
-    },
-    "sign-blocked": {
-        "seed": 3,
-        "variant": "sign-blocked",
-        "description": "Adult holder whose signature password is blocked (0 tries left)",
-        "pins": SIMPLE_PINS,
-        "counters": {"sign": 0},
-    },
-}
 JPKI_SERVICE = "公的個人認証サービス"
 JLIS = "地方公共団体情報システム機構"
 
@@ -79,7 +54,7 @@ def unseeded_profile(tmp_path_factory: pytest.TempPathFactory) -> Profile:
     return load_profile(path)
 
 
-@pytest.fixture(scope="module", params=[*SHIPPED_RECIPES, "unseeded"])
+@pytest.fixture(scope="module", params=[*shipped_profile_names(), "unseeded"])
 def certs(request: pytest.FixtureRequest, unseeded_profile: Profile) -> Certs:
     name: str = request.param
     return Certs(unseeded_profile if name == "unseeded" else load_profile(name))
@@ -272,17 +247,6 @@ def test_unseeded_profile_is_fresh(unseeded_profile: Profile) -> None:
     assert "without --seed" in unseeded_profile.path.read_text(encoding="utf-8")
     issued = x509.load_der_x509_certificate(unseeded_profile.jpki.auth_cert).not_valid_before_utc
     assert abs((datetime.now(UTC) - issued).total_seconds()) < 600
-
-
-@pytest.mark.parametrize("name", SHIPPED_RECIPES)
-def test_shipped_profile_is_reproducible(
-    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Seeded generation is byte-identical: re-making a shipped profile gives the same file."""
-    monkeypatch.chdir(tmp_path)
-    recipe: Mapping[str, object] = SHIPPED_RECIPES[name]
-    path = new_profile(Path("profiles") / f"{name}.toml", **recipe)  # type: ignore[arg-type]
-    assert path.read_bytes() == (PROFILES_DIR / f"{name}.toml").read_bytes()
 
 
 def test_new_profile_refuses_to_overwrite(tmp_path: Path) -> None:

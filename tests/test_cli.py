@@ -17,7 +17,12 @@ import pytest
 from pcsc import REPO_ROOT
 
 from emulator import open_card
-from emulator.personalize.profile import PIN_NAMES, load_profile, profile_as_json
+from emulator.personalize.profile import (
+    PIN_NAMES,
+    load_profile,
+    profile_as_json,
+    shipped_profile_names,
+)
 
 SELECT_JPKI = bytes.fromhex("00A4040C0AD392F000260100000001")
 SELECT_AUTH_PIN = bytes.fromhex("00A4020C020018")
@@ -82,7 +87,7 @@ def test_profile_new(tmp_path: Path) -> None:
     assert mynacard("profile", "show", path).returncode == 0
 
 
-@pytest.mark.parametrize("name", ["default", "no-sign-cert", "sign-blocked"])
+@pytest.mark.parametrize("name", shipped_profile_names())
 def test_shipped_profile_header_command_recreates_it(tmp_path: Path, name: str) -> None:
     shipped = REPO_ROOT / "profiles" / f"{name}.toml"
     header = shipped.read_text(encoding="utf-8").split("# Made by", 1)[1].split("\n#\n", 1)[0]
