@@ -9,6 +9,7 @@ class SW(IntEnum):
     """Status words this card answers with (card-spec §2.4)."""
 
     OK = 0x9000
+    AUTHENTICATION_FAILED = 0x6300  # EXTERNAL AUTHENTICATE with a key without a counter
     VERIFY_FAILED = 0x63C0  # low nibble: tries left
     MORE_DATA = 0x6100  # low byte: bytes available (T=0 chaining quirk only)
     WRONG_LENGTH = 0x6700
@@ -41,7 +42,10 @@ class INS(IntEnum):
     VERIFY = 0x20
     CHANGE_REFERENCE_DATA = 0x24
     COMPUTE_SIGNATURE = 0x2A  # CLA 80
+    DECREASE = 0x30  # CLA 00
     CHANGE_KEY = 0x32  # CLA 80 (JICSAP)
+    INCREASE = 0x32  # CLA 00 (ISO); the same byte as CHANGE KEY, so an alias of it here
+    EXTERNAL_AUTHENTICATE = 0x82
     GET_CHALLENGE = 0x84
     INTERNAL_AUTHENTICATE = 0x88
     SELECT = 0xA4
@@ -49,6 +53,9 @@ class INS(IntEnum):
     READ_RECORD = 0xB2
     GET_RESPONSE = 0xC0
     GET_DATA = 0xCA
+    UPDATE_BINARY = 0xD6
+    UPDATE_RECORD = 0xDC
+    APPEND_RECORD = 0xE2
 
 
 class StatusError(Exception):
@@ -104,6 +111,8 @@ class CommandApdu:
             raise StatusError(SW.WRONG_LENGTH)
         if n == 7:
             return cls(raw[0], raw[1], raw[2], raw[3], b"", (raw[5] << 8 | raw[6]) or 65536, True)
+        if n < 7:  # an extended-length marker without its two length bytes
+            raise StatusError(SW.WRONG_LENGTH)
         lc = raw[5] << 8 | raw[6]
         if lc:
             if n == 7 + lc:

@@ -10,12 +10,23 @@ from pathlib import Path
 from types import TracebackType
 
 from .apdu import INS, SW, CommandApdu, StatusError
-from .apps import jpki
-from .files import Application, CardObject, Pin, RecordEF, RsaKey, TransparentEF
+from .apps import common, free_area, jpki, juki, text, visual
+from .files import (
+    MAX_PIN_LENGTH,
+    Application,
+    CardObject,
+    CounterEF,
+    Pin,
+    RecordEF,
+    RsaKey,
+    TransparentEF,
+    encode_records,
+    key_access,
+)
 from .layers import T0Chaining
 from .personalize import profile as _profiles
 from .personalize.profile import Profile, Quirks
-from .store import CardStore, PinState, StateLockedError
+from .store import CardStore, PinRecord, PinState, StateLockedError
 
 __all__ = ["Card", "StateLockedError", "open_card"]
 
@@ -24,7 +35,8 @@ log = logging.getLogger(__name__)
 _OK = b"\x90\x00"
 # GlobalPlatform ISD: selecting it restores the power-on state (card-spec §2.1).
 ISD_AID = bytes.fromhex("A0000001510000")
-_MAX_VERIFY_LENGTH = 16
+_CMAC_LENGTH = 16
+_CHALLENGE_LENGTHS = (8, 16)  # what EXTERNAL AUTHENTICATE accepts from GET CHALLENGE
 
 Handler = Callable[[CommandApdu], bytes]
 
@@ -46,7 +58,8 @@ class Card:
         self._powered = False
         self._app: Application | None = None
         self._ef: CardObject | None = None
-        self._verified: set[int] = set()
+        self._verified: set[int] = set()  # PIN FIDs and key_access() of authenticated keys
+        self._challenge = b""  # the last GET CHALLENGE, until EXTERNAL AUTHENTICATE uses it
         self._pin_states: dict[int, dict[int, PinState]] = {
             id(app): {pin.fid: store.pins[pin.state_name] for pin in app.pins()}
             for app in self._applications
@@ -61,6 +74,12 @@ class Card:
             INS.READ_RECORD: self._read_record,
             INS.GET_DATA: self._get_data,
             INS.GET_RESPONSE: self._get_response,
+            INS.UPDATE_BINARY: self._update_binary,
+            INS.UPDATE_RECORD: self._update_record,
+            INS.APPEND_RECORD: self._append_record,
+            INS.DECREASE: self._decrease,
+            INS.INCREASE: self._increase,  # CLA 00; CLA 80 INS 32 is CHANGE KEY
+            INS.EXTERNAL_AUTHENTICATE: self._external_authenticate,
         }
         self._proprietary: dict[int, Handler] = {
             INS.COMPUTE_SIGNATURE: self._compute_signature,
@@ -106,6 +125,7 @@ class Card:
         self._app = None
         self._ef = None
         self._verified.clear()
+        self._challenge = b""
         if isinstance(self._exchange, T0Chaining):
             self._exchange.clear()
 
@@ -198,6 +218,7 @@ class Card:
             if app.aid.startswith(name):
                 if app is not self._app or self._quirks.reselect_clears_state:
                     self._verified.clear()
+                    self._challenge = b""
                 self._app = app
                 self._ef = None
                 return app.fci() + _OK if p2 == 0x00 else _OK
@@ -236,19 +257,22 @@ class Card:
             raise StatusError(SW.OFFSET_OUTSIDE_EF)
         return data[offset : offset + le] + _OK
 
+    def _record_file(self, p2: int, mode: int) -> CardObject:
+        """The EF of a record command: P2 = (SFI << 3) | mode names that EF (made current),
+        P2 = mode the current EF. READ/UPDATE RECORD, DECREASE, INCREASE use mode 04 (record
+        number in P1), APPEND RECORD 00; no record pointer is kept, so other modes are 6A86."""
+        if p2 & 0x07 != mode:
+            raise StatusError(SW.INCORRECT_P1_P2)
+        if p2 >> 3:
+            self._ef = self._object_by_sfi(p2 >> 3)
+        elif self._ef is None:
+            raise StatusError(SW.NO_CURRENT_EF)
+        return self._ef
+
     def _read_record(self, apdu: CommandApdu) -> bytes:
         """READ RECORD P1 (P2 = 04: the current EF; (SFI << 3) | 04: that EF, made current)."""
-        p2 = apdu.p2
-        if p2 & 0x07 != 0x04:
-            raise StatusError(SW.INCORRECT_P1_P2)
-        ef: CardObject | None
-        if p2 >> 3:
-            ef = self._ef = self._object_by_sfi(p2 >> 3)
-        else:
-            ef = self._ef
-            if ef is None:
-                raise StatusError(SW.NO_CURRENT_EF)
-        if not isinstance(ef, RecordEF):
+        ef = self._record_file(apdu.p2, 0x04)
+        if not isinstance(ef, RecordEF | CounterEF):
             raise StatusError(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
         if apdu.le is None or apdu.data:
             raise StatusError(SW.WRONG_LENGTH)
@@ -259,6 +283,124 @@ class Card:
             raise StatusError(SW.RECORD_NOT_FOUND)
         # An Le shorter than the record returns its first Le bytes, as READ BINARY does.
         return ef.records[number - 1][: apdu.le] + _OK
+
+    # -- writes (free area; national EFs refuse them with 6982) -------------------------------
+
+    def _save(self, fid: int, content: bytes) -> None:
+        """Store an EF's new content durably; only then may the card answer 9000."""
+        assert self._app is not None  # an EF is only current inside an application
+        self._store.save_file(self._app.aid, fid, content)
+
+    def _update_binary(self, apdu: CommandApdu) -> bytes:
+        """UPDATE BINARY: offsets as READ BINARY; data past the end of the EF is 6A84."""
+        p1 = apdu.p1
+        ef: CardObject | None
+        if p1 & 0x80:
+            if p1 & 0x60:
+                raise StatusError(SW.INCORRECT_P1_P2)
+            ef = self._ef = self._object_by_sfi(p1 & 0x1F)
+            offset = apdu.p2
+        else:
+            ef = self._ef
+            if ef is None:
+                raise StatusError(SW.NO_CURRENT_EF)
+            offset = p1 << 8 | apdu.p2
+        if not isinstance(ef, TransparentEF):
+            raise StatusError(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
+        data = apdu.data
+        if not data or apdu.le is not None:
+            raise StatusError(SW.WRONG_LENGTH)
+        if not ef.update.granted(self._verified):
+            raise StatusError(SW.SECURITY_STATUS_NOT_SATISFIED)
+        old = ef.data
+        if offset >= len(old):
+            raise StatusError(SW.OFFSET_OUTSIDE_EF)
+        end = offset + len(data)
+        if end > len(old):
+            raise StatusError(SW.NOT_ENOUGH_MEMORY)
+        new = old[:offset] + data + old[end:]
+        self._save(ef.fid, new)
+        ef.data = new
+        return _OK
+
+    def _update_record(self, apdu: CommandApdu) -> bytes:
+        """UPDATE RECORD P1: replace that record; longer than the EF's records is 6700."""
+        ef = self._record_file(apdu.p2, 0x04)
+        if not isinstance(ef, RecordEF | CounterEF):
+            raise StatusError(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
+        data = apdu.data
+        if not data or apdu.le is not None:
+            raise StatusError(SW.WRONG_LENGTH)
+        if not ef.update.granted(self._verified):
+            raise StatusError(SW.SECURITY_STATUS_NOT_SATISFIED)
+        number = apdu.p1
+        if not 1 <= number <= len(ef.records):
+            raise StatusError(SW.RECORD_NOT_FOUND)
+        if isinstance(ef, CounterEF):
+            if len(data) != ef.width:
+                raise StatusError(SW.WRONG_LENGTH)
+            if int.from_bytes(data, "big") > ef.maximum:
+                raise StatusError(SW.WRONG_DATA)
+        elif len(data) > ef.record_size:
+            raise StatusError(SW.WRONG_LENGTH)
+        records = ef.records.copy()
+        records[number - 1] = data
+        self._save(ef.fid, encode_records(records))
+        ef.records = records
+        return _OK
+
+    def _append_record(self, apdu: CommandApdu) -> bytes:
+        """APPEND RECORD (P1 00): a new last record; a full EF is 6A84."""
+        if apdu.p1 != 0x00:
+            raise StatusError(SW.INCORRECT_P1_P2)
+        ef = self._record_file(apdu.p2, 0x00)
+        if not isinstance(ef, RecordEF):
+            raise StatusError(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
+        data = apdu.data
+        if not data or apdu.le is not None:
+            raise StatusError(SW.WRONG_LENGTH)
+        if not ef.append.granted(self._verified):
+            raise StatusError(SW.SECURITY_STATUS_NOT_SATISFIED)
+        if len(data) > ef.record_size:
+            raise StatusError(SW.WRONG_LENGTH)
+        if len(ef.records) >= ef.max_records:
+            raise StatusError(SW.NOT_ENOUGH_MEMORY)
+        records = [*ef.records, data]
+        self._save(ef.fid, encode_records(records))
+        ef.records = records
+        return _OK
+
+    def _step_counter(self, apdu: CommandApdu, decrease: bool) -> bytes:
+        """DECREASE / INCREASE record P1 of a counter EF by the amount in the data field
+        (1..width bytes, big-endian); the new value is returned when Le is present. Going
+        below 0 or above the counter's maximum is 6985 and changes nothing."""
+        ef = self._record_file(apdu.p2, 0x04)
+        if not isinstance(ef, CounterEF):
+            raise StatusError(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
+        amount = apdu.data
+        if not 1 <= len(amount) <= ef.width:
+            raise StatusError(SW.WRONG_LENGTH)
+        if not (ef.decrease if decrease else ef.increase).granted(self._verified):
+            raise StatusError(SW.SECURITY_STATUS_NOT_SATISFIED)
+        number = apdu.p1
+        if not 1 <= number <= len(ef.records):
+            raise StatusError(SW.RECORD_NOT_FOUND)
+        step = int.from_bytes(amount, "big")
+        value = int.from_bytes(ef.records[number - 1], "big") + (-step if decrease else step)
+        if not 0 <= value <= ef.maximum:
+            raise StatusError(SW.CONDITIONS_NOT_SATISFIED)
+        record = value.to_bytes(ef.width, "big")
+        records = ef.records.copy()
+        records[number - 1] = record
+        self._save(ef.fid, encode_records(records))
+        ef.records = records
+        return (b"" if apdu.le is None else record[: apdu.le]) + _OK
+
+    def _decrease(self, apdu: CommandApdu) -> bytes:
+        return self._step_counter(apdu, decrease=True)
+
+    def _increase(self, apdu: CommandApdu) -> bytes:
+        return self._step_counter(apdu, decrease=False)
 
     # -- PINs -------------------------------------------------------------------------------
 
@@ -285,7 +427,7 @@ class Card:
             raise StatusError(SW.INCORRECT_P1_P2)
         pin, state = self._pin(apdu.p2)
         value = apdu.data
-        if apdu.le is not None or len(value) > _MAX_VERIFY_LENGTH:
+        if apdu.le is not None or len(value) > MAX_PIN_LENGTH:
             raise StatusError(SW.WRONG_LENGTH)
         if not value:  # retry query: costs no try
             if pin.fid in self._verified and self._quirks.verified_query_sw is not None:
@@ -309,8 +451,8 @@ class Card:
         pin, state = self._pin(apdu.p2)
         if pin.change_ins != apdu.ins:
             raise StatusError(SW.CONDITIONS_NOT_SATISFIED)
-        if not apdu.data or apdu.le is not None:
-            raise StatusError(SW.WRONG_LENGTH)
+        if not apdu.data or apdu.le is not None or len(apdu.data) > MAX_PIN_LENGTH:
+            raise StatusError(SW.WRONG_LENGTH)  # a value VERIFY could not send is no PIN
         if state.remaining == 0:
             raise self._blocked()
         if pin.fid not in self._verified:
@@ -369,6 +511,34 @@ class Card:
             raise StatusError(SW.WRONG_LENGTH)
         return key.authenticate(apdu.data) + _OK
 
+    def _external_authenticate(self, apdu: CommandApdu) -> bytes:
+        """EXTERNAL AUTHENTICATE 00 82 00 (80|key): the host's AES-CMAC of the last 8- or
+        16-byte challenge opens key:<n> until reset or application change (free area)."""
+        if apdu.p1 != 0x00 or apdu.p2 & 0xE0 != 0x80:
+            raise StatusError(SW.INCORRECT_P1_P2)
+        key = self._app.keys.get(apdu.p2 & 0x1F) if self._app is not None else None
+        if key is None:
+            raise StatusError(SW.REFERENCE_DATA_NOT_FOUND)
+        if len(apdu.data) != _CMAC_LENGTH or apdu.le is not None:
+            raise StatusError(SW.WRONG_LENGTH)
+        state = None if key.state_name is None else self._store.pins[key.state_name]
+        if state is not None and state.remaining == 0:
+            raise self._blocked()
+        challenge, self._challenge = self._challenge, b""  # one answer per challenge
+        if len(challenge) not in _CHALLENGE_LENGTHS:
+            raise StatusError(SW.CONDITIONS_NOT_SATISFIED)
+        opened = key_access(key.number)
+        if hmac.compare_digest(apdu.data, key.mac(challenge)):
+            if state is not None and state.remaining != state.max_tries:
+                self._store.set_remaining(state, state.max_tries)
+            self._verified.add(opened)
+            return _OK
+        self._verified.discard(opened)
+        if state is None:
+            raise StatusError(SW.AUTHENTICATION_FAILED)
+        self._store.set_remaining(state, state.remaining - 1)  # durable before the answer
+        return _sw(SW.VERIFY_FAILED | state.remaining)
+
     # -- other ISO commands -----------------------------------------------------------------
 
     def _get_challenge(self, apdu: CommandApdu) -> bytes:
@@ -378,7 +548,8 @@ class Card:
             raise StatusError(SW.CONDITIONS_NOT_SATISFIED)
         if apdu.le is None or apdu.data:
             raise StatusError(SW.WRONG_LENGTH)
-        return os.urandom(apdu.le) + _OK
+        self._challenge = os.urandom(apdu.le)
+        return self._challenge + _OK
 
     def _get_data(self, apdu: CommandApdu) -> bytes:
         # No GET DATA objects are emulated (the MF-level ones are optional, card-spec §2.3).
@@ -396,18 +567,37 @@ def open_card(profile: str | Path | Profile, state_dir: str | Path) -> Card:
     `state_dir` is created (0700) if missing; a live card holding it raises StateLockedError.
     """
     loaded = profile if isinstance(profile, Profile) else _profiles.load_profile(profile)
-    applications = [jpki.build(loaded)]
-    initial = [
-        (pin, loaded.pins[pin.profile_name], loaded.counters.get(pin.profile_name, pin.max_tries))
-        if pin.profile_name is not None
-        else (pin, "", pin.max_tries)
-        for app in applications
-        for pin in app.pins()
+    applications = [
+        jpki.build(loaded),
+        text.build(loaded),
+        visual.build(loaded),
+        juki.build(loaded),
+        common.build(loaded),
     ]
     store = CardStore.open(
         Path(state_dir),
         profile_id=loaded.fingerprint,
         profile_label=f"{loaded.name} ({loaded.path})",
-        pins=initial,
+        pins=[_personalised(pin, loaded) for app in applications for pin in app.pins()],
+        free_capacity=loaded.free_area.capacity,
+        free_apps=[free_area.record(spec) for spec in loaded.free_area.apps],
     )
+    try:
+        applications += free_area.installed(store.free_apps())
+    except BaseException:
+        store.close()
+        raise
     return Card(applications, store, loaded.atr, loaded.quirks)
+
+
+def _personalised(pin: Pin, profile: Profile) -> PinRecord:
+    """A national application's PIN as the profile sets it (no value if blocked at issuance)."""
+    if pin.profile_name is None:
+        return PinRecord(pin.state_name, b"", pin.max_tries, pin.max_tries, pin.value_format)
+    return PinRecord(
+        pin.state_name,
+        profile.pins[pin.profile_name].encode(),
+        profile.counters.get(pin.profile_name, pin.max_tries),
+        pin.max_tries,
+        pin.value_format,
+    )

@@ -146,6 +146,8 @@ def cmd_profile_new(args: argparse.Namespace) -> int:
         counters=dict(args.counter),
         atr=args.atr,
         overwrite=args.force,
+        free_area=args.free_area,
+        holder_name=args.name,
     )
     print(path)
     return 0
@@ -170,10 +172,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         ]
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'PIN':<8}  {'tries':>5}  blocked")
+    width = max([8, *(len(p.name) for p in pins)])  # free-area PINs: "<app>:<FID>"
+    print(f"{'PIN':<{width}}  {'tries':>5}  blocked")
     for p in pins:
         tries = f"{p.remaining}/{p.max_tries}"
-        print(f"{p.name:<8}  {tries:>5}  {'yes' if p.blocked else 'no'}")
+        print(f"{p.name:<{width}}  {tries:>5}  {'yes' if p.blocked else 'no'}")
     return 0
 
 
@@ -182,6 +185,59 @@ def cmd_reset_pin(args: argparse.Namespace) -> int:
 
     reset_pin(Path(args.state), args.name, args.value)
     print(f"PIN {args.name} reset" + (" with a new value" if args.value is not None else ""))
+    return 0
+
+
+# -- free area ------------------------------------------------------------------------------
+
+
+def cmd_freearea_list(args: argparse.Namespace) -> int:
+    from .apps.free_area import stored_spec
+    from .store import read_free_area
+
+    status = read_free_area(Path(args.state))
+    specs = [stored_spec(app) for app in status.apps]
+    if args.json:
+        listing = {
+            "capacity": status.capacity,
+            "used": status.used,
+            "apps": [
+                {
+                    "name": spec.name,
+                    "aid": spec.aid.hex().upper(),
+                    "size": spec.size,
+                    "description": spec.description,
+                    "files": [f"{file.fid:04X}" for file in spec.files],
+                    "pins": [f"{pin.fid:04X}" for pin in spec.pins],
+                    "keys": [key.number for key in spec.keys],
+                }
+                for spec in specs
+            ],
+        }
+        print(json.dumps(listing, ensure_ascii=False, indent=2))
+        return 0
+    print(f"free area: {status.used} of {status.capacity} bytes used")
+    for spec in specs:
+        print(f"{spec.name}  {spec.aid.hex().upper()}  {spec.size} bytes  {spec.description}")
+    return 0
+
+
+def cmd_freearea_install(args: argparse.Namespace) -> int:
+    from .apps.free_area import install
+
+    spec, status = install(Path(args.state), Path(args.file))
+    print(
+        f"installed {spec.name!r} (AID {spec.aid.hex().upper()}, {spec.size} bytes); "
+        f"free area: {status.used} of {status.capacity} bytes used"
+    )
+    return 0
+
+
+def cmd_freearea_remove(args: argparse.Namespace) -> int:
+    from .store import remove_free_app
+
+    app = remove_free_app(Path(args.state), args.app)
+    print(f"removed {app.name!r} (AID {app.aid.hex().upper()}, {app.size} bytes)")
     return 0
 
 
@@ -238,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     new.add_argument("--atr", default="3BE000FF8131FE4514", help="ATR hex or a known ATR name")
     new.add_argument("--force", action="store_true", help="overwrite an existing file")
+    new.add_argument(
+        "--free-area",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="install an example free-area application: library, taxi or entry (repeatable)",
+    )
+    new.add_argument("--name", help="holder's name: family name, U+3000 (　), given name")
     new.set_defaults(func=cmd_profile_new)
 
     status = sub.add_parser("status", help="show the PIN counters of a card state")
@@ -250,6 +314,29 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("name", metavar="NAME", help="PIN name, e.g. auth or sign")
     reset.add_argument("--value", metavar="NEW", help="also set a new PIN value")
     reset.set_defaults(func=cmd_reset_pin)
+
+    free = sub.add_parser(
+        "freearea", help="list, install or remove free-area applications (the issuer's job)"
+    )
+    fsub = free.add_subparsers(dest="freearea_command", required=True, metavar="ACTION")
+    free_list = fsub.add_parser("list", help="capacity and installed applications")
+    free_list.add_argument("--state", metavar="DIR", required=True)
+    free_list.add_argument("--json", action="store_true")
+    free_list.set_defaults(func=cmd_freearea_list)
+    free_install = fsub.add_parser(
+        "install", help="install the application declared in a TOML file (card not live)"
+    )
+    free_install.add_argument("--state", metavar="DIR", required=True)
+    free_install.add_argument("file", metavar="FILE", help="application declaration (.toml)")
+    free_install.set_defaults(func=cmd_freearea_install)
+    free_remove = fsub.add_parser("remove", help="delete an application and its data")
+    free_remove.add_argument("--state", metavar="DIR", required=True)
+    free_remove.add_argument("app", metavar="NAME|AID")
+    free_remove.set_defaults(func=cmd_freearea_remove)
+
+    from conformance.cli import register as register_conformance
+
+    register_conformance(sub)  # `mynacard conformance` and `mynacard replay`
     return parser
 
 

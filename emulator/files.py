@@ -7,17 +7,21 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import cmac, hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from cryptography.hazmat.primitives.ciphers.algorithms import AES
 
 from .apdu import SW, StatusError
 
 
 @dataclass(frozen=True, slots=True)
 class Access:
-    """Who may perform an operation: anyone (`free`), or whoever verified one of `keys`."""
+    """Who may perform an operation: anyone (`free`), or whoever verified one of `keys`.
+
+    `keys` holds PIN FIDs, and `key_access(n)` for AES key n opened by EXTERNAL AUTHENTICATE.
+    """
 
     keys: frozenset[int] = frozenset()
     free: bool = False
@@ -29,28 +33,80 @@ class Access:
 ALWAYS = Access(free=True)
 NEVER = Access()
 
+MAX_PIN_LENGTH = 16  # the longest value VERIFY takes (decisions.md #6)
+
 
 def any_of(*fids: int) -> Access:
-    """Access opened by verifying any one of the PINs with these FIDs."""
+    """Access opened by verifying any one of these PINs (FIDs) or keys (`key_access`)."""
     return Access(keys=frozenset(fids))
+
+
+_KEY_ACCESS = 0x10000  # above every FID
+
+
+def key_access(number: int) -> int:
+    """What EXTERNAL AUTHENTICATE with AES key `number` adds to the verified state."""
+    return _KEY_ACCESS | number
 
 
 @dataclass(slots=True)
 class TransparentEF:
-    """A transparent EF; `data` is the whole allocated content, filler included."""
+    """A transparent EF; `data` is the whole allocated content, filler included.
+
+    Only free-area EFs can be written (`update`); their content lives in the card store.
+    """
 
     fid: int
     data: bytes
     read: Access = ALWAYS
+    update: Access = NEVER
 
 
 @dataclass(slots=True)
 class RecordEF:
-    """A record-structured EF; record numbers count from 1."""
+    """A linear record EF; record numbers count from 1.
+
+    Writable (free-area) ones hold up to `max_records` records of 1..`record_size` bytes.
+    """
 
     fid: int
     records: list[bytes]
     read: Access = ALWAYS
+    update: Access = NEVER
+    append: Access = NEVER
+    record_size: int = 255
+    max_records: int = 254
+
+
+@dataclass(slots=True)
+class CounterEF:
+    """A record EF of counters (free area): each record a `width`-byte unsigned big-endian
+    value from 0 to `maximum`, changed by DECREASE / INCREASE (or UPDATE RECORD)."""
+
+    fid: int
+    records: list[bytes]
+    width: int
+    maximum: int
+    read: Access = ALWAYS
+    update: Access = NEVER
+    decrease: Access = NEVER
+    increase: Access = NEVER
+
+
+def encode_records(records: list[bytes]) -> bytes:
+    """Records as one byte string for the store: each as a 1-byte length and its bytes."""
+    return b"".join(bytes((len(record),)) + record for record in records)
+
+
+def decode_records(data: bytes) -> list[bytes]:
+    """The records `encode_records` stored."""
+    records = []
+    position = 0
+    while position < len(data):
+        end = position + 1 + data[position]
+        records.append(data[position + 1 : end])
+        position = end
+    return records
 
 
 @dataclass(slots=True)
@@ -59,8 +115,9 @@ class Pin:
 
     `state_name` names it in the store and `mynacard status`; `profile_name` is the profile
     PIN (and initial counter) it is personalised from, None for a key blocked at issuance
-    (no value; give it max_tries 0). `change_ins` is the INS that may change it (None: it
-    cannot be changed by APDU).
+    (no value; give it max_tries 0) and for free-area PINs (the store holds them from their
+    installation). `change_ins` is the INS that may change it (None: it cannot be changed
+    by APDU).
     """
 
     fid: int
@@ -175,20 +232,41 @@ class RsaKey:
         return (m2 + h * q).to_bytes(k, "big")
 
 
-CardObject = TransparentEF | RecordEF | Pin | RsaKey
+@dataclass(frozen=True, slots=True)
+class AesKey:
+    """An AES-128 key for EXTERNAL AUTHENTICATE (free area): the host proves it holds it.
+
+    The host answers a GET CHALLENGE with AES-CMAC(key, challenge); success adds
+    `key_access(number)` to the verified state. `state_name` names its retry counter in the
+    store; None means unlimited tries (a wrong answer is 6300).
+    """
+
+    number: int
+    value: bytes = field(repr=False)
+    state_name: str | None = None
+
+    def mac(self, challenge: bytes) -> bytes:
+        code = cmac.CMAC(AES(self.value))
+        code.update(challenge)
+        return code.finalize()
+
+
+CardObject = TransparentEF | RecordEF | CounterEF | Pin | RsaKey
 
 
 @dataclass(slots=True)
 class Application:
     """A DF named by its AID, holding objects by FID.
 
-    `default_key` is the key COMPUTE DIGITAL SIGNATURE uses with P2 = 00 (the 券面 APs).
+    `default_key` is the key COMPUTE DIGITAL SIGNATURE uses with P2 = 00 (the 券面 APs);
+    `keys` are the AES keys EXTERNAL AUTHENTICATE names by number (free area).
     """
 
     aid: bytes
     label: str
     objects: dict[int, CardObject]
     default_key: int | None = None
+    keys: dict[int, AesKey] = field(default_factory=dict)
 
     def pins(self) -> Iterator[Pin]:
         return (obj for obj in self.objects.values() if isinstance(obj, Pin))

@@ -1,7 +1,8 @@
-"""Durable card state: PIN values and retry counters in a state directory (sqlite3).
+"""Durable card state in a state directory (sqlite3): PIN values and retry counters, and the
+free storage area (its applications and the content of their EFs).
 
 Every change is one committed transaction (WAL, synchronous=FULL) before the card answers,
-so a counter survives `kill -9` and power loss and a wrong try is never free.
+so a counter or a write survives `kill -9` and power loss and a wrong try is never free.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ import fcntl
 import os
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import Pin
+from .files import MAX_PIN_LENGTH
 
 DB_NAME = "card.sqlite"
 LOCK_NAME = "card.lock"
@@ -29,7 +30,20 @@ CREATE TABLE IF NOT EXISTS pins (
     max_tries INTEGER NOT NULL,
     value_format TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS free_apps (
+    aid BLOB PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    definition TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS free_files (
+    aid BLOB NOT NULL,
+    fid INTEGER NOT NULL,
+    content BLOB NOT NULL,
+    PRIMARY KEY (aid, fid)
+);
 """
+_CAPACITY_KEY = "free_area_capacity"  # in meta; present once the free area is personalised
 
 
 class StateError(RuntimeError):
@@ -52,6 +66,48 @@ class PinState:
     @property
     def blocked(self) -> bool:
         return self.remaining == 0
+
+
+@dataclass(frozen=True, slots=True)
+class PinRecord:
+    """A PIN, or an AES key's retry counter, as first stored.
+
+    `value_format` is the regular expression a new value must match; "" for a key counter,
+    which has no value to set.
+    """
+
+    name: str
+    value: bytes
+    remaining: int
+    max_tries: int
+    value_format: str
+
+
+@dataclass(frozen=True, slots=True)
+class FreeAppRecord:
+    """A free-area application as the store keeps it.
+
+    `definition` is its declaration (JSON) and `size` the bytes of capacity it takes;
+    `files` holds EF contents by FID (initial ones to install, current ones when loaded);
+    `pins` are the PINs and key counters it brings (only read when installing).
+    """
+
+    name: str
+    aid: bytes
+    size: int
+    definition: str
+    files: dict[int, bytes]
+    pins: tuple[PinRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FreeAreaStatus:
+    capacity: int
+    apps: list[FreeAppRecord]
+
+    @property
+    def used(self) -> int:
+        return sum(app.size for app in self.apps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +150,70 @@ def _connect(db_path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
+    conn.executescript(_SCHEMA)
     return conn
+
+
+def _insert_pins(conn: sqlite3.Connection, pins: Iterable[PinRecord]) -> None:
+    """Add PINs the state does not hold yet; existing ones keep their value and counter."""
+    conn.executemany(
+        "INSERT OR IGNORE INTO pins VALUES (?, ?, ?, ?, ?)",
+        [(p.name, p.value, p.remaining, p.max_tries, p.value_format) for p in pins],
+    )
+
+
+def _free_apps(conn: sqlite3.Connection) -> list[FreeAppRecord]:
+    files: dict[bytes, dict[int, bytes]] = {}
+    for aid, fid, content in conn.execute("SELECT aid, fid, content FROM free_files"):
+        files.setdefault(bytes(aid), {})[fid] = bytes(content)
+    return [
+        FreeAppRecord(name, bytes(aid), size, definition, files.get(bytes(aid), {}))
+        for aid, name, size, definition in conn.execute(
+            "SELECT aid, name, size, definition FROM free_apps ORDER BY rowid"
+        )
+    ]
+
+
+def _capacity(conn: sqlite3.Connection, state_dir: Path) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (_CAPACITY_KEY,)).fetchone()
+    if row is None:
+        raise StateError(
+            f"the card state in {state_dir} predates the free area; open it once with "
+            "`mynacard serve` first"
+        )
+    return int(row[0])
+
+
+def _install(conn: sqlite3.Connection, app: FreeAppRecord, capacity: int) -> None:
+    """Add a free-area application inside the caller's transaction; StateError if it cannot."""
+    installed = _free_apps(conn)
+    for other in installed:
+        if other.name == app.name:
+            raise StateError(f"a free-area application named {app.name!r} is installed already")
+        if other.aid.startswith(app.aid) or app.aid.startswith(other.aid):
+            raise StateError(
+                f"AID {app.aid.hex().upper()} clashes with {other.name!r} "
+                f"({other.aid.hex().upper()}): SELECT matches prefixes"
+            )
+    used = sum(other.size for other in installed)
+    if used + app.size > capacity:
+        raise StateError(
+            f"{app.name!r} needs {app.size} bytes but the free area has {capacity - used} of "
+            f"{capacity} left"
+        )
+    prefix = free_pin_prefix(app.name)
+    if conn.execute(
+        "SELECT 1 FROM pins WHERE substr(name, 1, ?) = ?", (len(prefix), prefix)
+    ).fetchone():
+        raise StateError(f"PINs named {prefix}… are in the state already")
+    conn.execute(
+        "INSERT INTO free_apps VALUES (?, ?, ?, ?)", (app.aid, app.name, app.size, app.definition)
+    )
+    conn.executemany(
+        "INSERT INTO free_files VALUES (?, ?, ?)",
+        [(app.aid, fid, content) for fid, content in app.files.items()],
+    )
+    _insert_pins(conn, app.pins)
 
 
 class CardStore:
@@ -113,18 +232,20 @@ class CardStore:
         *,
         profile_id: str,
         profile_label: str,
-        pins: Iterable[tuple[Pin, str, int]],
+        pins: Iterable[PinRecord],
+        free_capacity: int,
+        free_apps: Sequence[FreeAppRecord],
     ) -> CardStore:
         """Open (creating 0700 if missing) and lock `state_dir` for the card of `profile_id`.
 
-        `pins` gives each PIN object with its personalised value and initial counter; PINs
-        the state does not hold yet are added, existing ones keep their value and counter.
+        `pins` are the personalised PINs; those the state does not hold yet are added,
+        existing ones keep their value and counter. The free area is personalised once, with
+        `free_capacity` and `free_apps`; after that the state alone holds it.
         """
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock_fd = _lock(state_dir)
         try:
             conn = _connect(state_dir / DB_NAME)
-            conn.executescript(_SCHEMA)
             row = conn.execute("SELECT value FROM meta WHERE key = 'profile_id'").fetchone()
             if row is None:
                 conn.executemany(
@@ -140,17 +261,12 @@ class CardStore:
                 )
             store = cls(state_dir, lock_fd, conn)
             with _transaction(conn):
-                for pin, value, remaining in pins:
-                    conn.execute(
-                        "INSERT OR IGNORE INTO pins VALUES (?, ?, ?, ?, ?)",
-                        (
-                            pin.state_name,
-                            value.encode(),
-                            remaining,
-                            pin.max_tries,
-                            pin.value_format,
-                        ),
-                    )
+                _insert_pins(conn, pins)
+                personalised = conn.execute("SELECT 1 FROM meta WHERE key = ?", (_CAPACITY_KEY,))
+                if personalised.fetchone() is None:
+                    conn.execute("INSERT INTO meta VALUES (?, ?)", (_CAPACITY_KEY, free_capacity))
+                    for app in free_apps:
+                        _install(conn, app, free_capacity)
             for name, value, remaining, max_tries in conn.execute(
                 "SELECT name, value, remaining, max_tries FROM pins"
             ):
@@ -169,16 +285,47 @@ class CardStore:
         self._conn.execute("UPDATE pins SET value = ? WHERE name = ?", (value, pin.name))
         pin.value = value
 
+    def free_apps(self) -> list[FreeAppRecord]:
+        """The installed free-area applications with the current content of their EFs."""
+        return _free_apps(self._conn)
+
+    def save_file(self, aid: bytes, fid: int, content: bytes) -> None:
+        """Durably replace a free-area EF's content (one autocommitted statement)."""
+        cursor = self._conn.execute(
+            "UPDATE free_files SET content = ? WHERE aid = ? AND fid = ?", (content, aid, fid)
+        )
+        if cursor.rowcount != 1:
+            raise StateError(f"no EF {fid:04X} of {aid.hex().upper()} in {self.state_dir}")
+
     def close(self) -> None:
         self._conn.close()
         os.close(self._lock_fd)
 
 
-def _open_existing(state_dir: Path) -> sqlite3.Connection:
+def _existing_db(state_dir: Path) -> Path:
     db_path = state_dir / DB_NAME
     if not db_path.is_file():
         raise StateError(f"no card state in {state_dir} (it is made by the first `mynacard serve`)")
-    return _connect(db_path)
+    return db_path
+
+
+def _open_existing(state_dir: Path) -> sqlite3.Connection:
+    return _connect(_existing_db(state_dir))
+
+
+@contextmanager
+def _offline(state_dir: Path) -> Iterator[sqlite3.Connection]:
+    """The state of a card that is not live (the lock is held meanwhile)."""
+    db_path = _existing_db(state_dir)
+    lock_fd = _lock(state_dir)
+    try:
+        conn = _connect(db_path)
+        try:
+            yield conn
+        finally:
+            conn.close()
+    finally:
+        os.close(lock_fd)
 
 
 def read_pin_status(state_dir: Path) -> list[PinStatus]:
@@ -196,24 +343,62 @@ def reset_pin(state_dir: Path, name: str, value: str | None = None) -> None:
 
     Refused while a live card holds the state, so the card's in-memory mirror stays true.
     """
-    lock_fd = _lock(state_dir)
+    with _offline(state_dir) as conn:
+        row = conn.execute(
+            "SELECT max_tries, value_format FROM pins WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            names = ", ".join(n for (n,) in conn.execute("SELECT name FROM pins"))
+            raise StateError(f"no PIN named {name!r} in {state_dir} (known: {names})")
+        max_tries, value_format = row
+        if value is not None and not value_format:
+            raise StateError(f"{name} is a key's retry counter: it has no value to set")
+        too_long = value is not None and len(value) > MAX_PIN_LENGTH
+        if value is not None and (too_long or re.fullmatch(value_format, value) is None):
+            raise StateError(
+                f"new value for {name} must match {value_format} in at most {MAX_PIN_LENGTH} "
+                "characters"
+            )
+        with _transaction(conn):
+            conn.execute("UPDATE pins SET remaining = ? WHERE name = ?", (max_tries, name))
+            if value is not None:
+                conn.execute("UPDATE pins SET value = ? WHERE name = ?", (value.encode(), name))
+
+
+def read_free_area(state_dir: Path) -> FreeAreaStatus:
+    """The free area of the card whose state is in `state_dir` (works while it is live)."""
+    conn = _open_existing(state_dir)
     try:
-        conn = _open_existing(state_dir)
-        try:
-            row = conn.execute(
-                "SELECT max_tries, value_format FROM pins WHERE name = ?", (name,)
-            ).fetchone()
-            if row is None:
-                names = ", ".join(n for (n,) in conn.execute("SELECT name FROM pins"))
-                raise StateError(f"no PIN named {name!r} in {state_dir} (known: {names})")
-            max_tries, value_format = row
-            if value is not None and re.fullmatch(value_format, value) is None:
-                raise StateError(f"new value for {name} does not match its format {value_format}")
-            with _transaction(conn):
-                conn.execute("UPDATE pins SET remaining = ? WHERE name = ?", (max_tries, name))
-                if value is not None:
-                    conn.execute("UPDATE pins SET value = ? WHERE name = ?", (value.encode(), name))
-        finally:
-            conn.close()
+        return FreeAreaStatus(_capacity(conn, state_dir), _free_apps(conn))
     finally:
-        os.close(lock_fd)
+        conn.close()
+
+
+def install_free_app(state_dir: Path, app: FreeAppRecord) -> FreeAreaStatus:
+    """The issuer installs a free-area application; refused while the card is live."""
+    with _offline(state_dir) as conn:
+        capacity = _capacity(conn, state_dir)
+        with _transaction(conn):
+            _install(conn, app, capacity)
+        return FreeAreaStatus(capacity, _free_apps(conn))
+
+
+def remove_free_app(state_dir: Path, name_or_aid: str) -> FreeAppRecord:
+    """The issuer deletes a free-area application (by name or AID hex) with its EFs and PINs."""
+    with _offline(state_dir) as conn:
+        for app in _free_apps(conn):
+            if name_or_aid == app.name or name_or_aid.upper() == app.aid.hex().upper():
+                with _transaction(conn):
+                    conn.execute("DELETE FROM free_apps WHERE aid = ?", (app.aid,))
+                    conn.execute("DELETE FROM free_files WHERE aid = ?", (app.aid,))
+                    prefix = free_pin_prefix(app.name)
+                    conn.execute(
+                        "DELETE FROM pins WHERE substr(name, 1, ?) = ?", (len(prefix), prefix)
+                    )
+                return app
+        raise StateError(f"no free-area application {name_or_aid!r} in {state_dir}")
+
+
+def free_pin_prefix(app_name: str) -> str:
+    """State names of a free-area application's PINs and key counters start with this."""
+    return f"{app_name}:"

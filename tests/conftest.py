@@ -13,11 +13,20 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+from hypothesis import HealthCheck, settings
 from pcsc import owned_pcscd_pid, pcscd_pid, serve_card, start_pcscd, stop_pcscd, vpcd_listening
 
 VPCD_DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
 
 ServeCard = Callable[..., AbstractContextManager[str]]
+
+# Hypothesis: "ci" (the default) keeps the suite fast and free of timing flakes on 2 cores;
+# "soak" (HYPOTHESIS_PROFILE=soak, tox -e soak) is for long fuzz runs with -m slow.
+settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "soak", deadline=None, max_examples=5000, suppress_health_check=list(HealthCheck)
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pcsc_unavailable(reason: str) -> NoReturn:

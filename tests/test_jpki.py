@@ -261,8 +261,9 @@ def test_quirks_blocked_sw_and_verified_query(profile: Profile, tmp_path: Path) 
         lambda c: c.reset(),
         lambda c: c.power_off(),
         lambda c: c.transmit(bytes.fromhex("00A4040C07A0000001510000")),  # the ISD
+        lambda c: c.transmit(bytes.fromhex("00A4040C0AD3921000310001010408")),  # the text AP
     ],
-    ids=["reset", "power-off", "select-isd"],
+    ids=["reset", "power-off", "select-isd", "select-other-app"],
 )
 def test_verified_state_ends(card: Card, profile: Profile, leave: object) -> None:
     assert callable(leave)

@@ -396,6 +396,8 @@ def test_json_view_round_trips_with_japanese_text() -> None:
         "expiry": profile.card_expiry.isoformat(),
         "security_code": profile.security_code,
         "resident_code": profile.resident_code,
+        "serial_number": profile.card_serial,
+        "municipality_code": profile.municipality_code,
     }
     assert view["certificates"] == {"sign": True, "auth": True}
     pins = view["pins"]

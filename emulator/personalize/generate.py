@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import secrets
 import shlex
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
 )
 
+from emulator.personalize.free_area import EXAMPLES, example_app, render_free_area
+from emulator.personalize.national_sections import national_sections
 from emulator.personalize.persona import JST, SIGN_CERT_MIN_AGE, Persona, make_persona
 from emulator.personalize.profile import (
     DEFAULT_ATR,
@@ -42,6 +46,20 @@ from emulator.personalize.testca import (
 # Seeded profiles are issued on a day of 2025 chosen by the seed, so their dates never drift.
 SEEDED_ISSUE_START = datetime(2025, 1, 6, tzinfo=JST)
 _OPAQUE_ID_ALPHABET = string.digits + string.ascii_uppercase
+# 全国地方公共団体コード (JIS X 0402, without the check digit) of the persona municipalities.
+MUNICIPALITY_CODES = {
+    "千代田区": "13101",
+    "世田谷区": "13112",
+    "つくば市": "08220",
+    "豊中市": "27203",
+    "函館市": "01202",
+    "岡崎市": "23202",
+    "宇治市": "26204",
+    "石巻市": "04202",
+    "松本市": "20202",
+    "久留米市": "40203",
+    "那覇市": "47201",
+}
 
 
 def new_profile(
@@ -56,13 +74,17 @@ def new_profile(
     counters: Mapping[str, int] | None = None,
     atr: str = DEFAULT_ATR.hex().upper(),
     overwrite: bool = False,
+    free_area: Sequence[str] = (),
+    holder_name: str | None = None,
 ) -> Path:
     """Write a new profile file at `path` and return `path`.
 
     With a seed the file is byte-identical on every run (persona, keys, certificates and
     dates all follow from it, and seeded profiles share one test CA); without one everything
     is random and the card is issued now. `pins` overrides any of auth, sign, text, juki and
-    common; `counters` sets initial remaining tries. Raises ProfileError for a bad argument
+    common; `counters` sets initial remaining tries; `free_area` names example free-area
+    applications to install (free_area.EXAMPLES); `holder_name` replaces the made-up
+    name (family name, U+3000, given name). Raises ProfileError for a bad argument
     or an existing file (unless `overwrite`); nothing is written then.
     """
     if path.suffix != ".toml" or not PROFILE_NAME.fullmatch(path.stem):
@@ -84,6 +106,9 @@ def new_profile(
     for name in pins:
         if name not in SET_PIN_NAMES:
             raise ProfileError(f"pins.{name}: only {', '.join(SET_PIN_NAMES)} can be set")
+    for example in free_area:
+        if example not in EXAMPLES:
+            raise ProfileError(f"free_area: no example {example!r} (known: {', '.join(EXAMPLES)})")
 
     rng: random.Random = (
         secrets.SystemRandom() if seed is None else random.Random(f"mynacard/{seed}/persona")
@@ -95,6 +120,8 @@ def new_profile(
             days=rng.randrange(360), seconds=rng.randrange(9 * 3600, 17 * 3600)
         )
     persona = make_persona(rng, issued_at, holder_age)
+    if holder_name is not None:
+        persona = replace(persona, holder=replace(persona.holder, name=holder_name))
     pin_values = {
         "auth": persona.pin,
         "sign": persona.sign_password,
@@ -118,10 +145,29 @@ def new_profile(
         keys["sign_key"] = _private_key_pem(sign_key)
         keys["sign_cert"] = _cert_pem(make_sign_cert(sign_ca, request, persona.holder))
     keys["sign_ca_cert"] = _cert_pem(sign_ca.cert)
+    keys["common_auth_key"] = _private_key_pem(
+        new_rsa_key(None if seed is None else f"mynacard/{seed}/common-auth-key")
+    )
+    card_rng = _seeded_rng(seed, "card-serial")
+    card_serial = "".join(card_rng.choice(string.digits) for _ in range(15))
+    municipality_code = MUNICIPALITY_CODES[persona.place.municipality]
+    national = national_sections(seed, persona, municipality_code)
+    free_area_apps = [
+        example_app(
+            example,
+            _seeded_rng(seed, f"free-area/{example}"),
+            municipality_code=municipality_code,
+            valid_until=persona.card_expiry,
+            new_rsa_key_pem=functools.partial(_free_area_key_pem, seed, example),
+        )
+        for example in free_area
+    ]
 
     command = _equivalent_command(
         path, seed, sign_cert, variant, description, holder_age, pins, counters, atr
-    )
+    ) + [["--free-area", example] for example in free_area]
+    if holder_name is not None:
+        command.append(["--name", holder_name])
     if description is None:
         description = "Made-up holder" + (f" (seed {seed})" if seed is not None else "")
     text = render_profile(
@@ -136,6 +182,10 @@ def new_profile(
         keys=keys,
         command=command,
         reproducible=seed is not None,
+        card_serial=card_serial,
+        municipality_code=municipality_code,
+        free_area=render_free_area(free_area_apps) if free_area_apps else "",
+        national=national,
     )
     data = text.encode("utf-8")
     parse_profile(data, path=path, label=str(path))  # refuse to write an unloadable profile
@@ -161,11 +211,16 @@ def render_profile(
     keys: Mapping[str, str],
     command: list[list[str]],
     reproducible: bool,
+    card_serial: str,
+    municipality_code: str,
+    free_area: str = "",
+    national: Sequence[str] = (),
 ) -> str:
     """The text of a profile file (TOML with a comment header).
 
     `command` is the `mynacard profile new` command line in groups (an option with its value)
-    that are kept together when the header wraps it.
+    that are kept together when the header wraps it. `free_area` is the rendered
+    [free_area] section, or "" for none.
     """
     holder = persona.holder
     made_by = (
@@ -202,6 +257,8 @@ def render_profile(
         f"expiry = {persona.card_expiry.isoformat()}",
         f"security_code = {_toml_string(persona.security_code)}",
         f"resident_code = {_toml_string(persona.resident_code)}  # 住民票コード",
+        f"serial_number = {_toml_string(card_serial)}  # 共通カードAP EF 0001",
+        f"municipality_code = {_toml_string(municipality_code)}  # 全国地方公共団体コード",
         "",
         "[certificates]",
         f"sign = {_toml_bool(sign_cert)}",
@@ -229,8 +286,20 @@ def render_profile(
         "[keys]",
         "test_only = true",
         *(f"{key} = '''\n{pem}'''" for key, pem in keys.items()),
+        *national,
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + ("\n" + free_area if free_area else "")
+
+
+def _free_area_key_pem(seed: int | None, example: str) -> str:
+    return _private_key_pem(
+        new_rsa_key(None if seed is None else f"mynacard/{seed}/free-area/{example}/key")
+    )
+
+
+def _seeded_rng(seed: int | None, purpose: str) -> random.Random:
+    """A random stream of its own for `purpose`, so adding one leaves the others unchanged."""
+    return secrets.SystemRandom() if seed is None else random.Random(f"mynacard/{seed}/{purpose}")
 
 
 def _equivalent_command(

@@ -7,6 +7,7 @@ import hashlib
 import re
 import tomllib
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -19,7 +20,15 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 
 from emulator.personalize.eras import FIRST_ERA_DAY, era_yymmdd
+from emulator.personalize.free_area import FreeAreaSpec, free_area_as_json, read_free_area
 from emulator.personalize.mynumber import my_number_check_digit
+from emulator.personalize.national import (
+    SectionError,
+    TextApData,
+    VisualApData,
+    read_text_ap,
+    read_visual_ap,
+)
 
 # PIN names as used in profiles, `profile show --json` and the state store.
 PIN_NAMES = ("auth", "sign", "text", "juki", "common", "code_a", "code_b", "birth")
@@ -114,6 +123,12 @@ class Profile:
     fingerprint: str = ""  # sha256 hex of the profile file, identifies it in a state dir
     variant: str = "standard"  # free text: "standard", "no-sign-cert", "sign-blocked", ...
     resident_code: str = ""  # 住民票コード, 11 digits
+    card_serial: str = ""  # 共通カードAP EF 0001: 15 digits
+    municipality_code: str = ""  # 共通カードAP EF 0001: 全国地方公共団体コード, 5 digits
+    common_auth_key: RSAPrivateKey | None = None  # 共通カードAP EF 0019 (INTERNAL AUTHENTICATE)
+    free_area: FreeAreaSpec = field(default_factory=FreeAreaSpec)
+    text_ap: TextApData | None = None  # [text_ap]: 券面事項入力補助AP keys
+    visual_ap: VisualApData | None = None  # [visual_ap]: 券面事項確認AP keys and images
 
     @property
     def has_sign_cert(self) -> bool:
@@ -195,6 +210,8 @@ def profile_as_json(profile: Profile) -> dict[str, object]:
             "expiry": profile.card_expiry.isoformat(),
             "security_code": profile.security_code,
             "resident_code": profile.resident_code,
+            "serial_number": profile.card_serial,
+            "municipality_code": profile.municipality_code,
         },
         "certificates": {"sign": profile.has_sign_cert, "auth": profile.jpki is not None},
         "pins": {name: profile.pins[name] for name in PIN_NAMES},
@@ -209,6 +226,7 @@ def profile_as_json(profile: Profile) -> dict[str, object]:
             "extended_length": quirks.extended_length,
             "t0_chaining": quirks.t0_chaining,
         },
+        "free_area": free_area_as_json(profile.free_area),
     }
 
 
@@ -245,7 +263,19 @@ _T = TypeVar("_T")
 _MISSING = object()
 _DIGITS = re.compile(r"[0-9]+")
 _SIGN_PIN = re.compile(r"[A-Z0-9]{6,16}")
-_SECTIONS = ("profile", "holder", "card", "certificates", "pins", "counters", "quirks", "keys")
+_SECTIONS = (
+    "profile",
+    "holder",
+    "card",
+    "certificates",
+    "pins",
+    "counters",
+    "quirks",
+    "keys",
+    "free_area",
+    "text_ap",
+    "visual_ap",
+)
 _TYPE_NAMES: dict[type, str] = {
     str: "a string",
     bool: "true or false",
@@ -346,7 +376,20 @@ class _ProfileReader:
             fingerprint=fingerprint,
             variant=variant,
             resident_code=resident_code,
+            card_serial=self.digits(self.section("card"), "card", "serial_number", 15),
+            municipality_code=self.digits(self.section("card"), "card", "municipality_code", 5),
+            common_auth_key=self.read_common_auth_key(),
+            free_area=read_free_area(self.document.get("free_area"), self.fail),
+            text_ap=self.national_ap(read_text_ap, "text_ap"),
+            visual_ap=self.national_ap(read_visual_ap, "visual_ap"),
         )
+
+    def national_ap(self, read: Callable[[dict[str, object]], _T], name: str) -> _T:
+        """A [text_ap] / [visual_ap] section, read by emulator.personalize.national."""
+        try:
+            return read(self.section(name))
+        except SectionError as exc:
+            raise self.fail(exc.where, exc.problem) from None
 
     def read_profile_section(self) -> tuple[str, str, bytes, str]:
         table = self.section("profile")
@@ -413,7 +456,16 @@ class _ProfileReader:
     def read_card(self, holder: Holder) -> tuple[str, date, str, str]:
         table = self.section("card")
         self.reject_unknown(
-            table, "card", ("my_number", "expiry", "security_code", "resident_code")
+            table,
+            "card",
+            (
+                "my_number",
+                "expiry",
+                "security_code",
+                "resident_code",
+                "serial_number",
+                "municipality_code",
+            ),
         )
         my_number = self.digits(table, "card", "my_number", 12)
         expected = my_number_check_digit(my_number[:11])
@@ -518,6 +570,7 @@ class _ProfileReader:
                 "sign_key",
                 "sign_cert",
                 "sign_ca_cert",
+                "common_auth_key",
             ),
         )
         if self.take(table, "keys", "test_only", bool) is not True:
@@ -542,6 +595,17 @@ class _ProfileReader:
             sign_cert=None if sign_cert is None else sign_cert.public_bytes(Encoding.DER),
             sign_ca_cert=sign_ca.public_bytes(Encoding.DER),
         )
+
+    def read_common_auth_key(self) -> RSAPrivateKey:
+        """共通カードAP EF 0019: an RSA-2048 key whose public half is on no certificate."""
+        pem = self.take(self.section("keys"), "keys", "common_auth_key", str)
+        try:
+            key = _load_private_key(pem)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise self.fail("keys.common_auth_key", f"not a PEM private key ({exc})") from None
+        if not isinstance(key, RSAPrivateKey) or key.key_size != 2048:
+            raise self.fail("keys.common_auth_key", "must be an RSA-2048 key")
+        return key
 
     def certificate(
         self, table: dict[str, object], key: str, issuer: tuple[str, x509.Certificate] | None = None

@@ -1,0 +1,262 @@
+"""Client-side checks of the 券面 APs, written from card-spec §4/§5 (not from emulator/apps).
+
+Each function takes `send` (C-APDU bytes -> R-APDU bytes: `Card.transmit`, or pyscard through
+pcscd) and reads, parses and verifies as a relying party would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from PIL import Image
+
+from emulator.personalize.cvc import CVC_ROOTS, ApKind, parse_cvc
+from emulator.personalize.tlv import DataObject, parse_object, parse_objects, parse_rsa_public_key
+
+Send = Callable[[bytes], bytes]
+
+TEXT_AID = bytes.fromhex("D3921000310001010408")
+VISUAL_AID = bytes.fromhex("D3921000310001010402")
+SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
+JP2_SIGNATURE_BOX = bytes.fromhex("0000000C6A5020200D0A870A")
+PKCS1 = padding.PKCS1v15()
+
+
+def ok(response: bytes) -> bytes:
+    """The data of a 9000 response; AssertionError naming the SW otherwise."""
+    assert response[-2:] == b"\x90\x00", f"SW {response[-2:].hex().upper()}"
+    return response[:-2]
+
+
+def sw(response: bytes) -> str:
+    return response[-2:].hex().upper()
+
+
+def select(send: Send, aid: bytes) -> None:
+    ok(send(bytes((0x00, 0xA4, 0x04, 0x0C, len(aid))) + aid))
+
+
+def select_ef(send: Send, fid: int) -> bytes:
+    return send(b"\x00\xa4\x02\x0c\x02" + fid.to_bytes(2, "big"))
+
+
+def verify(send: Send, fid: int, value: str) -> bytes:
+    """SELECT the key EF, then VERIFY with P2 = 80 (the current EF)."""
+    ok(select_ef(send, fid))
+    data = value.encode("ascii")
+    return send(bytes((0x00, 0x20, 0x00, 0x80, len(data))) + data)
+
+
+def read_ef(send: Send, fid: int) -> bytes:
+    """SELECT and read a whole EF in 256-byte chunks until 6B00 (how OpenSC-like clients read)."""
+    ok(select_ef(send, fid))
+    data = b""
+    while True:
+        response = send(b"\x00\xb0" + len(data).to_bytes(2, "big") + b"\x00")
+        if sw(response) == "6B00":
+            return data
+        data += ok(response)
+
+
+def read_by_sfi_extended(send: Send, sfi: int) -> bytes:
+    """JSA's read: one READ BINARY with P1 = 80|SFI, offset 0 and extended Le 65536."""
+    return ok(send(bytes((0x00, 0xB0, 0x80 | sfi, 0x00, 0x00, 0x00, 0x00))))
+
+
+def fields(data: bytes, outer_tag: int) -> dict[int, DataObject]:
+    """The objects inside the outer object `outer_tag` at the start of `data`, by tag."""
+    outer = parse_object(data)
+    assert outer.tag == outer_tag, f"{outer.tag:X} != {outer_tag:X}"
+    inner = parse_objects(data, outer.header_size, outer.size)
+    assert sum(obj.size for obj in inner) == len(outer.value)
+    return {obj.tag: obj for obj in inner}
+
+
+def check_offset_table(data: bytes, objects: dict[int, DataObject], tags: range) -> None:
+    """DF21 lists the 2-byte file offsets of the objects with `tags`, in order."""
+    table = objects[0xDF21].value
+    assert [int.from_bytes(table[i : i + 2], "big") for i in range(0, len(table), 2)] == [
+        objects[tag].offset for tag in tags
+    ]
+    for tag in tags:
+        assert data[objects[tag].offset :].startswith(tag.to_bytes(2, "big"))
+
+
+def raw(data: bytes, obj: DataObject) -> bytes:
+    """An object as written, header included."""
+    return data[obj.offset : obj.offset + obj.size]
+
+
+def verify_sha256(key: rsa.RSAPublicKey, signature: bytes, message: bytes) -> None:
+    key.verify(signature, message, PKCS1, hashes.SHA256())
+
+
+def municipality_key(cvc: bytes, kind: ApKind) -> rsa.RSAPublicKey:
+    """Check a 568-byte EF 0004 against the test root; return the key it certifies."""
+    assert len(cvc) == 568
+    assert cvc[:5] == bytes.fromhex("7F21820233")
+    assert cvc[5:10] == bytes.fromhex("5F4E820129") and cvc[307:312] == bytes.fromhex("5F37820100")
+    certificate = parse_cvc(cvc)
+    root = CVC_ROOTS[kind]
+    assert certificate.issuer_key_id == root.key_id
+    root.public_key().verify(certificate.signature, cvc[10:307], PKCS1, hashes.SHA256())
+    subject = certificate.subject_key_id
+    assert subject[7:9] == b"\x08\x05" and subject[:7].isdigit() and subject[12:] == bytes(4)
+    return certificate.public_key
+
+
+def challenge_signature(send: Send, p2: int = 0x00) -> tuple[bytes, bytes]:
+    """GET CHALLENGE, then 80 2A 00 P2 with the SHA-256 DigestInfo of it: (challenge, sig)."""
+    challenge = ok(send(b"\x00\x84\x00\x00\x10"))
+    assert len(challenge) == 16
+    digest_info = SHA256_DIGEST_INFO + hashlib.sha256(challenge).digest()
+    command = bytes((0x80, 0x2A, 0x00, p2, len(digest_info))) + digest_info + b"\x00"
+    signature = ok(send(command))
+    assert len(signature) == 256
+    return challenge, signature
+
+
+def open_image(data: bytes, kind: str) -> Image.Image:
+    """A PNG or JP2 opened with Pillow (the JP2 must be a real JP2 container)."""
+    if kind == "jp2":
+        assert data.startswith(JP2_SIGNATURE_BOX)
+    else:
+        assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    assert image.format == ("JPEG2000" if kind == "jp2" else "PNG")
+    return image
+
+
+@dataclass
+class TextAp:
+    """Everything read from the text AP, after every check."""
+
+    my_number: str
+    name: str
+    address: str
+    birth_date: str
+    sex: str
+    card_key: rsa.RSAPublicKey
+
+
+def read_text_ap(send: Send, pin: str) -> TextAp:
+    """Read and verify every object of the text AP, opening it with the 4-digit PIN."""
+    select(send, TEXT_AID)
+    signer = municipality_key(read_ef(send, 0x0004), "text")
+    basic = read_ef(send, 0x0005)
+    assert len(basic) == 256 and basic[:5] == bytes.fromhex("FF4082009F")
+    info = fields(basic, 0xFF40)
+    assert info[0xDF41].value == bytes.fromhex("01030E01")
+    assert len(info[0xDF42].value) == 16
+    assert basic[info[0xDF43].offset :][:5] == bytes.fromhex("DF43820080")
+    assert info[0xDF43].value[32:] == b"\xff" * 96 and basic[164:] == b"\xff" * 92
+    assert read_ef(send, 0x0008) == b"\xff" * 16
+    assert sw(read_ef_first(send, 0x0001)) == "6982"
+
+    assert sw(verify(send, 0x0011, pin)) == "9000"
+    number_file = read_ef(send, 0x0001)
+    assert len(number_file) == 17
+    assert number_file[:3] == b"\xff\x10\x0c" and number_file[15:] == b"\xff\xff"
+    attributes = read_ef(send, 0x0002)
+    objects = fields(attributes, 0xFF20)
+    check_offset_table(attributes, objects, range(0xDF22, 0xDF26))
+    integrity = read_ef(send, 0x0003)
+    assert len(integrity) == 336 and integrity[:5] == bytes.fromhex("FF3082014B")
+    record = fields(integrity, 0xFF30)
+    assert record[0xDF31].value == hashlib.sha256(number_file).digest()
+    from_df22 = attributes[objects[0xDF22].offset :]
+    assert record[0xDF32].value == hashlib.sha256(from_df22).digest()
+    signed = integrity[record[0xDF31].offset : record[0xDF33].offset]
+    verify_sha256(signer, record[0xDF33].value, signed)
+
+    session = read_ef(send, 0x0006)
+    assert parse_object(session).tag == 0xA1
+    parse_rsa_public_key(parse_object(session).value)
+    signed_key = read_ef(send, 0x0007)
+    assert signed_key[:5] == bytes.fromhex("FF50820213") and len(signed_key) == 536
+    key_objects = fields(signed_key, 0xFF50)
+    verify_sha256(signer, key_objects[0xDF52].value, raw(signed_key, key_objects[0xDF51]))
+    card_key = parse_rsa_public_key(key_objects[0xDF51].value)
+    assert card_key != signer
+
+    challenge, signature = challenge_signature(send)
+    verify_sha256(card_key, signature, challenge)
+    return TextAp(
+        my_number=number_file[3:15].decode("ascii"),
+        name=objects[0xDF22].value.decode("utf-8"),
+        address=objects[0xDF23].value.decode("utf-8"),
+        birth_date=objects[0xDF24].value.decode("ascii"),
+        sex=objects[0xDF25].value.decode("ascii"),
+        card_key=card_key,
+    )
+
+
+def read_ef_first(send: Send, fid: int) -> bytes:
+    """SELECT an EF and READ its first byte (the SW tells whether it may be read)."""
+    ok(select_ef(send, fid))
+    return send(b"\x00\xb0\x00\x00\x01")
+
+
+@dataclass
+class CardFace:
+    """The verified card face of the visual AP."""
+
+    birth_date: str
+    sex: str
+    expiry: str
+    images: dict[str, Image.Image]
+    size: int
+
+
+def card_face_digest_info(face: bytes, objects: dict[int, DataObject]) -> bytes:
+    """What DF28 signs: a SHA-256 DigestInfo of the three group digests (decisions.md #26)."""
+    groups = (
+        face[objects[0xDF22].offset : objects[0xDF25].offset],
+        face[objects[0xDF25].offset : objects[0xDF27].offset],
+        raw(face, objects[0xDF27]),
+    )
+    digest = b"".join(hashlib.sha256(group).digest() for group in groups)
+    return bytes.fromhex("3071300d0609608648016503040201050004 60".replace(" ", "")) + digest
+
+
+def check_card_face(face: bytes, signer: rsa.RSAPublicKey) -> tuple[CardFace, rsa.RSAPublicKey]:
+    """Parse and verify visual EF 0002; return it and the card key it carries."""
+    assert len(face) < 32767
+    objects = fields(face, 0xFF20)
+    check_offset_table(face, objects, range(0xDF22, 0xDF2B))
+    assert len(objects[0xDF21].value) == 18
+    recovered = signer.recover_data_from_signature(objects[0xDF28].value, PKCS1, None)
+    assert recovered == card_face_digest_info(face, objects)
+    images = {
+        "name": open_image(objects[0xDF25].value, "png"),
+        "address": open_image(objects[0xDF26].value, "png"),
+        "photo": open_image(objects[0xDF27].value, "jp2"),
+        "security_code": open_image(objects[0xDF2A].value, "png"),
+    }
+    card_key = parse_rsa_public_key(objects[0xDF24].value)
+    parsed = CardFace(
+        birth_date=objects[0xDF22].value.decode("ascii"),
+        sex=objects[0xDF23].value.decode("ascii"),
+        expiry=objects[0xDF29].value.decode("ascii"),
+        images=images,
+        size=len(face),
+    )
+    return parsed, card_key
+
+
+def check_signed_record(
+    data: bytes, outer_tag: int, signature_tag: int, signer: rsa.RSAPublicKey
+) -> dict[int, DataObject]:
+    """A record whose last object signs (PKCS#1 v1.5, SHA-256) every object before it."""
+    objects = fields(data, outer_tag)
+    outer_header = parse_object(data).header_size
+    verify_sha256(
+        signer, objects[signature_tag].value, data[outer_header : objects[signature_tag].offset]
+    )
+    return objects
