@@ -148,6 +148,7 @@ def cmd_profile_new(args: argparse.Namespace) -> int:
         overwrite=args.force,
         free_area=args.free_area,
         holder_name=args.name,
+        unified_pin=args.unified_pin,
     )
     print(path)
     return 0
@@ -302,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="install an example free-area application: library, taxi or entry (repeatable)",
     )
     new.add_argument("--name", help="holder's name: family name, U+3000 (　), given name")
+    new.add_argument(
+        "--unified-pin",
+        action="store_true",
+        help="one value for the auth, text, juki and common PINs (else they differ)",
+    )
     new.set_defaults(func=cmd_profile_new)
 
     status = sub.add_parser("status", help="show the PIN counters of a card state")

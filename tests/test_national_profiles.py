@@ -299,6 +299,12 @@ def test_face_auth_card(tmp_path: Path) -> None:
         assert sw(read_ef_first(send, 0x0002)) == "9000"
 
 
+@pytest.mark.parametrize("name", ["library-card", "face-auth", "heisei-born"])
+def test_made_up_holders_have_four_different_pins(name: str) -> None:
+    pins = load_profile(name).pins
+    assert len({pins["auth"], pins["text"], pins["juki"], pins["common"]}) == 4
+
+
 def test_unified_pin_card_keeps_separate_counters(tmp_path: Path) -> None:
     profile = load_profile("unified-pin")
     pin = profile.pins["auth"]

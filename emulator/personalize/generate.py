@@ -76,6 +76,7 @@ def new_profile(
     overwrite: bool = False,
     free_area: Sequence[str] = (),
     holder_name: str | None = None,
+    unified_pin: bool = False,
 ) -> Path:
     """Write a new profile file at `path` and return `path`.
 
@@ -84,8 +85,9 @@ def new_profile(
     is random and the card is issued now. `pins` overrides any of auth, sign, text, juki and
     common; `counters` sets initial remaining tries; `free_area` names example free-area
     applications to install (free_area.EXAMPLES); `holder_name` replaces the made-up
-    name (family name, U+3000, given name). Raises ProfileError for a bad argument
-    or an existing file (unless `overwrite`); nothing is written then.
+    name (family name, U+3000, given name); `unified_pin` gives the JPKI auth, text, 住基
+    and 共通 PINs one value (decisions.md #14), else they differ. Raises ProfileError for a
+    bad argument or an existing file (unless `overwrite`); nothing is written then.
     """
     if path.suffix != ".toml" or not PROFILE_NAME.fullmatch(path.stem):
         raise ProfileError(
@@ -122,13 +124,12 @@ def new_profile(
     persona = make_persona(rng, issued_at, holder_age)
     if holder_name is not None:
         persona = replace(persona, holder=replace(persona.holder, name=holder_name))
-    pin_values = {
-        "auth": persona.pin,
-        "sign": persona.sign_password,
-        "text": persona.pin,
-        "juki": persona.pin,
-        "common": persona.pin,
-    } | pins
+    four_digit = [persona.pin] * 4 if unified_pin else _distinct_pins(persona.pin, seed)
+    pin_values = (
+        dict(zip(("auth", "text", "juki", "common"), four_digit, strict=True))
+        | {"sign": persona.sign_password}
+        | pins
+    )
 
     auth_ca = _test_ca("auth", seed, issued_at, rng)
     sign_ca = _test_ca("sign", seed, issued_at, rng)
@@ -168,6 +169,8 @@ def new_profile(
     ) + [["--free-area", example] for example in free_area]
     if holder_name is not None:
         command.append(["--name", holder_name])
+    if unified_pin:
+        command.append(["--unified-pin"])
     if description is None:
         description = "Made-up holder" + (f" (seed {seed})" if seed is not None else "")
     text = render_profile(
@@ -295,6 +298,17 @@ def _free_area_key_pem(seed: int | None, example: str) -> str:
     return _private_key_pem(
         new_rsa_key(None if seed is None else f"mynacard/{seed}/free-area/{example}/key")
     )
+
+
+def _distinct_pins(auth_pin: str, seed: int | None) -> list[str]:
+    """Four different 4-digit PINs, the first `auth_pin` (auth, text, juki, common)."""
+    rng = _seeded_rng(seed, "pins")
+    values = [auth_pin]
+    while len(values) < 4:
+        value = f"{rng.randrange(10_000):04d}"
+        if value not in values:
+            values.append(value)
+    return values
 
 
 def _seeded_rng(seed: int | None, purpose: str) -> random.Random:
