@@ -232,7 +232,9 @@ class Card:
             raise StatusError(SW.FILE_NOT_FOUND)
         return obj
 
-    def _read_binary(self, apdu: CommandApdu) -> bytes:
+    def _binary_file(self, apdu: CommandApdu) -> tuple[TransparentEF, int]:
+        """The EF and offset of READ/UPDATE BINARY: P1 bit 8 clear, a 15-bit offset in the
+        current EF; P1 = 80|SFI, that EF (made current) and an 8-bit offset in P2."""
         p1 = apdu.p1
         ef: CardObject | None
         if p1 & 0x80:
@@ -247,6 +249,10 @@ class Card:
             offset = p1 << 8 | apdu.p2
         if not isinstance(ef, TransparentEF):
             raise StatusError(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
+        return ef, offset
+
+    def _read_binary(self, apdu: CommandApdu) -> bytes:
+        ef, offset = self._binary_file(apdu)
         le = apdu.le
         if le is None or apdu.data:
             raise StatusError(SW.WRONG_LENGTH)
@@ -293,20 +299,7 @@ class Card:
 
     def _update_binary(self, apdu: CommandApdu) -> bytes:
         """UPDATE BINARY: offsets as READ BINARY; data past the end of the EF is 6A84."""
-        p1 = apdu.p1
-        ef: CardObject | None
-        if p1 & 0x80:
-            if p1 & 0x60:
-                raise StatusError(SW.INCORRECT_P1_P2)
-            ef = self._ef = self._object_by_sfi(p1 & 0x1F)
-            offset = apdu.p2
-        else:
-            ef = self._ef
-            if ef is None:
-                raise StatusError(SW.NO_CURRENT_EF)
-            offset = p1 << 8 | apdu.p2
-        if not isinstance(ef, TransparentEF):
-            raise StatusError(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
+        ef, offset = self._binary_file(apdu)
         data = apdu.data
         if not data or apdu.le is not None:
             raise StatusError(SW.WRONG_LENGTH)
