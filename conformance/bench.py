@@ -1,0 +1,471 @@
+"""One bench run: a target (or two, in differential mode), what is known of the card, the
+PIN guard, the per-example transcript, the survey and the invariants' observer."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+
+from .apdu import INS, SW, Apdu, MalformedApdu, read_binary, select_aid, select_ef, sw_of, verify
+from .guard import GuardRefusal, PinGuard
+from .model import CardFacts, CardModel, Expectation, ObjectKey, brief
+from .spec import JPKI, AppSpec, EfSpec, PinSpec, Structure
+from .targets import Target, TargetError
+from .transcript import Action, Exchange, Pattern
+
+
+class Deviation(AssertionError):
+    """The card answered what the model (or an invariant) says it must not."""
+
+    def __init__(self, section: str, message: str, transcript: list[Exchange], target: str) -> None:
+        super().__init__(f"{section}: {message}")
+        self.section = section
+        self.message = message
+        self.transcript = transcript
+        self.target = target
+
+
+class Divergence(Deviation):
+    """Differential mode: the two targets answered the same command differently."""
+
+
+@dataclass
+class SectionStats:
+    steps: int = 0
+    failures: list[Deviation] = field(default_factory=list)
+
+
+@dataclass
+class Stats:
+    """Counts for the report: APDUs per spec section, rule steps, examples, time."""
+
+    sections: dict[str, SectionStats] = field(default_factory=dict)
+    examples: int = 0
+    rule_steps: int = 0
+    apdus: int = 0
+    refusals: int = 0
+    elapsed: float = 0.0
+
+    def section(self, name: str) -> SectionStats:
+        stats = self.sections.get(name)
+        if stats is None:
+            stats = self.sections[name] = SectionStats()
+        return stats
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.rule_steps / self.elapsed if self.elapsed else 0.0
+
+
+class Observer:
+    """Watches answers only (not the model's predictions) for the bench's invariants."""
+
+    def __init__(self) -> None:
+        self.counts: dict[ObjectKey, int] = {}
+        self.blocked: set[ObjectKey] = set()
+        self.verified: set[ObjectKey] = set()
+        self.violations: Counter[str] = Counter()
+        self.messages: dict[str, str] = {}
+
+    def _violate(self, kind: str, message: str) -> None:
+        self.violations[kind] += 1
+        self.messages.setdefault(kind, message)
+
+    def power(self) -> None:
+        self.verified.clear()
+
+    def pin_answer(
+        self, key: ObjectKey, pin: PinSpec, query: bool, sw: int, blocked_sw: int
+    ) -> None:
+        last = self.counts.get(key)
+        if sw & 0xFFF0 == SW.VERIFY_FAILED:
+            count = sw & 0x0F
+            if query and last is not None and count != last:
+                kind = "query" if count < last else "counter"
+                self._violate(kind, f"retry query of {pin.fid:04X} went from {last} to {count}")
+            if not query and last is not None and count >= last and last > 0:
+                self._violate("counter", f"wrong try on {pin.fid:04X} left {count}, was {last}")
+            if key in self.blocked and count:
+                self._violate("blocked", f"blocked key {pin.fid:04X} shows {count} tries again")
+            self.counts[key] = count
+            if count == 0:
+                self.blocked.add(key)
+        elif sw == SW.OK and not query:
+            if key in self.blocked:
+                self._violate("blocked", f"blocked key {pin.fid:04X} accepted VERIFY")
+            self.counts[key] = pin.max_tries
+            self.verified.add(key)
+        elif sw == blocked_sw:
+            self.blocked.add(key)
+            self.counts[key] = 0
+
+    def protected_answer(self, app: AppSpec, needs: frozenset[int], what: str) -> None:
+        if needs and not any((app.aid, fid) in self.verified for fid in needs):
+            self._violate("protected", f"{what} answered 9000 without its PIN verified")
+
+
+@dataclass
+class Link:
+    """One target as the bench drives it: through the PIN guard unless it is disposable."""
+
+    target: Target
+    facts: CardFacts
+    guard: PinGuard | None = None
+    extended_ok: bool = True  # the reader carries extended-length APDUs
+
+    @property
+    def port(self) -> Target | PinGuard:
+        return self.guard if self.guard is not None else self.target
+
+    @property
+    def disposable(self) -> bool:
+        return self.target.disposable
+
+
+def restore_initial_state(link: Link, model: CardModel) -> bool:
+    """Put a disposable card back in its initial state with APDUs, where that is possible
+    (reopening a card costs far more than a VERIFY): counters that are down but not
+    blocked go back up with the correct PIN, changed PINs are changed back.  The counters
+    are then read back; any surprise returns False and the target is reopened instead.
+    """
+    facts, port = link.facts, link.port
+    initial = facts.initial_counters
+    for app in model.present_apps():
+        touched = [
+            pin
+            for pin in app.pins
+            if model.counters.get((app.aid, pin.fid)) != initial.get((app.aid, pin.fid))
+            or model.values.get((app.aid, pin.fid)) != facts.pin_values.get((app.aid, pin.fid))
+        ]
+        if not touched:
+            continue
+        port.reset()
+        if sw_of(port.transmit(select_aid(app.aid))) != SW.OK:
+            return False
+        for pin in touched:
+            key = (app.aid, pin.fid)
+            value, original = model.values.get(key), facts.pin_values.get(key)
+            if not model.counters.get(key) or initial.get(key) != pin.max_tries:
+                return False
+            if value is None or original is None:
+                return False
+            commands = [select_ef(pin.fid), verify(value)]
+            if value != original:
+                if pin.change_ins is None:
+                    return False
+                cla, p1 = (0x00, 0x01) if pin.change_ins == INS.CHANGE_REFERENCE_DATA else (0x80, 0)
+                commands.append(Apdu(cla, pin.change_ins, p1, 0x80, original).encode())
+            if any(sw_of(port.transmit(command)) != SW.OK for command in commands):
+                return False
+    port.power_cycle()
+    for app in model.present_apps():
+        if sw_of(port.transmit(select_aid(app.aid))) != SW.OK:
+            return False
+        for pin in app.pins:
+            start = initial.get((app.aid, pin.fid))
+            if start is not None and facts.present(app, pin.fid) is True:
+                port.transmit(select_ef(pin.fid))
+                if sw_of(port.transmit(verify(b""))) != 0x63C0 | start:
+                    return False
+    port.power_cycle()
+    return True
+
+
+class Bench:
+    """Drives one run; the state machine calls `exchange` for every command."""
+
+    def __init__(self, primary: Link, secondary: Link | None = None) -> None:
+        self.primary = primary
+        self.secondary = secondary
+        self.stats = Stats()
+        self.transcript: list[Exchange] = []
+        self.model = CardModel(primary.facts, fresh=True)
+        self.secondary_model: CardModel | None = None
+        self.observer = Observer()
+        self.capabilities: dict[str, str] = {}
+        self.on_example: Callable[[int], None] | None = None
+        self.last_deviation: Deviation | None = None
+        self._dirty = False
+
+    @property
+    def links(self) -> Iterator[Link]:
+        yield self.primary
+        if self.secondary is not None:
+            yield self.secondary
+
+    @property
+    def disposable(self) -> bool:
+        return all(link.disposable for link in self.links)
+
+    @property
+    def extended_ok(self) -> bool:
+        return all(link.extended_ok for link in self.links)
+
+    # -- examples -----------------------------------------------------------------------
+
+    def begin_example(self) -> None:
+        """A new hypothesis example: fresh (or reset) card, fresh session model."""
+        self.stats.examples += 1
+        if self.on_example is not None:
+            self.on_example(self.stats.examples)
+        self.transcript = []
+        self.observer = Observer()
+        models = [self.model, self.secondary_model]
+        for link, model in zip(self.links, models, strict=False):
+            restorable = link.disposable and model is not None and not self._dirty
+            if not (restorable and model is not None and restore_initial_state(link, model)):
+                link.port.fresh()
+        self._dirty = False
+        self.model = CardModel(self.primary.facts, fresh=self.primary.disposable)
+        if self.secondary is not None:
+            self.secondary_model = CardModel(self.secondary.facts, fresh=self.secondary.disposable)
+        if not self.disposable:
+            self.transcript.append(Exchange(Action.RESET, b"", Pattern("[*]")))
+            self.sync_counters()
+
+    def sync_counters(self) -> None:
+        """Read every PIN counter with the retry query (it costs nothing)."""
+        for app in self.model.present_apps():
+            self.exchange(select_aid(app.aid))
+            for _app, pin in self.model.pins():
+                self.exchange(select_ef(pin.fid))
+                self.exchange(verify(b""))
+        self.reset()
+
+    # -- exchanges ----------------------------------------------------------------------
+
+    def fail(self, section: str, message: str, cls: type[Deviation] = Deviation) -> Deviation:
+        """A deviation to raise; the card may now be in a state the model does not know, so
+        the next example starts on a fresh one."""
+        deviation = cls(section, message, list(self.transcript), self.primary.target.name)
+        self.last_deviation = deviation
+        self._dirty = True
+        return deviation
+
+    def exchange(self, command: bytes) -> bytes:
+        """Send `command` to every target, check each answer, apply its effect.
+
+        In differential mode the guarded target goes first: a command its PIN guard refuses
+        reaches neither card, so both stay in the same state."""
+        expectation = self.model.expect(command)
+        second = b""
+        secondary_first = self.secondary is not None and self.primary.guard is None
+        if self.secondary is not None and secondary_first:
+            second = self._send(self.secondary, command)
+        response = self._send(self.primary, command)
+        if self.secondary is not None and not secondary_first:
+            second = self._send(self.secondary, command)
+        self._record(Exchange(Action.APDU, command, expectation.pattern), expectation, response)
+        if self.secondary is not None and self.secondary_model is not None:
+            other = self.secondary_model.expect(command)
+            self._compare(expectation, response, second)
+            if other.effect is not None:
+                other.effect(second)
+        if expectation.effect is not None:
+            expectation.effect(response)
+        self._observe(command, response)
+        return response
+
+    def _send(self, link: Link, command: bytes) -> bytes:
+        try:
+            return link.port.transmit(command)
+        except GuardRefusal:
+            self.stats.refusals += 1
+            raise
+        except TargetError as error:
+            raise self.fail("transport", str(error)) from None
+
+    def _record(self, exchange: Exchange, expectation: Expectation, response: bytes) -> None:
+        self.stats.apdus += 1
+        self.stats.section(expectation.section).steps += 1
+        if self.model.app is not None:  # before the effect: the application it ran in
+            self.stats.section(self.model.app.section).steps += 1
+        problem = expectation.problem(response)
+        if problem is None:
+            self.transcript.append(exchange)
+            return
+        got = brief(response, 64)
+        self.transcript.append(
+            Exchange(exchange.action, exchange.command, exchange.expected, f"card answered {got}")
+        )
+        raise self.fail(expectation.section, problem)
+
+    def _compare(self, expectation: Expectation, first: bytes, second: bytes) -> None:
+        same = first[-2:] == second[-2:] and len(first) == len(second)
+        if same and expectation.portable:
+            same = first == second
+        if not same:
+            self.transcript.append(
+                Exchange(
+                    Action.APDU,
+                    self.transcript[-1].command,
+                    Pattern.exact(first) if expectation.portable else expectation.pattern,
+                    f"{self.secondary.target.name if self.secondary else ''} answered "
+                    f"{brief(second, 64)}",
+                )
+            )
+            raise self.fail(
+                expectation.section,
+                f"targets differ: {brief(first)} vs {brief(second)}",
+                Divergence,
+            )
+
+    def _power(self, cold: bool) -> None:
+        expectation = self.model.expect_atr()
+        answers = []
+        for link in self.links:
+            port = link.port
+            atr = port.power_cycle() if cold else port.reset()
+            if atr is None:
+                atr = port.reset()
+            answers.append(atr)
+        action = Action.POWER if cold else Action.RESET
+        self._record(Exchange(action, b"", expectation.pattern), expectation, answers[0])
+        if expectation.effect is not None:
+            expectation.effect(answers[0])
+        if self.secondary_model is not None:
+            other = self.secondary_model.expect_atr()
+            if other.effect is not None:
+                other.effect(answers[-1])
+        self.observer.power()
+
+    def reset(self) -> None:
+        self._power(cold=False)
+
+    def power_cycle(self) -> None:
+        self._power(cold=True)
+
+    def _observe(self, command: bytes, response: bytes) -> None:
+        """Feed the invariants' observer (model-independent checks on the answers)."""
+        try:
+            apdu = Apdu.parse(command)
+        except MalformedApdu:
+            return
+        session = self.model.session
+        app, sw = session.app, sw_of(response)
+        if app is None or apdu.cla not in (0x00, 0x80):
+            return
+        if apdu.ins == INS.VERIFY and apdu.p1 == 0 and apdu.le is None:
+            fid = session.current if apdu.p2 == 0x80 else apdu.p2 & 0x1F
+            pin = app.pin(fid) if fid is not None else None
+            if pin is not None:
+                self.observer.pin_answer(
+                    (app.aid, pin.fid),
+                    pin,
+                    not apdu.data,
+                    sw,
+                    self.primary.facts.quirks.blocked_sw,
+                )
+        elif apdu.ins == INS.READ_BINARY and sw == SW.OK and len(response) > 2:
+            fid = apdu.p1 & 0x1F if apdu.p1 & 0x80 else session.current
+            ef = app.ef(fid) if fid is not None else None
+            if ef is not None:
+                self.observer.protected_answer(app, ef.read, f"READ BINARY of EF {ef.fid:04X}")
+        elif apdu.ins == INS.COMPUTE_SIGNATURE and sw == SW.OK:
+            fid = apdu.p2 & 0x1F if apdu.p2 & 0xE0 == 0x80 and apdu.p2 != 0x80 else session.current
+            key = app.key(fid) if fid is not None else None
+            if key is not None:
+                self.observer.protected_answer(app, key.use, f"signature with key {key.fid:04X}")
+
+    # -- survey -------------------------------------------------------------------------
+
+    def survey(self) -> None:
+        """Learn what the card holds (applications, files, counters, reader capabilities),
+        checking every answer against the model on the way."""
+        self.begin_example()
+        self.reset()
+        for app in self.primary.facts.catalogue:
+            if sw_of(self.exchange(select_aid(app.aid))) != SW.OK:
+                continue
+            for pin in app.pins:
+                if self.exchange(select_ef(pin.fid))[-2:] == b"\x90\x00":
+                    self.exchange(verify(b""))
+            if self.primary.disposable:  # what a fresh card starts with
+                for pin in app.pins:
+                    start = self.model.counters.get((app.aid, pin.fid))
+                    if start is not None:
+                        self.primary.facts.initial_counters.setdefault((app.aid, pin.fid), start)
+            for ef in app.efs:
+                self._survey_ef(app, ef)
+            for key in app.keys:
+                self.exchange(select_ef(key.fid))
+            self.reset()
+        self._probe_extended()
+        self.reset()
+        self.stats.examples = 0
+        catalogue = self.primary.facts.catalogue
+        missing = [a.name for a in catalogue if not self.primary.facts.apps.get(a.aid)]
+        self.capabilities["applications"] = ", ".join(
+            a.name for a in catalogue if self.primary.facts.apps.get(a.aid)
+        )
+        if missing:
+            self.capabilities["applications not on the card"] = ", ".join(missing)
+
+    def _survey_ef(self, app: AppSpec, ef: EfSpec) -> None:
+        if sw_of(self.exchange(select_ef(ef.fid))) != SW.OK:
+            return
+        if ef.structure is Structure.RECORD:
+            for record in range(1, 16):
+                answer = self.exchange(Apdu(0x00, INS.READ_RECORD, record, 0x04, le=256).encode())
+                if sw_of(answer) != SW.OK:
+                    break
+            return
+        if not ef.free and not self._log_in(app, ef.read):
+            return
+        self.exchange(select_ef(ef.fid))
+        offset = 0
+        while offset < 0x8000:
+            answer = self.exchange(read_binary(offset, 256))
+            if sw_of(answer) != SW.OK:
+                break
+            offset += len(answer) - 2
+            if len(answer) - 2 < 256:
+                break
+
+    def _log_in(self, app: AppSpec, pins: frozenset[int]) -> bool:
+        """VERIFY one of `pins` with its known value (after the retry query)."""
+        for fid in sorted(pins):
+            pin = app.pin(fid)
+            if pin is None or self.model.value(app, pin) is None:
+                continue
+            if sw_of(self.exchange(select_ef(fid))) != SW.OK:
+                continue
+            remaining = self.exchange(verify(b""))
+            if sw_of(remaining) & 0xFFF0 != SW.VERIFY_FAILED or not sw_of(remaining) & 0x0F:
+                continue
+            value = self.model.value(app, pin)
+            assert value is not None
+            try:
+                if sw_of(self.exchange(verify(value))) == SW.OK:
+                    return True
+            except GuardRefusal:
+                continue
+        return False
+
+    def _probe_extended(self) -> None:
+        """Does the reader carry an extended READ BINARY (Le 65536), and the card take it?
+
+        With a profile the answer is checked against its `extended_length` quirk; without
+        one the card's answer is learned (9000: supported, an error: not)."""
+        facts = self.primary.facts
+        command = read_binary(0, 65536, extended=True)
+        answers = []
+        for link in self.links:
+            link.port.transmit(select_aid(JPKI.aid))
+            link.port.transmit(select_ef(0x000A))
+            try:
+                answers.append(link.port.transmit(command))
+            except (TargetError, GuardRefusal) as error:
+                link.extended_ok = False
+                self.capabilities[f"extended length ({link.target.name})"] = f"no: {error}"
+                continue
+            self.capabilities[f"extended length ({link.target.name})"] = "yes"
+            link.port.reset()
+        if not facts.exact and answers:
+            card_takes_it = sw_of(answers[0]) == SW.OK
+            facts.quirks = replace(facts.quirks, extended_length=card_takes_it)
+        if self.extended_ok:
+            self.exchange(select_aid(JPKI.aid))
+            self.exchange(select_ef(0x000A))
+            self.exchange(command)

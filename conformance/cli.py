@@ -1,0 +1,165 @@
+"""`mynacard conformance` and `mynacard replay` (registered by emulator/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .profile import ProfileProblem, read_profile
+from .targets import TargetError, open_target
+from .transcript import TranscriptError, load, save
+
+PROG = "mynacard"
+
+
+def _assignment(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number 0 or more, got {text!r}")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number 1 or more, got {text!r}")
+    return value
+
+
+def _card_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--target",
+        default="emulator",
+        help="emulator (in process), pcsc, pcsc:READER or transcript:FILE (default emulator)",
+    )
+    parser.add_argument(
+        "--profile",
+        help="profile name or file: the model expects its exact data and knows its PINs",
+    )
+    parser.add_argument(
+        "--pin",
+        type=_assignment,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a correct PIN (auth, sign, text, juki, common, code_a, code_b, birth); repeatable",
+    )
+    parser.add_argument(
+        "--pin-budget",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="wrong tries allowed per PIN on a target that is not disposable (default 0)",
+    )
+    parser.add_argument("--record", metavar="FILE", help="write the raw traffic as a transcript")
+
+
+def register(sub: Any) -> None:
+    """Add the `conformance` and `replay` subcommands to mynacard's subparsers."""
+    conformance = sub.add_parser(
+        "conformance", help="property-based conformance run against a card (exit 0: conformant)"
+    )
+    _card_options(conformance)
+    conformance.add_argument("--max-examples", type=_positive, default=None, metavar="N")
+    conformance.add_argument(
+        "--steps", type=_positive, default=None, metavar="N", help="rules per example"
+    )
+    conformance.add_argument("--seed", type=int, metavar="S", help="hypothesis seed")
+    conformance.add_argument("--report", metavar="DIR", help="write junit.xml and report.html")
+    conformance.add_argument(
+        "--differential", metavar="TARGET", help="also drive TARGET and report the first difference"
+    )
+    conformance.set_defaults(func=cmd_conformance)
+
+    replay = sub.add_parser("replay", help="re-run a transcript against a target")
+    replay.add_argument("file", metavar="FILE")
+    _card_options(replay)
+    replay.set_defaults(func=cmd_replay)
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return 2
+
+
+def _pins(args: argparse.Namespace) -> dict[str, str]:
+    pins = dict(args.pin)
+    if args.profile:
+        pins = {**read_profile(args.profile).pins, **pins}
+    return pins
+
+
+def cmd_conformance(args: argparse.Namespace) -> int:
+    from .report import quirk_lines, speed_lines, transcript_text, write_report
+    from .runner import DEFAULT_MAX_EXAMPLES, DEFAULT_STEPS, RunConfig, run
+
+    config = RunConfig(
+        target=args.target,
+        profile=args.profile,
+        pins=dict(args.pin),
+        max_examples=args.max_examples or DEFAULT_MAX_EXAMPLES,
+        steps=args.steps or DEFAULT_STEPS,
+        seed=args.seed,
+        pin_budget=args.pin_budget,
+        differential=args.differential,
+        record=Path(args.record) if args.record else None,
+        progress=True,
+    )
+    try:
+        result = run(config)
+    except (TargetError, ProfileProblem, TranscriptError, OSError, ValueError) as error:
+        return _fail(str(error))
+    print(f"targets: {', '.join(result.targets)}")
+    for name, value in result.capabilities.items():
+        print(f"{name}: {value}")
+    print("quirks: " + ", ".join(quirk_lines(result)))
+    for line in speed_lines(result):
+        print(line)
+    for deviation in result.deviations:
+        print()
+        print(transcript_text(deviation), end="")
+    if result.recorded is not None and config.record is not None:
+        save(config.record, result.recorded.exchanges, [f"recorded from {result.targets[0]}"])
+    if args.report:
+        for path in write_report(result, Path(args.report)):
+            print(f"wrote {path}")
+    print(
+        "conformant"
+        if result.conformant
+        else f"NOT conformant: {len(result.deviations)} deviation(s)"
+    )
+    return 0 if result.conformant else 1
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import replay
+    from .transcript import Recorder
+
+    try:
+        exchanges = load(Path(args.file))
+        pins = _pins(args)
+        target = open_target(args.target, args.profile)
+    except (TargetError, ProfileProblem, TranscriptError, OSError) as error:
+        return _fail(str(error))
+    recorder = Recorder() if args.record else None
+    try:
+        result = replay(exchanges, target, pins=pins, budget=args.pin_budget, recorder=recorder)
+    except TargetError as error:
+        return _fail(str(error))
+    finally:
+        target.close()
+    if recorder is not None:
+        save(Path(args.record), recorder.exchanges, [f"replay of {args.file} on {args.target}"])
+    if result.ok:
+        print(f"{args.file}: all {result.total} exchanges matched on {target.name}")
+        return 0
+    print(f"{args.file}: exchange {result.line} of {result.total}: {result.problem}")
+    return 1

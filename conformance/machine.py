@@ -1,0 +1,595 @@
+"""The hypothesis state machine: rules that mirror the card's commands, checked by the model.
+
+Every rule builds APDUs the way some client of card-spec §12 does (or deliberately does not),
+sends them through `Bench.exchange` (which checks each answer against the model), and the
+invariants check what the observer saw.  `build_machine` binds the class to one bench.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar, cast
+
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+)
+
+from .apdu import INS, SW, Apdu, select_aid, select_ef, sw_of, verify
+from .bench import Bench
+from .guard import GuardRefusal
+from .model import SHA256_DIGEST_INFO
+from .spec import CATALOGUE, ISD_AID, AppSpec, EfSpec, KeySpec, PinSpec, distinguishing_length
+
+DIGEST_INFO_PREFIXES = {
+    "sha1": bytes.fromhex("3021300906052b0e03021a05000414"),
+    "sha224": bytes.fromhex("302d300d06096086480165030402040500041c"),
+    "sha256": SHA256_DIGEST_INFO,
+    "sha384": bytes.fromhex("3041300d060960864801650304020205000430"),
+    "sha512": bytes.fromhex("3051300d060960864801650304020305000440"),
+}
+
+fids = st.one_of(
+    st.integers(0x0001, 0x001E),
+    st.sampled_from([0x3F00, 0x2F10, 0x0000, 0xFFFF, 0x001F]),
+    st.integers(0, 0xFFFF),
+)
+short_le = st.one_of(st.sampled_from([256, 255, 224, 32, 8, 7, 4, 3, 1]), st.integers(1, 256))
+extended_le = st.one_of(st.just(65536), st.integers(1, 65536))
+wrong_values = st.one_of(
+    st.text("0123456789", min_size=4, max_size=4),
+    st.text("0123456789", min_size=1, max_size=16),
+    st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", min_size=6, max_size=16),
+    st.text("abcdefxyz0123456789", min_size=6, max_size=16),
+).map(str.encode) | st.binary(min_size=1, max_size=16)
+payloads = st.one_of(
+    st.tuples(st.sampled_from(sorted(DIGEST_INFO_PREFIXES)), st.binary(max_size=64)).map(
+        lambda pair: DIGEST_INFO_PREFIXES[pair[0]] + hashlib.new(pair[0], pair[1]).digest()
+    ),
+    st.binary(min_size=32, max_size=32),
+    st.binary(min_size=1, max_size=255),
+    st.binary(min_size=240, max_size=255),
+    st.just(b""),
+)
+INVARIANT_SECTIONS = {
+    "counter": "§7 PINs",
+    "query": "§7 PINs",
+    "blocked": "§7 PINs",
+    "protected": "§3 JPKI-AP",
+}
+
+schemes = st.one_of(st.integers(0, 5), st.integers(0, 5), st.integers(6, 255))
+
+
+Rule = TypeVar("Rule", bound=Callable[..., Any])
+
+
+def counted(rule_body: Rule) -> Rule:
+    """Count the rule's runs in the bench's statistics (the "stateful steps")."""
+
+    @functools.wraps(rule_body)
+    def run(self: ConformanceMachine, *args: Any, **kwargs: Any) -> Any:
+        self.bench.stats.rule_steps += 1
+        return rule_body(self, *args, **kwargs)
+
+    return cast(Rule, run)
+
+
+class ConformanceMachine(RuleBasedStateMachine):
+    """Random APDU sequences, each answer checked against the model (see the module doc)."""
+
+    bench: ClassVar[Bench]
+    challenges = Bundle("challenges")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bench.begin_example()
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def send(self, command: bytes) -> bytes | None:
+        """Exchange one APDU; None if the PIN guard refused it (nothing was sent)."""
+        try:
+            return self.bench.exchange(command)
+        except GuardRefusal:
+            return None
+
+    @property
+    def careful(self) -> bool:
+        """A real card may be behind the target: wrong PINs only within the guard's budget."""
+        return not self.bench.disposable
+
+    def pick_pin(self, index: int) -> tuple[AppSpec, PinSpec] | None:
+        pins = self.bench.model.pins()
+        return pins[index % len(pins)] if pins else None
+
+    def pick_key(self, index: int) -> tuple[AppSpec, KeySpec] | None:
+        keys = self.bench.model.keys()
+        return keys[index % len(keys)] if keys else None
+
+    def pick_ef(self, index: int) -> EfSpec | None:
+        efs = self.bench.model.efs()
+        return efs[index % len(efs)][1] if efs else None
+
+    def query_then(self, pin: PinSpec, p2: int, value: bytes) -> bytes | None:
+        """VERIFY `value`, right after the retry query of the same PIN (as the guard wants)."""
+        if p2 == 0x80:
+            self.send(select_ef(pin.fid))
+        self.send(verify(b"", p2))
+        return self.send(verify(value, p2))
+
+    def log_in(self, app: AppSpec, pins: frozenset[int]) -> None:
+        """VERIFY the first of `pins` whose value is known (nothing if none is)."""
+        model = self.bench.model
+        for fid in sorted(pins):
+            pin = app.pin(fid)
+            value = model.value(app, pin) if pin is not None else None
+            if pin is not None and value is not None:
+                self.query_then(pin, 0x80 | pin.fid, value)
+                return
+
+    # -- SELECT -------------------------------------------------------------------------
+
+    @initialize(index=st.integers(0, 7), anywhere=st.integers(0, 5))
+    def start_in_an_application(self, index: int, anywhere: int) -> None:
+        """Most examples begin inside an application, as every client does."""
+        apps = self.bench.model.present_apps()
+        if apps and anywhere:
+            self.send(select_aid(apps[index % len(apps)].aid))
+
+    @rule(
+        kind=st.sampled_from(
+            [
+                "full",
+                "prefix",
+                "prefix",
+                "away-and-back",
+                "away-and-back",
+                "national",
+                "unknown",
+                "longer",
+                "isd",
+                "bad-p2",
+            ]
+        ),
+        index=st.integers(0, len(CATALOGUE) - 1),
+        cut=st.integers(0, 15),
+        fci=st.booleans(),
+        noise=st.binary(min_size=1, max_size=16),
+    )
+    @counted
+    def select_application(self, kind: str, index: int, cut: int, fci: bool, noise: bytes) -> None:
+        """SELECT by DF name: an application on the card (full AID or a prefix), any national
+        AP (present or not), an unknown or too long name, the ISD, or away and back."""
+        model = self.bench.model
+        present = model.present_apps()
+        app = present[index % len(present)] if present and kind != "national" else CATALOGUE[index]
+        if kind == "away-and-back":
+            here = model.app
+            others = [a for a in model.present_apps() if a is not here]
+            self.send(select_aid(others[index % len(others)].aid if others else ISD_AID))
+            if here is not None:
+                self.send(select_aid(here.aid))
+            return
+        if kind == "prefix":  # a proper prefix that names one application (card-spec §2.1)
+            catalogue = model.facts.catalogue
+            cuttable = [a for a in present if distinguishing_length(a, catalogue) < len(a.aid)]
+            app = cuttable[index % len(cuttable)] if cuttable else app
+            shortest = distinguishing_length(app, catalogue)
+            name = app.aid[: shortest + cut % max(len(app.aid) - shortest, 1)]
+        elif kind == "unknown":
+            name = bytes((noise[0] & 0x7F,)) + noise[1:]
+        elif kind == "longer":
+            name = app.aid + noise[:1]
+        elif kind == "isd":
+            name = ISD_AID
+        else:
+            name = app.aid
+        p2 = 0x04 if kind == "bad-p2" else 0x00 if fci else 0x0C
+        self.send(select_aid(name, p2))
+
+    @rule(index=st.one_of(st.integers(0, 15), st.integers(0, 15), st.none()), fid=fids)
+    @counted
+    def select_file(self, index: int | None, fid: int) -> None:
+        """SELECT EF: mostly an object of the selected application, sometimes any FID."""
+        app = self.bench.model.app
+        if index is not None and app is not None:
+            fid = app.fids[index % len(app.fids)]
+        self.send(select_ef(fid))
+
+    # -- READ BINARY / READ RECORD ------------------------------------------------------
+
+    @rule(
+        index=st.integers(0, 15),
+        how=st.sampled_from(["select", "select", "sfi", "current", "bad-sfi"]),
+        where=st.sampled_from(["start", "inside", "end", "end", "past", "anywhere"]),
+        delta=st.integers(0, 300),
+        le=short_le,
+        long_le=extended_le,
+        extended=st.booleans(),
+        shape=st.sampled_from(["normal", "normal", "normal", "normal", "no-le", "with-data"]),
+        login=st.integers(0, 2),
+    )
+    @counted
+    def read_binary(
+        self,
+        index: int,
+        how: str,
+        where: str,
+        delta: int,
+        le: int,
+        long_le: int,
+        extended: bool,
+        shape: str,
+        login: int,
+    ) -> None:
+        """READ BINARY of an EF (selected first, by SFI, or the current one), at offsets
+        around its end; a third of the time after VERIFY of its PIN."""
+        model = self.bench.model
+        ef = self.pick_ef(index)
+        if how == "current" or ef is None:
+            fid = model.session.current
+            ef = model.app.ef(fid) if model.app is not None and fid is not None else None
+        if ef is not None and model.app is not None and login == 0:
+            self.log_in(model.app, ef.read)
+        if how == "select" and ef is not None:
+            self.send(select_ef(ef.fid))
+        extended = extended and self.bench.extended_ok
+        length = long_le if extended else le
+        offset = self.offset_in(ef, where, delta, length)
+        if how in ("sfi", "bad-sfi") and ef is not None:
+            p1, p2 = 0x80 | ef.fid | (0x20 if how == "bad-sfi" else 0), offset & 0xFF
+        else:
+            p1, p2 = offset >> 8 & 0x7F, offset & 0xFF
+        if shape == "no-le":
+            command = Apdu(0x00, INS.READ_BINARY, p1, p2).encode()
+        elif shape == "with-data":
+            command = Apdu(0x00, INS.READ_BINARY, p1, p2, b"\x00", le=length).encode()
+        else:
+            command = Apdu(0x00, INS.READ_BINARY, p1, p2, le=length, extended=extended).encode()
+        self.send(command)
+
+    def offset_in(self, ef: EfSpec | None, where: str, delta: int, length: int) -> int:
+        """An offset `delta` bytes from the start or end of `ef` (its size as known)."""
+        model = self.bench.model
+        size = model.facts.content(model.app, ef).size_min if model.app and ef else 0
+        if where == "anywhere" or not size:
+            return delta * 97 % 0x8000 if where == "anywhere" else delta % 256
+        if where == "inside":
+            return delta * 13 % size
+        if where == "end":
+            return max(0, size - length + delta % 8 - 4)
+        if where == "past":
+            return size + delta % 16
+        return delta % 256
+
+    @rule(
+        index=st.integers(0, 15),
+        probe=st.sampled_from(["as-is", "after-reset", "after-switch"]),
+        by_sfi=st.booleans(),
+    )
+    @counted
+    def probe_access_control(self, index: int, probe: str, by_sfi: bool) -> None:
+        """Read a PIN-protected EF, or sign with a PIN-protected key, of any application
+        without VERIFY: as the session is, after a reset, or after selecting another
+        application and coming back (security state, card-spec §2.2)."""
+        model = self.bench.model
+        if probe == "after-reset":
+            self.bench.reset()
+        elif probe == "after-switch" and model.app is not None:
+            here = model.app
+            others = [a for a in model.present_apps() if a is not here]
+            self.send(select_aid(others[index % len(others)].aid if others else ISD_AID))
+            self.send(select_aid(here.aid))
+        guarded = [
+            (app, fid)
+            for app in model.present_apps()
+            for fid, needs in [(ef.fid, ef.read) for ef in app.efs]
+            + [(key.fid, key.use) for key in app.keys]
+            if needs and model.facts.present(app, fid) is True
+        ]
+        if not guarded:
+            return
+        app, fid = guarded[index % len(guarded)]
+        if app is not model.app:
+            self.send(select_aid(app.aid))
+        if not by_sfi:
+            self.send(select_ef(fid))
+        p1 = 0x80 | fid if by_sfi else 0x00
+        if app.key(fid) is not None:
+            data = SHA256_DIGEST_INFO + bytes(32)
+            command = Apdu(0x80, INS.COMPUTE_SIGNATURE, 0x00, p1 or 0x80, data, le=256)
+        else:
+            command = Apdu(0x00, INS.READ_BINARY, p1, 0x00, le=256)
+        self.send(command.encode())
+
+    @rule(
+        index=st.integers(0, 15),
+        record=st.integers(0, 3),
+        how=st.sampled_from(["select", "sfi", "current", "bad-p2"]),
+        le=st.sampled_from([256, 256, 1, 16]),
+    )
+    @counted
+    def read_record(self, index: int, record: int, how: str, le: int) -> None:
+        """READ RECORD of an EF of the application, selected first or by SFI."""
+        ef = self.pick_ef(index)
+        fid = ef.fid if ef is not None else 1
+        if how == "select":
+            self.send(select_ef(fid))
+        p2 = {"sfi": fid << 3 | 0x04, "bad-p2": 0x05}.get(how, 0x04)
+        self.send(Apdu(0x00, INS.READ_RECORD, record, p2, le=le).encode())
+
+    # -- PINs ---------------------------------------------------------------------------
+
+    @rule(
+        index=st.integers(0, 7),
+        form=st.sampled_from(["select", "select", "sfi", "current", "with-le", "bad-p2", "bad-p1"]),
+    )
+    @counted
+    def retry_query(self, index: int, form: str) -> None:
+        """VERIFY with no data (the retry query), in the forms clients use and a few others."""
+        found = self.pick_pin(index)
+        fid = found[1].fid if found else 0x18
+        if form == "select":
+            self.send(select_ef(fid))
+        if self.careful and form in ("with-le", "bad-p2", "bad-p1"):
+            form = "current"
+        p1 = 0x01 if form == "bad-p1" else 0x00
+        p2 = 0x80 | fid if form == "sfi" else 0x00 if form == "bad-p2" else 0x80
+        le = 256 if form == "with-le" else None
+        self.send(Apdu(0x00, INS.VERIFY, p1, p2, le=le).encode())
+
+    @precondition(lambda self: any(self.bench.model.value(*p) for p in self.bench.model.pins()))
+    @rule(index=st.integers(0, 7), by_sfi=st.booleans(), query_first=st.booleans())
+    @counted
+    def verify_correct_pin(self, index: int, by_sfi: bool, query_first: bool) -> None:
+        """VERIFY with the right value: 9000, the counter back to its maximum."""
+        found = self.pick_pin(index)
+        if found is None:
+            return
+        app, pin = found
+        value = self.bench.model.value(app, pin)
+        if value is None:
+            return
+        p2 = 0x80 | pin.fid if by_sfi else 0x80
+        if self.careful or query_first:
+            self.query_then(pin, p2, value)
+            return
+        if not by_sfi:
+            self.send(select_ef(pin.fid))
+        self.send(verify(value, p2))
+
+    @precondition(lambda self: bool(self.bench.model.pins()))
+    @rule(
+        index=st.integers(0, 7),
+        wrong=wrong_values,
+        by_sfi=st.booleans(),
+        until_blocked=st.integers(0, 7),
+    )
+    @counted
+    def verify_wrong_pin(self, index: int, wrong: bytes, by_sfi: bool, until_blocked: int) -> None:
+        """VERIFY with a wrong value (right or wrong format).  On a disposable card, one time
+        in eight until the key is blocked and once more; on any other card only within the
+        guard's budget, between retry queries, and followed by the correct value."""
+        found = self.pick_pin(index)
+        if found is None:
+            return
+        app, pin = found
+        correct = self.bench.model.value(app, pin)
+        if wrong == correct:
+            wrong = wrong[:-1] + bytes((wrong[-1] ^ 0x01,))
+        p2 = 0x80 | pin.fid if by_sfi else 0x80
+        if not self.careful:
+            if not by_sfi:
+                self.send(select_ef(pin.fid))
+            tries = 1 if until_blocked else (self.bench.model.remaining(app, pin) or 0) + 1
+            for _ in range(tries):
+                self.send(verify(wrong, p2))
+            return
+        guard = self.bench.primary.guard
+        if guard is None or correct is None or not guard.may_try_wrong((app.aid, pin.fid)):
+            return
+        if self.query_then(pin, p2, wrong) is not None:
+            self.query_then(pin, p2, correct)
+
+    @precondition(lambda self: bool(self.bench.model.pins()))
+    @rule(
+        index=st.integers(0, 7),
+        kind=st.sampled_from(["same", "new", "new", "bad-format", "other-ins", "empty"]),
+        login=st.integers(0, 3),
+        new=st.text("0123456789", min_size=14, max_size=14),
+        long_new=st.text("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789", min_size=6, max_size=16),
+    )
+    @counted
+    def change_pin(self, index: int, kind: str, login: int, new: str, long_new: str) -> None:
+        """CHANGE REFERENCE DATA / CHANGE KEY, mostly right after VERIFY of the old value.
+        On a card that is not disposable only to the same value (nothing changes)."""
+        found = self.pick_pin(index)
+        if found is None:
+            return
+        app, pin = found
+        current = self.bench.model.value(app, pin)
+        if self.careful:
+            kind = "same"
+        if kind == "same" and current is None:
+            return
+        if login and current is not None:
+            self.query_then(pin, 0x80, current)
+        else:
+            self.send(select_ef(pin.fid))
+        if kind == "same":
+            value = current or b""
+        elif kind == "bad-format":
+            value = b"x" * 20
+        elif kind == "empty":
+            value = b""
+        elif pin.value_format.startswith("[A-Z"):
+            value = long_new.encode()
+        else:
+            digits = pin.value_format.removeprefix("[0-9]{").removesuffix("}")
+            value = new[: int(digits) if digits.isdigit() else 4].encode()
+        change_ins = pin.change_ins or INS.CHANGE_REFERENCE_DATA
+        if kind == "other-ins":
+            swap = {
+                INS.CHANGE_REFERENCE_DATA: INS.CHANGE_KEY,
+                INS.CHANGE_KEY: INS.CHANGE_REFERENCE_DATA,
+            }
+            change_ins = swap[INS(change_ins)]
+        if change_ins == INS.CHANGE_KEY:
+            command = Apdu(0x80, INS.CHANGE_KEY, 0x00, 0x80, value).encode()
+        else:
+            command = Apdu(0x00, INS.CHANGE_REFERENCE_DATA, 0x01, 0x80, value).encode()
+        self.send(command)
+
+    # -- keys ---------------------------------------------------------------------------
+
+    @rule(
+        index=st.integers(0, 3),
+        scheme=schemes,
+        payload=payloads,
+        form=st.sampled_from(["select", "select", "sfi", "current", "default", "other-p2"]),
+        login=st.booleans(),
+        extended=st.integers(0, 9),
+    )
+    @counted
+    def sign(
+        self, index: int, scheme: int, payload: bytes, form: str, login: bool, extended: int
+    ) -> None:
+        """COMPUTE DIGITAL SIGNATURE with every P1 scheme and digest size, half the time
+        after VERIFY of the key's PIN; the signature is checked with the card's certificate."""
+        found = self.pick_key(index)
+        if found is not None and login:
+            self.log_in(*(found[0], found[1].use))
+        fid = found[1].fid if found else 0x17
+        if form == "select":
+            self.send(select_ef(fid))
+        p2 = {"sfi": 0x80 | fid, "default": 0x00, "other-p2": 0x01}.get(form, 0x80)
+        long_form = extended == 0 and len(payload) > 0 and self.bench.extended_ok
+        command = Apdu(0x80, INS.COMPUTE_SIGNATURE, scheme, p2, payload, le=256, extended=long_form)
+        self.send(command.encode())
+
+    @rule(
+        target=challenges,
+        le=st.one_of(st.integers(1, 256), st.just(8), st.just(16)),
+        shape=st.sampled_from(["normal", "normal", "normal", "extended", "p1", "no-le"]),
+    )
+    @counted
+    def get_challenge(self, le: int, shape: str) -> object:
+        """GET CHALLENGE: Le random bytes; extended Le is refused (6985)."""
+        if shape == "extended" and not self.bench.extended_ok:
+            shape = "normal"
+        apdu = Apdu(
+            0x00,
+            INS.GET_CHALLENGE,
+            0x01 if shape == "p1" else 0x00,
+            0x00,
+            le=None if shape == "no-le" else le,
+            extended=shape == "extended",
+        )
+        answer = self.send(apdu.encode())
+        if answer is None or sw_of(answer) != SW.OK:
+            return multiple()
+        return answer[:-2]
+
+    @rule(
+        challenge=challenges,
+        index=st.integers(0, 3),
+        form=st.sampled_from(["select", "sfi", "current", "no-le"]),
+        login=st.booleans(),
+    )
+    @counted
+    def internal_authenticate(self, challenge: bytes, index: int, form: str, login: bool) -> None:
+        """INTERNAL AUTHENTICATE of a challenge the card gave (from the bundle)."""
+        found = self.pick_key(index)
+        if found is not None and login:
+            self.log_in(*(found[0], found[1].use))
+        fid = found[1].fid if found else 0x17
+        if form == "select":
+            self.send(select_ef(fid))
+        p2 = 0x80 | fid if form == "sfi" else 0x80
+        le = None if form == "no-le" else 256
+        command = Apdu(0x00, INS.INTERNAL_AUTHENTICATE, 0x00, p2, challenge[:255], le=le)
+        self.send(command.encode())
+
+    # -- power --------------------------------------------------------------------------
+
+    @rule(cold=st.booleans(), look=st.booleans())
+    @counted
+    def restart(self, cold: bool, look: bool) -> None:
+        """Warm reset or power cycle: the session ends, the counters stay (half the time
+        read back at once in the application the card was in)."""
+        app = self.bench.model.app
+        if cold:
+            self.bench.power_cycle()
+        else:
+            self.bench.reset()
+        if look and app is not None:
+            self.send(select_aid(app.aid))
+            for _app, pin in self.bench.model.pins():
+                self.send(verify(b"", 0x80 | pin.fid))
+
+    # -- what no client sends (only where nothing real can be harmed) --------------------
+
+    @precondition(lambda self: not self.careful)
+    @rule(
+        kind=st.sampled_from(["class", "instruction", "length", "master-file"]),
+        cla=st.sampled_from([0x01, 0x03, 0x0C, 0x08, 0x44, 0x70, 0xA0, 0xB0, 0xFF]),
+        ins=st.sampled_from(
+            [0x00, 0x0E, 0x2C, 0x44, 0x70, 0xD6, 0xE2, 0xF0, 0xA4, 0xB0, 0x20, 0x2A]
+        ),
+        body=st.binary(min_size=1, max_size=12),
+        lc=st.integers(1, 255),
+    )
+    @counted
+    def odd_command(self, kind: str, cla: int, ins: int, body: bytes, lc: int) -> None:
+        """Unknown classes and instructions, broken length fields, SELECT of the MF."""
+        if kind == "class":
+            command = bytes((cla, ins, 0x00, 0x00))
+        elif kind == "instruction":
+            known = ins in (0xA4, 0xB0, 0x20, 0x2A)
+            command = bytes((0x80 if known and ins != 0x2A else 0x00, ins, 0x00, 0x00))
+        elif kind == "length":
+            if lc in (len(body), len(body) - 1):
+                lc = (lc + 2) % 256 or 1
+            command = b"\x00\xa4\x04\x0c" + bytes((lc,)) + body
+        else:
+            data = (b"", b"\x3f\x00", b"\x00\x01")[lc % 3]
+            command = Apdu(0x00, INS.SELECT, 0x00, 0x00, data).encode()
+        self.send(command)
+
+    # -- invariants (on the answers alone, not on the model's predictions) --------------
+
+    def _check(self, kind: str) -> None:
+        observer = self.bench.observer
+        if observer.violations[kind]:
+            message = f"invariant: {observer.messages[kind]}"
+            raise self.bench.fail(INVARIANT_SECTIONS[kind], message)
+
+    @invariant()
+    def counter_only_rises_on_a_correct_verify(self) -> None:
+        self._check("counter")
+
+    @invariant()
+    def retry_query_never_costs_a_try(self) -> None:
+        self._check("query")
+
+    @invariant()
+    def blocked_key_stays_blocked(self) -> None:
+        self._check("blocked")
+
+    @invariant()
+    def no_protected_object_without_its_key(self) -> None:
+        self._check("protected")
+
+
+def build_machine(bench: Bench) -> type[ConformanceMachine]:
+    """A machine class bound to `bench` (hypothesis instantiates it once per example)."""
+    return type("CardConformance", (ConformanceMachine,), {"bench": bench})

@@ -1,0 +1,860 @@
+"""Reference model of the card's observable behaviour, written from card-spec and decisions.md.
+
+`CardFacts` is what the bench knows about one card (from the spec, a profile, and what the
+card itself showed in the survey); `CardModel` is one session on it.  For every command the
+model gives an `Expectation`: the response pattern (status word and data byte for byte where
+the spec fixes them, wildcards where the bytes are card-specific or random), an optional
+check for what a pattern cannot say (signatures verified with the card's own certificates),
+and the effect the command has on the card's state once the response is in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+from .apdu import INS, ISO_INS, PROPRIETARY_INS, SW, WRITE_INS, Apdu, MalformedApdu, sw_of
+from .profile import FreeApp, ProfileFacts, Quirks
+from .spec import (
+    CATALOGUE,
+    ISD_AID,
+    JPKI,
+    MAX_VERIFY_LENGTH,
+    AppSpec,
+    EfSpec,
+    KeySpec,
+    KeyUse,
+    PinSpec,
+    Structure,
+)
+from .transcript import Pattern
+
+ObjectKey = tuple[bytes, int]  # (AID, FID)
+CardObject = EfSpec | PinSpec | KeySpec
+
+SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
+TOKEN_LABEL = b"JPKIAPICCTOKEN2".ljust(32, b" ")  # card-spec §3.1: a My Number Card
+RSA_BYTES = 256
+
+SECTION_CARD = "§2 card-wide commands"
+SECTION_PINS = "§7 PINs"
+SECTION_SIGN = "§8 signing"
+SECTION_READ = "§9 READ BINARY"
+SECTION_POWER = "§2.2 security state, reset and power"
+
+
+class Unknown:
+    """Marks an object whose presence on the card is not known yet."""
+
+
+UNKNOWN = Unknown()
+
+
+@dataclass
+class EfContent:
+    """What is known of an EF's bytes: `data[i]` is known where `mask[i]` is set."""
+
+    size_min: int = 0
+    size_max: int | None = None
+    data: bytearray = field(default_factory=bytearray)
+    mask: bytearray = field(default_factory=bytearray)
+
+    @classmethod
+    def exact(cls, data: bytes) -> EfContent:
+        return cls(len(data), len(data), bytearray(data), bytearray(b"\x01" * len(data)))
+
+    def known(self, start: int, end: int) -> bytes | None:
+        end = min(end, len(self.data))
+        if start >= end or not all(self.mask[start:end]):
+            return None
+        return bytes(self.data[start:end])
+
+    def learn(self, offset: int, chunk: bytes) -> None:
+        end = offset + len(chunk)
+        if end > len(self.data):
+            grow = end - len(self.data)
+            self.data.extend(bytes(grow))
+            self.mask.extend(bytes(grow))
+        self.data[offset:end] = chunk
+        self.mask[offset:end] = b"\x01" * len(chunk)
+        self.size_min = max(self.size_min, end)
+
+    def pattern(self, offset: int, count_min: int, count_max: int) -> str:
+        """Hex pattern of bytes offset.. with count_min..count_max of them, known ones exact."""
+        parts = []
+        position = offset
+        end = offset + count_min
+        while position < end:
+            if position < len(self.mask) and self.mask[position]:
+                run_end = position
+                while run_end < end and run_end < len(self.mask) and self.mask[run_end]:
+                    run_end += 1
+                parts.append(bytes(self.data[position:run_end]).hex().upper())
+            else:
+                run_end = position
+                while run_end < end and not (run_end < len(self.mask) and self.mask[run_end]):
+                    run_end += 1
+                parts.append(f"[{run_end - position}]")
+            position = run_end
+        if count_max > count_min:
+            parts.append(f"[0-{count_max - count_min}]")
+        return " ".join(parts)
+
+
+@dataclass
+class CardFacts:
+    """What the bench knows about a card; learned facts are shared by every example of a run."""
+
+    quirks: Quirks
+    exact: bool  # a profile fixes the data: objects outside the spec do not exist
+    atr: bytes | None = None
+    apps: dict[bytes, bool | None] = field(default_factory=dict)
+    objects: dict[ObjectKey, bool] = field(default_factory=dict)  # presence, where learned
+    contents: dict[ObjectKey, EfContent] = field(default_factory=dict)
+    records: dict[tuple[bytes, int, int], bytes] = field(default_factory=dict)
+    record_ends: dict[ObjectKey, int] = field(default_factory=dict)  # first missing record
+    pin_values: dict[ObjectKey, bytes] = field(default_factory=dict)
+    initial_counters: dict[ObjectKey, int] = field(default_factory=dict)
+    live_counters: dict[ObjectKey, int] = field(default_factory=dict)  # last seen, all examples
+    extra_apps: tuple[AppSpec, ...] = ()  # free-area applications a profile installs
+    _public_keys: dict[ObjectKey, rsa.RSAPublicKey] = field(default_factory=dict)
+
+    @classmethod
+    def learning(
+        cls, pins: dict[str, str] | None = None, quirks: Quirks | None = None
+    ) -> CardFacts:
+        """A card known only through the spec (and the PINs the user gave)."""
+        facts = cls(quirks or Quirks(), exact=False)
+        facts.apps = {app.aid: True if app.required else None for app in CATALOGUE}
+        facts._set_pins(pins or {})
+        facts.contents[(JPKI.aid, 0x0006)] = EfContent()
+        facts.contents[(JPKI.aid, 0x0006)].learn(0, TOKEN_LABEL)
+        return facts
+
+    @classmethod
+    def from_profile(cls, profile: ProfileFacts, pins: dict[str, str] | None = None) -> CardFacts:
+        """A card personalised from `profile`: its exact ATR, certificates, PINs and counters."""
+        facts = cls.learning({**profile.pins, **(pins or {})}, profile.quirks)
+        facts.exact = True
+        facts.atr = profile.atr
+        filler = bytes((profile.quirks.filler,))
+        aid = JPKI.aid
+        by_name = {"sign": 0x0001, "sign_ca": 0x0002, "auth": 0x000A, "auth_ca": 0x000B}
+        for name, fid in by_name.items():
+            der = profile.certificates.get(name)
+            if der is not None:
+                ef = JPKI.ef(fid)
+                size = ef.size if ef is not None and ef.size is not None else len(der)
+                facts.contents[(aid, fid)] = EfContent.exact(der + filler * (size - len(der)))
+        has_sign = profile.has_sign_cert
+        facts.contents[(aid, 0x0008)] = EfContent.exact(bytes((0x8F if has_sign else 0, 0x8F, 0)))
+        for fid in JPKI.optional_fids:
+            facts.objects[(aid, fid)] = has_sign
+        for app in CATALOGUE:
+            for pin in app.pins:
+                if pin.name:
+                    start = profile.counters.get(pin.name, pin.max_tries)
+                    facts.initial_counters[(app.aid, pin.fid)] = start
+        for free in profile.free_area:
+            facts.add_free_app(free)
+        return facts
+
+    def add_free_app(self, free: FreeApp) -> None:
+        """A free-area application the profile installs, with what it says of its data."""
+        app = free.spec
+        self.extra_apps += (app,)
+        self.apps[app.aid] = True
+        for ef in app.efs:
+            content = self.contents[(app.aid, ef.fid)] = EfContent()
+            if ef.size is not None:
+                content.learn(0, free.contents.get(ef.fid, b""))
+                content.size_min = content.size_max = ef.size
+        for fid, records in free.records.items():
+            for number, record in enumerate(records, 1):
+                self.records[(app.aid, fid, number)] = record
+            self.record_ends[(app.aid, fid)] = len(records) + 1
+        for pin in app.pins:
+            self.initial_counters[(app.aid, pin.fid)] = pin.max_tries
+            self.pin_values[(app.aid, pin.fid)] = free.pins[pin.fid]
+
+    @property
+    def catalogue(self) -> tuple[AppSpec, ...]:
+        """Every application the bench knows of: the national ones, then the free area's."""
+        return CATALOGUE + self.extra_apps
+
+    def _set_pins(self, pins: dict[str, str]) -> None:
+        for app in CATALOGUE:
+            for pin in app.pins:
+                if pin.name in pins:
+                    self.pin_values[(app.aid, pin.fid)] = pins[pin.name].encode()
+                if pin.max_tries == 0:  # blocked at issuance (text 0012)
+                    self.initial_counters[(app.aid, pin.fid)] = 0
+
+    def present(self, app: AppSpec, fid: int) -> bool | Unknown:
+        """Whether object `fid` exists in `app` on this card."""
+        learned = self.objects.get((app.aid, fid))
+        if learned is not None:
+            return learned
+        if fid in app.optional_fids:
+            return UNKNOWN
+        if fid in app.fids:
+            return True
+        return False if self.exact else UNKNOWN
+
+    def content(self, app: AppSpec, ef: EfSpec) -> EfContent:
+        key = (app.aid, ef.fid)
+        content = self.contents.get(key)
+        if content is None:
+            content = self.contents[key] = EfContent()
+        if ef.size is not None and self.exact and content.size_max is None:
+            content.size_min = max(content.size_min, ef.size)
+            content.size_max = ef.size
+        return content
+
+    def public_key(self, app: AppSpec, key: KeySpec) -> rsa.RSAPublicKey | None:
+        """The public key from the certificate EF of `key`, once its bytes are known."""
+        if key.certificate is None:
+            return None
+        cached = self._public_keys.get((app.aid, key.fid))
+        if cached is not None:
+            return cached
+        content = self.contents.get((app.aid, key.certificate))
+        head = content.known(0, 4) if content else None
+        if content is None or head is None or head[:2] != b"\x30\x82":
+            return None
+        der = content.known(0, int.from_bytes(head[2:4], "big") + 4)
+        if der is None:
+            return None
+        public = x509.load_der_x509_certificate(der).public_key()
+        if not isinstance(public, rsa.RSAPublicKey):
+            return None
+        self._public_keys[(app.aid, key.fid)] = public
+        return public
+
+
+Effect = Callable[[bytes], None]
+Check = Callable[[bytes], str | None]
+
+
+@dataclass
+class Expectation:
+    """What the card must answer, and what the answer does to the card's state."""
+
+    pattern: Pattern
+    section: str
+    effect: Effect | None = None
+    check: Check | None = None
+    portable: bool = True  # every conformant card answers these very bytes (differential mode)
+
+    def problem(self, response: bytes) -> str | None:
+        """Why `response` does not conform, or None."""
+        if not self.pattern.matches(response):
+            return f"expected {self.pattern}, got {brief(response)}"
+        return self.check(response) if self.check else None
+
+
+def brief(response: bytes, limit: int = 24) -> str:
+    """A response in hex for messages: long data shortened, the status word always shown."""
+    if not response:
+        return "(nothing)"
+    if len(response) <= limit + 2:
+        return response.hex().upper()
+    head, sw = response[:limit].hex().upper(), response[-2:].hex().upper()
+    return f"{head}… ({len(response) - 2} bytes) {sw}"
+
+
+def _status(*sws: int) -> Pattern:
+    return Pattern(" | ".join(f"{sw:04X}" for sw in sws))
+
+
+class _Refused(Exception):
+    """Internal: the command ends in an error status word (any of `sws`)."""
+
+    def __init__(self, *sws: int) -> None:
+        super().__init__(" ".join(f"{sw:04X}" for sw in sws))
+        self.sws = sws
+
+
+@dataclass
+class Session:
+    """The card's volatile state: selection and security status (cleared by reset)."""
+
+    app: AppSpec | None = None
+    current: int | None = None
+    verified: set[ObjectKey] = field(default_factory=set)
+
+
+class CardModel:
+    """One run of commands against a card described by `facts`."""
+
+    def __init__(self, facts: CardFacts, *, fresh: bool) -> None:
+        self.facts = facts
+        self.session = Session()
+        source = facts.initial_counters if fresh else facts.live_counters
+        self.counters: dict[ObjectKey, int] = dict(source)
+        self.values: dict[ObjectKey, bytes] = dict(facts.pin_values)
+
+    # -- queries the state machine uses to pick commands ---------------------------------
+
+    @property
+    def app(self) -> AppSpec | None:
+        return self.session.app
+
+    def present_apps(self) -> list[AppSpec]:
+        return [app for app in self.facts.catalogue if self.facts.apps.get(app.aid)]
+
+    def pins(self) -> list[tuple[AppSpec, PinSpec]]:
+        """PINs of the selected application that exist on this card."""
+        app = self.session.app
+        if app is None:
+            return []
+        return [(app, pin) for pin in app.pins if self.facts.present(app, pin.fid) is True]
+
+    def keys(self) -> list[tuple[AppSpec, KeySpec]]:
+        app = self.session.app
+        if app is None:
+            return []
+        return [(app, key) for key in app.keys if self.facts.present(app, key.fid) is True]
+
+    def efs(self) -> list[tuple[AppSpec, EfSpec]]:
+        app = self.session.app
+        if app is None:
+            return []
+        return [(app, ef) for ef in app.efs if self.facts.present(app, ef.fid) is True]
+
+    def remaining(self, app: AppSpec, pin: PinSpec) -> int | None:
+        return self.counters.get((app.aid, pin.fid))
+
+    def value(self, app: AppSpec, pin: PinSpec) -> bytes | None:
+        return self.values.get((app.aid, pin.fid))
+
+    def is_verified(self, app: AppSpec, fid: int) -> bool:
+        return (app.aid, fid) in self.session.verified
+
+    # -- power --------------------------------------------------------------------------
+
+    def expect_atr(self) -> Expectation:
+        """Reset or power cycle: the ATR, and a session back to the power-on state."""
+
+        def effect(atr: bytes) -> None:
+            self.session = Session()
+            if self.facts.atr is None:
+                self.facts.atr = atr
+
+        atr = self.facts.atr
+        pattern = Pattern.exact(atr) if atr is not None else Pattern("3B [*] | 3F [*]")
+        return Expectation(pattern, SECTION_POWER, effect, portable=atr is not None)
+
+    # -- commands -----------------------------------------------------------------------
+
+    def expect(self, command: bytes) -> Expectation:
+        try:
+            apdu = Apdu.parse(command)
+        except MalformedApdu:
+            return Expectation(_status(SW.WRONG_LENGTH), SECTION_CARD)
+        try:
+            return self._dispatch(apdu)
+        except _Refused as refused:
+            known = apdu.cla in (0, 0x80) and apdu.ins in _SECTIONS
+            section = _SECTIONS[INS(apdu.ins)] if known else SECTION_CARD
+            return Expectation(_status(*refused.sws), section)
+
+    def _dispatch(self, apdu: Apdu) -> Expectation:
+        cla, ins = apdu.cla, apdu.ins
+        if cla not in (0x00, 0x80):
+            raise _Refused(_class_error(cla, ins))
+        own, other = (ISO_INS, PROPRIETARY_INS) if cla == 0x00 else (PROPRIETARY_INS, ISO_INS)
+        if ins not in own:
+            if ins in other:
+                raise _Refused(SW.CLA_NOT_SUPPORTED, SW.INS_NOT_SUPPORTED)
+            raise _Refused(SW.INS_NOT_SUPPORTED)
+        if apdu.extended and not self.facts.quirks.extended_length:
+            raise _Refused(SW.WRONG_LENGTH)
+        if cla == 0x00 and ins in WRITE_INS:
+            return self._write(apdu)
+        handler = self._handlers[ins]
+        return handler(self, apdu)
+
+    def _write(self, apdu: Apdu) -> Expectation:
+        """The national APs have nothing to write, and the bench never writes validly: any
+        error status (the content is unchanged, which later reads check)."""
+        return Expectation(Pattern("6..."), SECTION_CARD, portable=False)
+
+    # SELECT (card-spec §2.1, decisions #9) ---------------------------------------------
+
+    def _select(self, apdu: Apdu) -> Expectation:
+        if apdu.p1 == 0x04:
+            return self._select_name(apdu)
+        if apdu.p1 == 0x02:
+            return self._select_ef(apdu)
+        if apdu.p1 == 0x00:
+            if apdu.data == b"\x3f\x00":
+                raise _Refused(SW.FILE_NOT_FOUND)
+            if self.session.app is None:
+                raise _Refused(SW.INCORRECT_P1_P2)
+            return Expectation(_status(SW.OK), SECTION_CARD)
+        raise _Refused(SW.INCORRECT_P1_P2)
+
+    def _select_name(self, apdu: Apdu) -> Expectation:
+        if apdu.p2 not in (0x00, 0x0C):
+            raise _Refused(SW.INCORRECT_P1_P2)
+        name = apdu.data
+        if not name:
+            raise _Refused(SW.FILE_NOT_FOUND)
+        fci = apdu.p2 == 0x00
+        if ISD_AID.startswith(name):
+
+            def back_to_power_on(response: bytes) -> None:
+                self.session = Session()
+
+            pattern = Pattern("[*] 9000") if fci else _status(SW.OK)
+            return Expectation(pattern, SECTION_CARD, back_to_power_on, portable=not fci)
+        candidates = [app for app in self.facts.catalogue if app.aid.startswith(name)]
+        present = [app for app in candidates if self.facts.apps.get(app.aid) is not False]
+        if not present:
+            raise _Refused(SW.FILE_NOT_FOUND)
+        app = present[0]
+        known = self.facts.apps.get(app.aid)
+
+        def select(response: bytes) -> None:
+            if sw_of(response) != SW.OK:
+                self.facts.apps[app.aid] = False
+                return
+            self.facts.apps[app.aid] = True
+            session = self.session
+            if app is not session.app or self.facts.quirks.reselect_clears_state:
+                session.verified.clear()
+            session.app = app
+            session.current = None
+
+        ok = (b"\x6f" + bytes((len(app.aid) + 2, 0x84, len(app.aid))) + app.aid).hex().upper()
+        answer = f"{ok} 9000" if fci else "9000"
+        pattern = Pattern(answer if known else f"{answer} | 6A82")
+        return Expectation(pattern, SECTION_CARD, select)
+
+    def _select_ef(self, apdu: Apdu) -> Expectation:
+        if apdu.p2 != 0x0C:
+            raise _Refused(SW.INCORRECT_P1_P2)
+        if len(apdu.data) != 2:
+            raise _Refused(SW.WRONG_LENGTH)
+        app = self.session.app
+        if app is None:
+            raise _Refused(SW.FILE_NOT_FOUND)
+        fid = int.from_bytes(apdu.data, "big")
+        present = self.facts.present(app, fid)
+        if present is False:
+            raise _Refused(SW.FILE_NOT_FOUND)
+
+        def select(response: bytes) -> None:
+            found = sw_of(response) == SW.OK
+            self.facts.objects[(app.aid, fid)] = found
+            if found:
+                self.session.current = fid
+
+        pattern = _status(SW.OK) if present is True else _status(SW.OK, SW.FILE_NOT_FOUND)
+        return Expectation(pattern, SECTION_CARD, select)
+
+    # objects ---------------------------------------------------------------------------
+
+    def _object(self, fid: int) -> CardObject | Unknown:
+        """The object `fid` of the selected application: FILE_NOT_FOUND if it is absent."""
+        app = self.session.app
+        if app is None or not fid:
+            raise _Refused(SW.FILE_NOT_FOUND)
+        present = self.facts.present(app, fid)
+        if present is False:
+            raise _Refused(SW.FILE_NOT_FOUND)
+        if isinstance(present, Unknown):
+            return UNKNOWN
+        found = app.ef(fid) or app.pin(fid) or app.key(fid)
+        return found if found is not None else UNKNOWN
+
+    def _current(self) -> CardObject | Unknown:
+        app, fid = self.session.app, self.session.current
+        if app is None or fid is None:
+            raise _Refused(SW.NO_CURRENT_EF)
+        found = app.ef(fid) or app.pin(fid) or app.key(fid)
+        return found if found is not None else UNKNOWN
+
+    def _granted(self, app: AppSpec, pins: frozenset[int]) -> bool:
+        return not pins or any((app.aid, fid) in self.session.verified for fid in pins)
+
+    # READ BINARY (card-spec §9) / READ RECORD -----------------------------------------
+
+    def _read_binary(self, apdu: Apdu) -> Expectation:
+        effect: Effect | None = None
+        if apdu.p1 & 0x80:
+            if apdu.p1 & 0x60:
+                raise _Refused(SW.INCORRECT_P1_P2)
+            sfi = apdu.p1 & 0x1F
+            target = self._object(sfi)
+            offset = apdu.p2
+
+            def make_current(response: bytes, sfi: int = sfi) -> None:
+                self.session.current = sfi
+
+            effect = make_current
+            try:
+                return self._read_ef(apdu, target, offset, effect)
+            except _Refused as refused:
+                return Expectation(_status(*refused.sws), SECTION_READ, effect)
+        return self._read_ef(apdu, self._current(), apdu.p1 << 8 | apdu.p2, None)
+
+    def _read_ef(
+        self, apdu: Apdu, target: CardObject | Unknown, offset: int, before: Effect | None
+    ) -> Expectation:
+        app = self.session.app
+        counter = isinstance(target, EfSpec) and target.structure is Structure.COUNTER
+        if isinstance(target, Unknown) or app is None or counter:
+            return Expectation(Pattern("[*]"), SECTION_READ, before, portable=False)
+        if not isinstance(target, EfSpec) or target.structure is not Structure.TRANSPARENT:
+            raise _Refused(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
+        le = apdu.le
+        if le is None or apdu.data:
+            raise _Refused(SW.WRONG_LENGTH)
+        if not self._granted(app, target.read):
+            raise _Refused(SW.SECURITY_STATUS_NOT_SATISFIED)
+        content = self.facts.content(app, target)
+        size_max = content.size_max
+        if size_max is not None and offset >= size_max:
+            raise _Refused(SW.OFFSET_OUTSIDE_EF)
+        if offset < content.size_min:
+            count_min = min(le, content.size_min - offset)
+            count_max = le if size_max is None else min(le, size_max - offset)
+            text = f"{content.pattern(offset, count_min, count_max)} 9000"
+        else:
+            count_max = le if size_max is None else min(le, size_max - offset)
+            text = f"{content.pattern(offset, 1, count_max)} 9000 | 6B00"
+
+        def learn(response: bytes) -> None:
+            if before is not None:
+                before(response)
+            if sw_of(response) == SW.OFFSET_OUTSIDE_EF:
+                content.size_max = min(offset, content.size_max or offset)
+                return
+            chunk = response[:-2]
+            content.learn(offset, chunk)
+            if len(chunk) < le:
+                content.size_min = content.size_max = offset + len(chunk)
+
+        return Expectation(Pattern(text), SECTION_READ, learn, portable=False)
+
+    def _read_record(self, apdu: Apdu) -> Expectation:
+        """READ RECORD P1; P2 = 04 reads the current EF, (SFI << 3) | 04 that EF, made current."""
+        if apdu.p2 & 0x07 != 0x04:
+            raise _Refused(SW.INCORRECT_P1_P2)
+        sfi = apdu.p2 >> 3
+        effect: Effect | None = None
+        if sfi:
+            target = self._object(sfi)
+
+            def make_current(response: bytes) -> None:
+                self.session.current = sfi
+
+            effect = make_current
+        else:
+            target = self._current()
+        try:
+            return self._read_record_of(apdu, target, effect)
+        except _Refused as refused:
+            return Expectation(_status(*refused.sws), SECTION_READ, effect)
+
+    def _read_record_of(
+        self, apdu: Apdu, target: CardObject | Unknown, before: Effect | None
+    ) -> Expectation:
+        app = self.session.app
+        counter = isinstance(target, EfSpec) and target.structure is Structure.COUNTER
+        if isinstance(target, Unknown) or app is None or counter:
+            return Expectation(Pattern("[*]"), SECTION_READ, before, portable=False)
+        if not isinstance(target, EfSpec) or target.structure is not Structure.RECORD:
+            raise _Refused(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
+        if apdu.le is None or apdu.data:
+            raise _Refused(SW.WRONG_LENGTH)
+        if not self._granted(app, target.read):
+            raise _Refused(SW.SECURITY_STATUS_NOT_SATISFIED)
+        number, le = apdu.p1, apdu.le
+        ef_key = (app.aid, target.fid)
+        end = self.facts.record_ends.get(ef_key)
+        known = self.facts.records.get((app.aid, target.fid, number))
+
+        def learn(response: bytes) -> None:
+            if before is not None:
+                before(response)
+            if sw_of(response) == SW.RECORD_NOT_FOUND and number:
+                self.facts.record_ends[ef_key] = min(number, end or number)
+            elif sw_of(response) == SW.OK and len(response) - 2 < le:
+                self.facts.records[(app.aid, target.fid, number)] = response[:-2]
+
+        if number == 0 or (end is not None and number >= end):
+            pattern = _status(SW.RECORD_NOT_FOUND)
+        elif known is not None:
+            pattern = Pattern(f"{known[:le].hex().upper()} 9000")
+        else:
+            pattern = Pattern(f"[1-{le}] 9000 | 6A83")
+        return Expectation(pattern, SECTION_READ, learn, portable=False)
+
+    # PINs (card-spec §7, decisions #1-#6, #15-#17, #31) -------------------------------
+
+    def _pin(self, p2: int) -> tuple[AppSpec, PinSpec]:
+        if p2 & 0xE0 != 0x80:
+            raise _Refused(SW.INCORRECT_P1_P2)
+        app = self.session.app
+        if p2 == 0x80:
+            target = self._current()
+            if not isinstance(target, PinSpec):
+                raise _Refused(SW.NO_CURRENT_EF)
+        else:
+            found = app.pin(p2 & 0x1F) if app is not None else None
+            if found is None or self.facts.present(app, found.fid) is not True:  # type: ignore[arg-type]
+                raise _Refused(SW.REFERENCE_DATA_NOT_FOUND)
+            target = found
+        assert app is not None
+        return app, target
+
+    def _verify(self, apdu: Apdu) -> Expectation:
+        if apdu.p1 != 0x00:
+            raise _Refused(SW.INCORRECT_P1_P2)
+        app, pin = self._pin(apdu.p2)
+        key = (app.aid, pin.fid)
+        if apdu.le is not None or len(apdu.data) > MAX_VERIFY_LENGTH:
+            raise _Refused(SW.WRONG_LENGTH)
+        remaining = self.counters.get(key)
+        quirks = self.facts.quirks
+        if not apdu.data:
+            if key in self.session.verified and quirks.verified_query_sw is not None:
+                return Expectation(_status(quirks.verified_query_sw), SECTION_PINS)
+
+            def learn_count(response: bytes) -> None:
+                sw = sw_of(response)
+                if sw & 0xFFF0 == SW.VERIFY_FAILED:
+                    self._set_counter(key, sw & 0x0F)
+
+            pattern = Pattern("63C.") if remaining is None else _status(0x63C0 | remaining)
+            return Expectation(pattern, SECTION_PINS, learn_count)
+        if remaining == 0:
+            raise _Refused(quirks.blocked_sw)
+        value = self.values.get(key)
+        if value is None:
+
+            def learn(response: bytes) -> None:
+                sw = sw_of(response)
+                if sw == SW.OK:
+                    self._set_counter(key, pin.max_tries)
+                    self.session.verified.add(key)
+                elif sw & 0xFFF0 == SW.VERIFY_FAILED:
+                    self.session.verified.discard(key)
+                    self._set_counter(key, sw & 0x0F)
+
+            pattern = Pattern(f"9000 | 63C. | {quirks.blocked_sw:04X}")
+            return Expectation(pattern, SECTION_PINS, learn)
+        if apdu.data == value:
+
+            def verified(response: bytes) -> None:
+                self._set_counter(key, pin.max_tries)
+                self.session.verified.add(key)
+
+            return Expectation(_status(SW.OK), SECTION_PINS, verified)
+
+        def failed(response: bytes) -> None:
+            self.session.verified.discard(key)
+            sw = sw_of(response)
+            if sw & 0xFFF0 == SW.VERIFY_FAILED:
+                self._set_counter(key, sw & 0x0F)
+
+        if remaining is None:
+            pattern = Pattern(f"63C. | {quirks.blocked_sw:04X}")
+        else:
+            pattern = _status(0x63C0 | (remaining - 1))
+        return Expectation(pattern, SECTION_PINS, failed)
+
+    def _set_counter(self, key: ObjectKey, remaining: int) -> None:
+        self.counters[key] = remaining
+        self.facts.live_counters[key] = remaining
+
+    def _change(self, apdu: Apdu) -> Expectation:
+        if apdu.p1 != (0x01 if apdu.ins == INS.CHANGE_REFERENCE_DATA else 0x00):
+            raise _Refused(SW.INCORRECT_P1_P2)
+        app, pin = self._pin(apdu.p2)
+        key = (app.aid, pin.fid)
+        if len(apdu.data) > MAX_VERIFY_LENGTH:  # no rule for CHANGE: refused one way or another
+            raise _Refused(
+                SW.WRONG_LENGTH,
+                SW.WRONG_DATA,
+                SW.SECURITY_STATUS_NOT_SATISFIED,
+                SW.CONDITIONS_NOT_SATISFIED,
+                self.facts.quirks.blocked_sw,
+            )
+        if pin.change_ins != apdu.ins:
+            raise _Refused(SW.CONDITIONS_NOT_SATISFIED)
+        if not apdu.data or apdu.le is not None:
+            raise _Refused(SW.WRONG_LENGTH)
+        if self.counters.get(key) == 0:
+            raise _Refused(self.facts.quirks.blocked_sw, SW.SECURITY_STATUS_NOT_SATISFIED)
+        if key not in self.session.verified:
+            raise _Refused(SW.SECURITY_STATUS_NOT_SATISFIED)
+        if re.fullmatch(pin.value_format, apdu.data.decode("latin-1")) is None:
+            raise _Refused(SW.WRONG_DATA)
+
+        def changed(response: bytes) -> None:
+            self.values[key] = apdu.data
+
+        return Expectation(_status(SW.OK), SECTION_PINS, changed)
+
+    # keys (card-spec §8, decisions #7, #8, #20c, #21, #21a, #32, #33) ------------------
+
+    def _key(self, p2: int) -> tuple[AppSpec, KeySpec] | Unknown:
+        app = self.session.app
+        if p2 == 0x80:
+            target = self._current()
+        elif p2 & 0xE0 == 0x80:
+            target = self._object(p2 & 0x1F)
+        elif p2 == 0x00 and app is not None and any(k.default for k in app.keys):
+            target = next(k for k in app.keys if k.default)
+        else:
+            raise _Refused(SW.INCORRECT_P1_P2)
+        if isinstance(target, Unknown):
+            return UNKNOWN
+        if not isinstance(target, KeySpec):
+            raise _Refused(SW.NO_CURRENT_EF)
+        assert app is not None
+        return app, target
+
+    def _sign(self, apdu: Apdu) -> Expectation:
+        if apdu.extended:
+            raise _Refused(SW.WRONG_LENGTH)
+        if apdu.p1 > 0x05:
+            raise _Refused(SW.INCORRECT_P1_P2)
+        found = self._key(apdu.p2)
+        if isinstance(found, Unknown):
+            return Expectation(Pattern("[*]"), SECTION_SIGN, portable=False)
+        app, key = found
+        if not self._granted(app, key.use):
+            raise _Refused(SW.SECURITY_STATUS_NOT_SATISFIED)
+        data, scheme = apdu.data, apdu.p1
+        if key.how is not KeyUse.SIGN:
+            # card-spec §6: this key answers INTERNAL AUTHENTICATE "instead"; whether 80 2A
+            # is refused or signs too is not recorded anywhere.
+            return Expectation(Pattern(f"6985 | 6700 | [{RSA_BYTES}] 9000"), SECTION_SIGN)
+        bad_length = (
+            not 1 <= len(data) <= RSA_BYTES - 11
+            if scheme == 0
+            else not data or (scheme in (2, 4) and len(data) != 32)
+        )
+        if bad_length:
+            raise _Refused(SW.WRONG_LENGTH, SW.CONDITIONS_NOT_SATISFIED)
+        public = self.facts.public_key(app, key)
+
+        def check(response: bytes) -> str | None:
+            if public is None:
+                return None
+            return signature_problem(public, scheme, data, response[:-2])
+
+        return Expectation(
+            Pattern(f"[{RSA_BYTES}] 9000"), SECTION_SIGN, check=check, portable=False
+        )
+
+    def _internal_authenticate(self, apdu: Apdu) -> Expectation:
+        if apdu.p1 != 0x00 or apdu.p2 == 0x00:
+            raise _Refused(SW.INCORRECT_P1_P2)
+        found = self._key(apdu.p2)
+        if isinstance(found, Unknown):
+            return Expectation(Pattern("[*]"), SECTION_SIGN, portable=False)
+        app, key = found
+        if not self._granted(app, key.use):
+            raise _Refused(SW.SECURITY_STATUS_NOT_SATISFIED)
+        if key.how is not KeyUse.INTERNAL_AUTHENTICATE:
+            raise _Refused(SW.CONDITIONS_NOT_SATISFIED)
+        if apdu.extended or apdu.le is None or not 1 <= len(apdu.data) <= 255:
+            raise _Refused(SW.WRONG_LENGTH)
+        return Expectation(Pattern(f"[{RSA_BYTES}] 9000"), SECTION_SIGN, portable=False)
+
+    # other ISO commands ----------------------------------------------------------------
+
+    def _get_challenge(self, apdu: Apdu) -> Expectation:
+        if apdu.p1 or apdu.p2:
+            raise _Refused(SW.INCORRECT_P1_P2)
+        if apdu.extended:
+            raise _Refused(SW.CONDITIONS_NOT_SATISFIED)
+        if apdu.le is None or apdu.data:
+            raise _Refused(SW.WRONG_LENGTH)
+        return Expectation(Pattern(f"[{apdu.le}] 9000"), SECTION_CARD, portable=False)
+
+    def _get_data(self, apdu: Apdu) -> Expectation:
+        # MF-level objects are optional (card-spec §2.3): absent ones answer 6A88.
+        return Expectation(Pattern("6A88 | 6700 | [1-65536] 9000"), SECTION_CARD, portable=False)
+
+    def _get_response(self, apdu: Apdu) -> Expectation:
+        # Answers come whole (T=1): there is never anything to fetch (decisions #23).
+        return Expectation(_status(SW.CONDITIONS_NOT_SATISFIED, 0x6F00), SECTION_CARD)
+
+    _handlers: ClassVar[dict[int, Callable[[CardModel, Apdu], Expectation]]] = {
+        INS.SELECT: _select,
+        INS.READ_BINARY: _read_binary,
+        INS.READ_RECORD: _read_record,
+        INS.VERIFY: _verify,
+        INS.CHANGE_REFERENCE_DATA: _change,
+        INS.CHANGE_KEY: _change,
+        INS.COMPUTE_SIGNATURE: _sign,
+        INS.INTERNAL_AUTHENTICATE: _internal_authenticate,
+        INS.GET_CHALLENGE: _get_challenge,
+        INS.GET_DATA: _get_data,
+        INS.GET_RESPONSE: _get_response,
+    }
+
+
+_SECTIONS = {
+    INS.SELECT: SECTION_CARD,
+    INS.READ_BINARY: SECTION_READ,
+    INS.READ_RECORD: SECTION_READ,
+    INS.VERIFY: SECTION_PINS,
+    INS.CHANGE_REFERENCE_DATA: SECTION_PINS,
+    INS.CHANGE_KEY: SECTION_PINS,
+    INS.COMPUTE_SIGNATURE: SECTION_SIGN,
+    INS.INTERNAL_AUTHENTICATE: SECTION_SIGN,
+}
+
+
+def _class_error(cla: int, ins: int) -> int:
+    """decisions.md #19-#20: logical channels, secure messaging and unknown classes."""
+    if 0x40 <= cla <= 0x7F or (cla < 0x80 and cla & 0x03):
+        return SW.LOGICAL_CHANNEL_NOT_SUPPORTED
+    if cla < 0x80 and not cla & 0x30 and cla & 0x0C:
+        return SW.SECURE_MESSAGING_NOT_SUPPORTED if ins == INS.SELECT else SW.SM_DATA_OBJECT_MISSING
+    return SW.CLA_NOT_SUPPORTED
+
+
+def signature_problem(
+    public: rsa.RSAPublicKey, scheme: int, data: bytes, signature: bytes
+) -> str | None:
+    """Why `signature` is not what P1 `scheme` (card-spec §8) makes of `data`, or None."""
+    if scheme in (4, 5):
+        algorithm = Prehashed(hashes.SHA256()) if scheme == 4 else hashes.SHA256()
+        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO)
+        try:
+            public.verify(signature, data, pss, algorithm)
+        except InvalidSignature:
+            return f"P1 {scheme:02X}: not an RSASSA-PSS/SHA-256 signature of the input"
+        return None
+    numbers = public.public_numbers()
+    recovered = pow(int.from_bytes(signature, "big"), numbers.e, numbers.n)
+    block = recovered.to_bytes(RSA_BYTES, "big")
+    if scheme == 0:
+        payload = data
+    elif scheme == 1:
+        payload = hashlib.sha256(data).digest()
+    else:
+        digest = data if scheme == 2 else hashlib.sha256(data).digest()
+        payload = SHA256_DIGEST_INFO + digest
+    expected = b"\x00\x01" + b"\xff" * (RSA_BYTES - 3 - len(payload)) + b"\x00" + payload
+    if block != expected:
+        return f"P1 {scheme:02X}: the signature does not verify with the card's certificate"
+    return None

@@ -1,0 +1,70 @@
+"""pytest plugin: `pytest --card-target TARGET` runs the conformance suite against a card.
+
+Registered as a pytest11 entry point; without --card-target it only adds its options.
+The suite (conformance/suite.py) has one test per spec section (as in the JUnit report)
+and one per golden client-flow transcript.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .runner import DEFAULT_MAX_EXAMPLES, DEFAULT_STEPS, RunConfig
+
+SUITE = Path(__file__).resolve().with_name("suite.py")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("mynacard", "My Number Card conformance bench")
+    group.addoption(
+        "--card-target",
+        metavar="TARGET",
+        help="run the conformance suite against emulator, pcsc, pcsc:READER or transcript:FILE",
+    )
+    group.addoption("--card-profile", metavar="P", help="profile whose exact data to expect")
+    group.addoption(
+        "--card-pin", action="append", default=[], metavar="NAME=VALUE", help="a correct PIN"
+    )
+    group.addoption("--card-pin-budget", type=int, default=0, metavar="N")
+    group.addoption("--card-max-examples", type=int, default=DEFAULT_MAX_EXAMPLES, metavar="N")
+    group.addoption("--card-steps", type=int, default=DEFAULT_STEPS, metavar="N")
+    group.addoption("--card-seed", type=int, default=None, metavar="S")
+    group.addoption("--card-differential", metavar="TARGET")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.getoption("card_target"):
+        return
+    suite = str(SUITE)
+    if config.args_source == pytest.Config.ArgsSource.ARGS:
+        if suite not in config.args:
+            config.args.append(suite)
+    else:
+        config.args[:] = [suite]
+
+
+@pytest.fixture(scope="session")
+def card_run_config(request: pytest.FixtureRequest) -> RunConfig:
+    """The run `--card-*` asked for (the suite is skipped without --card-target)."""
+    option = request.config.getoption
+    target = option("card_target")
+    if not target:
+        pytest.skip("no --card-target given")
+    pins = {}
+    for item in option("card_pin"):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise pytest.UsageError(f"--card-pin expects NAME=VALUE, got {item!r}")
+        pins[name] = value
+    return RunConfig(
+        target=target,
+        profile=option("card_profile"),
+        pins=pins,
+        max_examples=option("card_max_examples"),
+        steps=option("card_steps"),
+        seed=option("card_seed"),
+        pin_budget=option("card_pin_budget"),
+        differential=option("card_differential"),
+    )

@@ -1,0 +1,221 @@
+"""What a profile TOML file promises about its card, read directly (not through emulator/).
+
+Used with `--profile`: the model then expects the profile's exact certificates, ATR, PIN
+counters and quirks, and the PIN guard knows the correct PINs.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from .apdu import INS
+from .spec import AppSpec, EfSpec, KeySpec, KeyUse, PinSpec, Structure
+
+NEVER = frozenset({0x10000})  # opened by nothing the bench does (EXTERNAL AUTHENTICATE keys)
+
+PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
+
+# card-spec §1, by the names profiles may use.
+KNOWN_ATRS = {
+    "jpki": "3BE000FF8131FE4514",
+    "jpki-02": "3BDA13FF8131FB468012392F31C173C601C03B",
+    "jpki-03": "3BC5FF8131FB458073C6010000",
+    "jpki-04": "3BF59100FF918171FE400042000100D1D6",
+    "jpki-05": "3BF59100FF918171FE4000420001B3A115",
+    "jpki-06": "3B888001000005E0B381A1007F",
+    "jpki-07": "3B888001000041E0B381A1003B",
+    "jpki-08": "3B888001004B51FF0081D100BC",
+    "jpki-09": "3B888001004B51FFB381D1000F",
+}
+
+# decisions.md #34: first day of each era and its code.
+_ERAS = (
+    (date(2019, 5, 1), 5),
+    (date(1989, 1, 8), 4),
+    (date(1926, 12, 25), 3),
+    (date(1912, 7, 30), 2),
+    (date(1868, 1, 25), 1),
+)
+
+
+class ProfileProblem(ValueError):
+    """A profile file the bench cannot read; the message names the file and field."""
+
+
+def era_yymmdd(day: date) -> str:
+    """Japanese-era year (YY), month and day: the 生年月日 key and the start of 照合番号B."""
+    for start, _code in _ERAS:
+        if day >= start:
+            return f"{day.year - start.year + 1:02d}{day.month:02d}{day.day:02d}"
+    raise ProfileProblem(f"{day} is before 明治")
+
+
+@dataclass(frozen=True)
+class Quirks:
+    """The [quirks] switches of decisions.md, with their defaults."""
+
+    blocked_sw: int = 0x6984
+    reselect_clears_state: bool = False
+    verified_query_sw: int | None = None
+    filler: int = 0xFF
+    extended_length: bool = True
+    t0_chaining: bool = False  # answers over 256 bytes come as 61xx + GET RESPONSE
+
+
+@dataclass(frozen=True)
+class FreeApp:
+    """A free-area application as a profile installs it (decisions.md, "The free storage
+    area"): what the bench can check without writing or EXTERNAL AUTHENTICATE."""
+
+    spec: AppSpec
+    contents: dict[int, bytes]  # initial bytes of transparent EFs (the rest is learned)
+    records: dict[int, tuple[bytes, ...]]
+    pins: dict[int, bytes]
+
+
+def _access(rule: object) -> frozenset[int]:
+    """`always` -> free, `pin:FID` -> that PIN, anything else (key:N, never) -> NEVER."""
+    text = str(rule or "never")
+    if text == "always":
+        return frozenset()
+    kind, _, fid = text.partition(":")
+    return frozenset({int(fid, 16)}) if kind == "pin" else NEVER
+
+
+def _free_app(raw: dict[str, object]) -> FreeApp:
+    name = str(raw["name"])
+    efs, keys, contents, records = [], [], {}, {}
+    for item in raw.get("files", []):  # type: ignore[attr-defined]
+        fid = int(str(item["fid"]), 16)
+        kind = str(item.get("type", "transparent"))
+        if kind == "rsa_key":
+            use = _access(item.get("use"))  # for a gate's INTERNAL AUTHENTICATE
+            keys.append(KeySpec(fid, f"{name} key", use, KeyUse.INTERNAL_AUTHENTICATE))
+            continue
+        structure = Structure.RECORD if kind == "record" else Structure.TRANSPARENT
+        size = int(item["size"]) if kind == "transparent" else None
+        if kind == "counter":
+            structure = Structure.COUNTER
+        efs.append(EfSpec(fid, f"{name} {kind} EF", size, _access(item.get("read")), structure))
+        if kind == "transparent":
+            contents[fid] = bytes.fromhex(str(item.get("content", "")))
+        if kind == "record":
+            records[fid] = tuple(bytes.fromhex(str(r)) for r in item.get("records", []))
+    pins = {}
+    pin_specs = []
+    for item in raw.get("pins", []):  # type: ignore[attr-defined]
+        fid = int(str(item["fid"]), 16)
+        value_format = str(item.get("format", "[0-9]{4}"))
+        tries = int(item.get("tries", 3))
+        pin_specs.append(PinSpec(fid, "", tries, value_format, INS.CHANGE_REFERENCE_DATA))
+        pins[fid] = str(item["value"]).encode()
+    spec = AppSpec(
+        aid=bytes.fromhex(str(raw["aid"])),
+        name=f"free area: {name}",
+        section="§10 free area",
+        efs=tuple(efs),
+        pins=tuple(pin_specs),
+        keys=tuple(keys),
+    )
+    return FreeApp(spec, contents, records, pins)
+
+
+@dataclass(frozen=True)
+class ProfileFacts:
+    name: str
+    atr: bytes
+    pins: dict[str, str]
+    counters: dict[str, int]
+    quirks: Quirks
+    certificates: dict[str, bytes] = field(default_factory=dict)  # auth, auth_ca, sign, sign_ca
+    free_area: tuple[FreeApp, ...] = ()
+
+    @property
+    def has_sign_cert(self) -> bool:
+        return "sign" in self.certificates
+
+
+def profile_path(name_or_path: str) -> Path:
+    if "/" in name_or_path or name_or_path.endswith(".toml"):
+        return Path(name_or_path)
+    return PROFILES_DIR / f"{name_or_path}.toml"
+
+
+def _der(pem: object, where: str) -> bytes:
+    if not isinstance(pem, str):
+        raise ProfileProblem(f"{where}: expected a PEM certificate")
+    try:
+        return x509.load_pem_x509_certificate(pem.encode()).public_bytes(Encoding.DER)
+    except ValueError as error:
+        raise ProfileProblem(f"{where}: {error}") from None
+
+
+def read_profile(name_or_path: str) -> ProfileFacts:
+    """The facts of a shipped profile name or a profile file path."""
+    path = profile_path(name_or_path)
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ProfileProblem(f"cannot read profile {path}: {error.strerror or error}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ProfileProblem(f"{path}: not a TOML profile: {error}") from None
+    try:
+        return _facts(document, path)
+    except (KeyError, TypeError, ValueError) as error:
+        if isinstance(error, ProfileProblem):
+            raise
+        raise ProfileProblem(f"{path}: missing or malformed field ({error})") from None
+
+
+def _facts(document: dict[str, object], path: Path) -> ProfileFacts:
+    def table(name: str) -> dict[str, object]:
+        value = document.get(name, {})
+        if not isinstance(value, dict):
+            raise ProfileProblem(f"{path}: [{name}] must be a table")
+        return value
+
+    meta, holder, card = table("profile"), table("holder"), table("card")
+    atr_text = str(meta.get("atr", "jpki"))
+    atr = bytes.fromhex(KNOWN_ATRS.get(atr_text.lower(), atr_text))
+    pins = {name: str(value) for name, value in table("pins").items()}
+    birth = holder["birth_date"]
+    expiry = card["expiry"]
+    if not isinstance(birth, date) or not isinstance(expiry, date):
+        raise ProfileProblem(f"{path}: holder.birth_date and card.expiry must be dates")
+    pins["code_a"] = str(card["my_number"])
+    pins["birth"] = era_yymmdd(birth)
+    pins["code_b"] = f"{era_yymmdd(birth)}{expiry.year:04d}{card['security_code']}"
+    counters = {name: int(str(value)) for name, value in table("counters").items()}
+    raw = table("quirks")
+    query_sw = raw.get("verified_query_sw")
+    quirks = Quirks(
+        blocked_sw=int(str(raw.get("blocked_sw", 0x6984))),
+        reselect_clears_state=bool(raw.get("reselect_clears_state", False)),
+        verified_query_sw=None if query_sw is None else int(str(query_sw)),
+        filler=int(str(raw.get("filler", 0xFF))),
+        extended_length=bool(raw.get("extended_length", True)),
+        t0_chaining=bool(raw.get("t0_chaining", False)),
+    )
+    keys = table("keys")
+    with_sign = bool(table("certificates").get("sign", True))
+    certificates = {
+        name: _der(keys[f"{name}_cert"], f"{path}: keys.{name}_cert")
+        for name in ("auth", "auth_ca", "sign", "sign_ca")
+        if name != "sign" or with_sign
+    }
+    free = table("free_area").get("apps", [])
+    return ProfileFacts(
+        free_area=tuple(_free_app(raw) for raw in free),  # type: ignore[attr-defined]
+        name=str(meta.get("name", path.stem)),
+        atr=atr,
+        pins=pins,
+        counters=counters,
+        quirks=quirks,
+        certificates=certificates,
+    )

@@ -1,0 +1,180 @@
+"""APDU transcripts: one exchange per line, with response patterns (ETSI/3GPP script style).
+
+A transcript file is UTF-8 text::
+
+    # mynacard transcript 1
+    # anything after '#' is a comment
+    POWER -> 3BE000FF8131FE4514
+    00A4040C0AD392F000260100000001 -> 9000
+    00B0000004 -> 3082 [2] 9000
+    00200080 -> 63C. | 9000
+    RESET -> [*]
+
+The left side is the command in hex (spaces allowed) or one of the actions ``RESET`` (warm
+reset) and ``POWER`` (power cycle), whose answer is the ATR.  The right side is the
+expected response: hex bytes, where ``.`` stands for any one hex digit; ``[N]`` for any N
+bytes, ``[N-M]`` for N to M bytes, ``[*]`` for any number of bytes; ``|`` separates
+alternatives.  Card-specific or random bytes (signatures, certificates learned from the
+card, challenges) are written as wildcards, so a transcript replays on any conformant card.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+HEADER = "# mynacard transcript 1"
+
+
+class TranscriptError(ValueError):
+    """A transcript line that cannot be parsed; the message names the line."""
+
+
+class Action(Enum):
+    """What one transcript line does to the card."""
+
+    APDU = "APDU"
+    RESET = "RESET"
+    POWER = "POWER"
+
+
+_TOKEN = re.compile(r"\[(\*|\d+(?:-\d+)?)\]|[0-9A-Fa-f.]+")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """An expected response: alternatives of hex text with wildcards (see the module doc)."""
+
+    text: str
+    _regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_regex", re.compile(_compile(self.text)))
+
+    def matches(self, response: bytes) -> bool:
+        return self._regex.fullmatch(response.hex().upper()) is not None
+
+    def __str__(self) -> str:
+        return self.text
+
+    @classmethod
+    def exact(cls, response: bytes) -> Pattern:
+        return cls(response.hex().upper() or "[0]")
+
+    @classmethod
+    def any_of(cls, patterns: Iterable[Pattern]) -> Pattern:
+        return cls(" | ".join(dict.fromkeys(p.text for p in patterns)))
+
+
+def _compile(text: str) -> str:
+    alternatives = []
+    for alternative in text.split("|"):
+        parts = []
+        compact = alternative.replace(" ", "")
+        position = 0
+        while position < len(compact):
+            token = _TOKEN.match(compact, position)
+            if token is None:
+                raise TranscriptError(f"bad response pattern {text!r} at {compact[position:]!r}")
+            word = token.group(0)
+            position = token.end()
+            if word.startswith("["):
+                count = token.group(1)
+                if count == "*":
+                    parts.append("(?:[0-9A-F]{2})*")
+                else:
+                    low, _, high = count.partition("-")
+                    parts.append(f"(?:[0-9A-F]{{2}}){{{low},{high or low}}}")
+            elif len(word) % 2:
+                raise TranscriptError(f"bad response pattern {text!r}: odd hex digits in {word}")
+            else:
+                parts.append("".join("[0-9A-F]" if c == "." else c for c in word.upper()))
+        alternatives.append("".join(parts))
+    return "|".join(f"(?:{alternative})" for alternative in alternatives)
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One line: an action (with the command for APDUs) and the expected response."""
+
+    action: Action
+    command: bytes
+    expected: Pattern
+    note: str = ""
+
+    def format(self) -> str:
+        left = self.command.hex().upper() if self.action is Action.APDU else self.action.value
+        comment = f"  # {self.note}" if self.note else ""
+        return f"{left} -> {self.expected}{comment}"
+
+
+def parse_line(line: str, number: int = 0) -> Exchange | None:
+    """The exchange on one line, or None for blank and comment lines."""
+    text, _, comment = line.partition("#")
+    text = text.strip()
+    if not text:
+        return None
+    left, arrow, right = text.partition("->")
+    if not arrow or not right.strip():
+        raise TranscriptError(f"line {number}: expected 'COMMAND -> RESPONSE', got {line!r}")
+    word = left.strip().upper()
+    try:
+        expected = Pattern(right.strip())
+    except TranscriptError as error:
+        raise TranscriptError(f"line {number}: {error}") from None
+    if word in (Action.RESET.value, Action.POWER.value):
+        return Exchange(Action(word), b"", expected, comment.strip())
+    try:
+        command = bytes.fromhex(word)
+    except ValueError:
+        raise TranscriptError(f"line {number}: command is not hex: {left.strip()!r}") from None
+    if len(command) < 4:
+        raise TranscriptError(f"line {number}: a command APDU has at least 4 bytes")
+    return Exchange(Action.APDU, command, expected, comment.strip())
+
+
+def parse(text: str) -> list[Exchange]:
+    exchanges = []
+    for number, line in enumerate(text.splitlines(), 1):
+        exchange = parse_line(line, number)
+        if exchange is not None:
+            exchanges.append(exchange)
+    return exchanges
+
+
+def load(path: Path) -> list[Exchange]:
+    try:
+        return parse(path.read_text(encoding="utf-8"))
+    except TranscriptError as error:
+        raise TranscriptError(f"{path}: {error}") from None
+
+
+def format_transcript(exchanges: Sequence[Exchange], comments: Sequence[str] = ()) -> str:
+    lines = [HEADER, *(f"# {c}" for c in comments), *(e.format() for e in exchanges)]
+    return "\n".join(lines) + "\n"
+
+
+def save(path: Path, exchanges: Sequence[Exchange], comments: Sequence[str] = ()) -> None:
+    path.write_text(format_transcript(exchanges, comments), encoding="utf-8")
+
+
+@dataclass
+class Recorder:
+    """Collects the exchanges of one run, newest last."""
+
+    exchanges: list[Exchange] = field(default_factory=list)
+
+    def add(self, exchange: Exchange) -> None:
+        self.exchanges.append(exchange)
+
+    def clear(self) -> None:
+        self.exchanges.clear()
+
+    def __iter__(self) -> Iterator[Exchange]:
+        return iter(self.exchanges)
+
+    def __len__(self) -> int:
+        return len(self.exchanges)
