@@ -14,6 +14,7 @@ class SW(IntEnum):
     """Status words of card-spec §2.4 and decisions.md."""
 
     OK = 0x9000
+    NO_SESSION_KEY_DELIVERY = 0x66F1  # SET SESSION KEY in the visual and 共通 APs
     VERIFY_FAILED = 0x63C0  # low nibble: tries left
     WRONG_LENGTH = 0x6700
     LOGICAL_CHANNEL_NOT_SUPPORTED = 0x6881
@@ -43,6 +44,7 @@ class INS(IntEnum):
     GET_CHALLENGE = 0x84
     INTERNAL_AUTHENTICATE = 0x88
     SELECT = 0xA4
+    SET_SESSION_KEY = 0xAE  # CLA 80 (card-spec §4)
     READ_BINARY = 0xB0
     READ_RECORD = 0xB2
     GET_RESPONSE = 0xC0
@@ -85,7 +87,7 @@ WRITE_INS = frozenset(
         INS.EXTERNAL_AUTHENTICATE,
     }
 )
-PROPRIETARY_INS = frozenset({INS.COMPUTE_SIGNATURE, INS.CHANGE_KEY})
+PROPRIETARY_INS = frozenset({INS.COMPUTE_SIGNATURE, INS.CHANGE_KEY, INS.SET_SESSION_KEY})
 
 
 class MalformedApdu(ValueError):

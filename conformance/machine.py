@@ -540,7 +540,7 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: not self.careful)
     @rule(
-        kind=st.sampled_from(["class", "instruction", "length", "master-file"]),
+        kind=st.sampled_from(["class", "instruction", "length", "master-file", "session-key"]),
         cla=st.sampled_from([0x01, 0x03, 0x0C, 0x08, 0x44, 0x70, 0xA0, 0xB0, 0xFF]),
         ins=st.sampled_from(
             [0x00, 0x0E, 0x2C, 0x44, 0x70, 0xD6, 0xE2, 0xF0, 0xA4, 0xB0, 0x20, 0x2A]
@@ -550,12 +550,17 @@ class ConformanceMachine(RuleBasedStateMachine):
     )
     @counted
     def odd_command(self, kind: str, cla: int, ins: int, body: bytes, lc: int) -> None:
-        """Unknown classes and instructions, broken length fields, SELECT of the MF."""
+        """Unknown classes and instructions, broken length fields, SELECT of the MF, SET
+        SESSION KEY with a random cryptogram (secure messaging is never opened)."""
         if kind == "class":
             command = bytes((cla, ins, 0x00, 0x00))
         elif kind == "instruction":
             known = ins in (0xA4, 0xB0, 0x20, 0x2A)
             command = bytes((0x80 if known and ins != 0x2A else 0x00, ins, 0x00, 0x00))
+        elif kind == "session-key":
+            long_form = self.bench.extended_ok  # the cryptogram is 256 bytes (card-spec §4)
+            cryptogram = (body * 256)[:256] if long_form else body
+            command = Apdu(0x80, INS.SET_SESSION_KEY, 0, 0, cryptogram, extended=long_form).encode()
         elif kind == "length":
             if lc in (len(body), len(body) - 1):
                 lc = (lc + 2) % 256 or 1

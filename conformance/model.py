@@ -777,6 +777,15 @@ class CardModel:
             raise _Refused(SW.WRONG_LENGTH)
         return Expectation(Pattern(f"[{RSA_BYTES}] 9000"), SECTION_SIGN, portable=False)
 
+    def _set_session_key(self, apdu: Apdu) -> Expectation:
+        """SET SESSION KEY: refused as measured per application (card-spec §2.4, §4)."""
+        app = self.session.app
+        if app is None:
+            raise _Refused(SW.INS_NOT_SUPPORTED)
+        if app.session_key_pins and not self._granted(app, app.session_key_pins):
+            raise _Refused(SW.SECURITY_STATUS_NOT_SATISFIED)
+        raise _Refused(*app.session_key_sws)
+
     # other ISO commands ----------------------------------------------------------------
 
     def _get_challenge(self, apdu: Apdu) -> Expectation:
@@ -808,6 +817,7 @@ class CardModel:
         INS.GET_CHALLENGE: _get_challenge,
         INS.GET_DATA: _get_data,
         INS.GET_RESPONSE: _get_response,
+        INS.SET_SESSION_KEY: _set_session_key,
     }
 
 

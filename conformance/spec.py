@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .apdu import INS
+from .apdu import INS, SW
 
 CERT_EF_SIZE = 3808  # decisions.md #30
 ISD_AID = bytes.fromhex("A0000001510000")  # GlobalPlatform ISD: restores power-on state (§2.1)
@@ -81,6 +81,10 @@ class AppSpec:
     keys: tuple[KeySpec, ...] = ()
     required: bool = False  # a card without it does not conform
     optional_fids: frozenset[int] = field(default=frozenset())  # may be absent (decisions #11)
+    # SET SESSION KEY (80 AE): refused with one of these (card-spec §2.4), after 6982 while
+    # none of `session_key_pins` is verified.
+    session_key_sws: tuple[int, ...] = (SW.INS_NOT_SUPPORTED,)
+    session_key_pins: frozenset[int] = frozenset()
 
     def ef(self, fid: int) -> EfSpec | None:
         return next((ef for ef in self.efs if ef.fid == fid), None)
@@ -121,6 +125,7 @@ JPKI = AppSpec(
     ),
     required=True,
     optional_fids=frozenset({0x0001, 0x001A, 0x001B}),
+    session_key_sws=(SW.SECURITY_STATUS_NOT_SATISFIED,),
 )
 
 _TEXT_ANY = frozenset({0x0011, 0x0014, 0x0015})
@@ -145,6 +150,10 @@ TEXT = AppSpec(
         PinSpec(0x0015, "code_b", 3, r"[0-9]{14}"),
     ),
     keys=(KeySpec(0x0013, "text card key", frozenset(), default=True),),
+    # After the PIN a real card opens secure messaging (a random cryptogram: 6A80 / 6F00);
+    # an emulator without secure messaging refuses with 6985.
+    session_key_sws=(SW.WRONG_DATA, 0x6F00, SW.CONDITIONS_NOT_SATISFIED),
+    session_key_pins=frozenset({0x0011}),
 )
 
 _CODES = frozenset({0x0012, 0x0013})
@@ -166,6 +175,7 @@ VISUAL = AppSpec(
         PinSpec(0x0013, "code_a", 3, r"[0-9]{12}"),
     ),
     keys=(KeySpec(0x001A, "visual card key", frozenset(), default=True),),
+    session_key_sws=(SW.NO_SESSION_KEY_DELIVERY,),
 )
 
 JUKI = AppSpec(
@@ -174,6 +184,7 @@ JUKI = AppSpec(
     section="§6 住基AP",
     efs=(EfSpec(0x0002, "key reference", structure=Structure.RECORD),),
     pins=(PinSpec(0x001C, "juki", 3, FOUR_DIGITS, INS.CHANGE_KEY),),
+    session_key_sws=(SW.SECURITY_STATUS_NOT_SATISFIED,),
 )
 
 COMMON = AppSpec(
@@ -186,6 +197,7 @@ COMMON = AppSpec(
     ),
     pins=(PinSpec(0x001C, "common", 3, FOUR_DIGITS, INS.CHANGE_KEY),),
     keys=(KeySpec(0x0019, "card key", frozenset(), KeyUse.INTERNAL_AUTHENTICATE),),
+    session_key_sws=(SW.NO_SESSION_KEY_DELIVERY,),
 )
 
 CATALOGUE: tuple[AppSpec, ...] = (JPKI, TEXT, VISUAL, JUKI, COMMON)

@@ -84,6 +84,7 @@ class Card:
         self._proprietary: dict[int, Handler] = {
             INS.COMPUTE_SIGNATURE: self._compute_signature,
             INS.CHANGE_KEY: self._change_key,
+            INS.SET_SESSION_KEY: self._set_session_key,
         }
         self._exchange: Callable[[bytes], bytes] = (
             T0Chaining(self._process).exchange if quirks.t0_chaining else self._process
@@ -531,6 +532,16 @@ class Card:
             raise StatusError(SW.AUTHENTICATION_FAILED)
         self._store.set_remaining(state, state.remaining - 1)  # durable before the answer
         return _sw(SW.VERIFY_FAILED | state.remaining)
+
+    def _set_session_key(self, apdu: CommandApdu) -> bytes:
+        """SET SESSION KEY (80 AE): each national AP refuses it as measured (card-spec §2.4);
+        the text AP wants its PIN first. Secure messaging is not emulated."""
+        app = self._app
+        if app is None:
+            raise StatusError(SW.INS_NOT_SUPPORTED)
+        if not app.session_key_use.granted(self._verified):
+            raise StatusError(SW.SECURITY_STATUS_NOT_SATISFIED)
+        raise StatusError(app.session_key_sw)
 
     # -- other ISO commands -----------------------------------------------------------------
 

@@ -260,6 +260,7 @@ class Application:
 
     `default_key` is the key COMPUTE DIGITAL SIGNATURE uses with P2 = 00 (the 券面 APs);
     `keys` are the AES keys EXTERNAL AUTHENTICATE names by number (free area).
+    SET SESSION KEY (80 AE) answers 6982 without `session_key_use`, else `session_key_sw`.
     """
 
     aid: bytes
@@ -267,6 +268,8 @@ class Application:
     objects: dict[int, CardObject]
     default_key: int | None = None
     keys: dict[int, AesKey] = field(default_factory=dict)
+    session_key_sw: int = SW.INS_NOT_SUPPORTED
+    session_key_use: Access = ALWAYS
 
     def pins(self) -> Iterator[Pin]:
         return (obj for obj in self.objects.values() if isinstance(obj, Pin))

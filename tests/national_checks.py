@@ -203,6 +203,42 @@ def read_ef_first(send: Send, fid: int) -> bytes:
     return send(b"\x00\xb0\x00\x00\x01")
 
 
+# Which keys open which EF, as measured (card-spec §4, §5); None = free.
+TEXT_ACCESS: dict[int, set[int] | None] = {
+    0x0001: {0x0011, 0x0014},  # PIN or 照合番号A
+    0x0002: {0x0011, 0x0015},  # PIN or 照合番号B
+    0x0003: {0x0011, 0x0014, 0x0015},
+    0x0004: None,
+    0x0005: None,
+    0x0006: {0x0011, 0x0014, 0x0015},
+    0x0007: {0x0011, 0x0014, 0x0015},
+    0x0008: None,
+}
+VISUAL_ACCESS: dict[int, set[int] | None] = {
+    0x0001: {0x0011},  # 生年月日
+    0x0002: {0x0013, 0x0012},  # 照合番号A or B
+    0x0003: None,
+    0x0004: None,
+    0x0005: {0x0013},  # 照合番号A only
+    0x0006: {0x0013, 0x0012},
+}
+
+
+def check_access_matrix(
+    send: Send, access: dict[int, set[int] | None], key: int | None, value: str
+) -> None:
+    """In the selected AP, after VERIFY of `key` (None: nothing verified), each EF of
+    `access` reads (9000) exactly when it is free or `key` opens it, else 6982; both by
+    SELECT + READ BINARY and by SFI."""
+    if key is not None:
+        assert sw(verify(send, key, value)) == "9000"
+    for fid, openers in access.items():
+        expected = "9000" if openers is None or key in openers else "6982"
+        assert sw(read_ef_first(send, fid)) == expected, f"EF {fid:04X} after {key}"
+        by_sfi = send(bytes((0x00, 0xB0, 0x80 | fid, 0x00, 0x01)))
+        assert sw(by_sfi) == expected, f"EF {fid:04X} by SFI after {key}"
+
+
 @dataclass
 class CardFace:
     """The verified card face of the visual AP."""

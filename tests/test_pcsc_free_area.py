@@ -183,6 +183,7 @@ def test_bad_input_gets_precise_status_words(serve: ServeCard, tmp_path: Path) -
     profile_path.write_text(shipped + TEST_AREA, encoding="utf-8")
     with serve(profile_path) as reader, connected(reader) as send:
         ok(select(send, TEST_AID))
+        before = ok(send(bytes.fromhex("00B0810000")))
         cases = [
             ("00B0812800", "6B00"),  # READ BINARY offset past the end
             ("00B0812400", "FFFFFFFF9000"),  # Le past the end: the rest
@@ -205,6 +206,7 @@ def test_bad_input_gets_precise_status_words(serve: ServeCard, tmp_path: Path) -
         for command, expected in cases:
             answer = send(bytes.fromhex(command)).hex().upper()
             assert answer == expected, command
+        assert ok(send(bytes.fromhex("00B0810000"))) == before  # the refused writes changed nothing
         for _ in range(3):
             ok(send(apdu("00E20010", b"\x01")))
         assert sw(send(apdu("00E20010", b"\x02"))) == "6A84"  # 4 of 4 records

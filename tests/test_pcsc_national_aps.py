@@ -7,10 +7,13 @@ from contextlib import AbstractContextManager, contextmanager
 
 import pytest
 from national_checks import (
+    TEXT_ACCESS,
     TEXT_AID,
+    VISUAL_ACCESS,
     VISUAL_AID,
     Send,
     challenge_signature,
+    check_access_matrix,
     check_card_face,
     check_signed_record,
     fields,
@@ -18,7 +21,6 @@ from national_checks import (
     open_image,
     read_by_sfi_extended,
     read_ef,
-    read_ef_first,
     read_text_ap,
     select,
     select_ef,
@@ -100,28 +102,36 @@ def test_visual_ap_reads_and_verifies(send: Send, profile: Profile) -> None:
     verify_sha256(card_key, signature, challenge)
 
 
+KEY_NAMES = {
+    TEXT_AID: {0x0011: "text", 0x0014: "code_a", 0x0015: "code_b"},
+    VISUAL_AID: {0x0011: "birth", 0x0013: "code_a", 0x0012: "code_b"},
+}
+
+
 @pytest.mark.parametrize(
-    ("aid", "fids"),
-    [(TEXT_AID, (1, 2, 3, 6, 7)), (VISUAL_AID, (1, 2, 5, 6))],
+    ("aid", "access"),
+    [(TEXT_AID, TEXT_ACCESS), (VISUAL_AID, VISUAL_ACCESS)],
     ids=["text", "visual"],
 )
-def test_protected_objects_are_refused_without_their_key(
-    send: Send, aid: bytes, fids: tuple[int, ...]
+def test_access_matrix(
+    send: Send, profile: Profile, aid: bytes, access: dict[int, set[int] | None]
 ) -> None:
-    select(send, aid)
-    for fid in fids:
-        assert sw(read_ef_first(send, fid)) == "6982", f"EF {fid:04X}"
-    assert sw(send(b"\x00\xb0\x81\x00\x00\x00\x00")) == "6982"  # nor by SFI
+    """Every EF with every key (and with none): read exactly where the spec says, else 6982,
+    by SELECT and by SFI; leaving the AP ends the verified state between keys."""
+    for key in [None, *KEY_NAMES[aid]]:
+        select(send, JPKI_AID)
+        select(send, aid)
+        value = profile.pins[KEY_NAMES[aid][key]] if key is not None else ""
+        check_access_matrix(send, access, key, value)
 
 
-def test_code_b_does_not_open_the_my_number(send: Send, profile: Profile) -> None:
-    select(send, TEXT_AID)
-    assert sw(verify(send, 0x0015, profile.pins["code_b"])) == "9000"
-    assert sw(read_ef_first(send, 0x0001)) == "6982"
-    select(send, VISUAL_AID)
-    assert sw(verify(send, 0x0012, profile.pins["code_b"])) == "9000"
-    assert sw(read_ef_first(send, 0x0002)) == "9000"
-    assert sw(read_ef_first(send, 0x0005)) == "6982"
+def test_set_session_key_is_refused_as_measured(send: Send, profile: Profile) -> None:
+    cryptogram = bytes.fromhex("80AE0000000100") + bytes(range(256))
+    for aid, expected in [(JPKI_AID, "6982"), (VISUAL_AID, "66F1"), (TEXT_AID, "6982")]:
+        select(send, aid)
+        assert sw(send(cryptogram)) == expected
+    assert sw(verify(send, 0x0011, profile.pins["text"])) == "9000"
+    assert sw(send(cryptogram)) == "6985"  # secure messaging is not emulated
 
 
 def test_jsa_single_extended_reads_by_sfi(send: Send, profile: Profile) -> None:

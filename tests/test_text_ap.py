@@ -11,9 +11,11 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from national_checks import (
     SHA256_DIGEST_INFO,
+    TEXT_ACCESS,
     TEXT_AID,
     VISUAL_AID,
     challenge_signature,
+    check_access_matrix,
     fields,
     municipality_key,
     read_by_sfi_extended,
@@ -141,26 +143,9 @@ def test_session_key_and_unknown_files(card: Card, profile: Profile) -> None:
     assert parse_rsa_public_key(parse_object(session).value) == profile.text_ap.session_public_key
 
 
-# Which keys open which EF, as measured (card-spec §4); None = free.
-ACCESS: dict[int, set[int] | None] = {
-    0x0001: {PIN, CODE_A},
-    0x0002: {PIN, CODE_B},
-    0x0003: {PIN, CODE_A, CODE_B},
-    0x0004: None,
-    0x0005: None,
-    0x0006: {PIN, CODE_A, CODE_B},
-    0x0007: {PIN, CODE_A, CODE_B},
-    0x0008: None,
-}
-
-
 @pytest.mark.parametrize("key", [None, PIN, CODE_A, CODE_B], ids=["none", "pin", "a", "b"])
 def test_access_matrix(card: Card, profile: Profile, key: int | None) -> None:
-    if key is not None:
-        assert sw(verify(card.transmit, key, key_value(profile, key))) == "9000"
-    for fid, openers in ACCESS.items():
-        expected = "9000" if openers is None or key in openers else "6982"
-        assert sw(read_ef_first(card.transmit, fid)) == expected, f"EF {fid:04X}"
+    check_access_matrix(card.transmit, TEXT_ACCESS, key, key_value(profile, key) if key else "")
 
 
 def test_keys_answer_retry_queries(card: Card) -> None:
@@ -298,7 +283,7 @@ def test_read_binary_bounds(card: Card) -> None:
 
 def test_nothing_can_be_written(card: Card, profile: Profile) -> None:
     assert sw(verify(card.transmit, PIN, profile.pins["text"])) == "9000"
-    for fid in ACCESS:
+    for fid in TEXT_ACCESS:
         before = read_ef(card.transmit, fid)
         assert send(card, "00D6000001" + "00") == "6982"
         assert send(card, f"00D6{0x80 | fid:02X}000100") == "6982"
@@ -315,11 +300,14 @@ def test_selecting_another_application_ends_the_verified_state(
     assert sw(read_ef_first(card.transmit, 0x0001)) == "6982"
 
 
-def test_set_session_key_is_not_emulated(card: Card, profile: Profile) -> None:
-    """80 AE (SET SESSION KEY) is an unknown INS here (README: not emulated)."""
+def test_set_session_key_needs_the_pin_and_is_then_refused(card: Card, profile: Profile) -> None:
+    """80 AE (SET SESSION KEY): 6982 before the PIN (card-spec §4); secure messaging is not
+    emulated, so 6985 after it, and the verified state stays."""
+    cryptogram = "80AE0000000100" + "5A" * 256
+    assert send(card, cryptogram) == "6982"
     assert sw(verify(card.transmit, PIN, profile.pins["text"])) == "9000"
-    assert send(card, "80AE0000000100" + "00" * 256) == "6D00"
-    assert sw(read_ef_first(card.transmit, 0x0001)) == "9000"  # state kept
+    assert send(card, cryptogram) == "6985"
+    assert sw(read_ef_first(card.transmit, 0x0001)) == "9000"
 
 
 def test_filler_quirk(profile: Profile, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ INTERNAL AUTHENTICATE challenge with no credential; PIN 001C is changed by CHANG
 
 from __future__ import annotations
 
-from ..apdu import INS
+from ..apdu import INS, SW
 from ..files import ALWAYS, Application, Pin, RecordEF, RsaKey
 from ..personalize.profile import PIN_MAX_TRIES, Profile
 from .juki import key_reference_record, simple_tlv
@@ -45,4 +45,5 @@ def build(profile: Profile) -> Application:
                 PIN_COMMON, "common", "common", PIN_MAX_TRIES["common"], r"[0-9]{4}", INS.CHANGE_KEY
             ),
         },
+        session_key_sw=SW.NO_SESSION_KEY_DELIVERY,  # SET SESSION KEY, measured (SOL)
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from ..apdu import INS
+from ..apdu import INS, SW
 from ..files import Application, CardObject, Pin, RsaKey, TransparentEF, any_of
 from ..personalize.profile import Profile
 
@@ -83,4 +83,9 @@ def build(profile: Profile) -> Application:
             RsaKey(KEY_SIGN, credentials.sign_key, use=any_of(PIN_SIGN)),
             Pin(PIN_SIGN, "sign", "sign", 5, r"[A-Z0-9]{6,16}", INS.CHANGE_REFERENCE_DATA),
         ]
-    return Application(AID, "JPKI-AP", {obj.fid: obj for obj in objects})
+    return Application(
+        AID,
+        "JPKI-AP",
+        {obj.fid: obj for obj in objects},
+        session_key_sw=SW.SECURITY_STATUS_NOT_SATISFIED,  # SET SESSION KEY, measured (SOL)
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..apdu import INS
+from ..apdu import INS, SW
 from ..files import Application, Pin, RecordEF
 from ..personalize.profile import PIN_MAX_TRIES, Profile
 
@@ -39,4 +39,5 @@ def build(profile: Profile) -> Application:
                 PIN_JUKI, "juki", "juki", PIN_MAX_TRIES["juki"], r"[0-9]{4}", INS.CHANGE_KEY
             ),
         },
+        session_key_sw=SW.SECURITY_STATUS_NOT_SATISFIED,  # SET SESSION KEY, measured (SOL)
     )

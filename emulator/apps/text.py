@@ -6,7 +6,7 @@ import hashlib
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ..apdu import INS
+from ..apdu import INS, SW
 from ..files import ALWAYS, Application, CardObject, Pin, RsaKey, TransparentEF, any_of
 from ..personalize.cvc import key_id, opaque_bytes, sign_sha256
 from ..personalize.profile import PIN_MAX_TRIES, Holder, Profile
@@ -147,4 +147,13 @@ def build(profile: Profile) -> Application:
         Pin(CODE_A, "text.code_a", "code_a", PIN_MAX_TRIES["code_a"], r"[0-9]{12}"),
         Pin(CODE_B, "text.code_b", "code_b", PIN_MAX_TRIES["code_b"], r"[0-9]{14}"),
     ]
-    return Application(AID, "券面事項入力補助AP", {obj.fid: obj for obj in objects}, KEY_CARD)
+    # SET SESSION KEY needs the PIN (card-spec §4); secure messaging itself is not emulated,
+    # so after the PIN it is refused with 6985 (an assumption: a real card opens SM).
+    return Application(
+        AID,
+        "券面事項入力補助AP",
+        {obj.fid: obj for obj in objects},
+        KEY_CARD,
+        session_key_sw=SW.CONDITIONS_NOT_SATISFIED,
+        session_key_use=any_of(PIN_TEXT),
+    )

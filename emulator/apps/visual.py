@@ -7,6 +7,7 @@ from datetime import date
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ..apdu import SW
 from ..files import ALWAYS, Application, CardObject, Pin, RsaKey, TransparentEF, any_of
 from ..personalize.cvc import (
     key_id,
@@ -148,4 +149,10 @@ def build(profile: Profile) -> Application:
         Pin(CODE_A, "visual.code_a", "code_a", PIN_MAX_TRIES["code_a"], r"[0-9]{12}"),
         RsaKey(KEY_CARD, keys.card_key, use=ALWAYS),
     ]
-    return Application(AID, "券面事項確認AP", {obj.fid: obj for obj in objects}, KEY_CARD)
+    return Application(
+        AID,
+        "券面事項確認AP",
+        {obj.fid: obj for obj in objects},
+        KEY_CARD,
+        session_key_sw=SW.NO_SESSION_KEY_DELIVERY,  # SET SESSION KEY, measured (SOL)
+    )
