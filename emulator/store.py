@@ -147,10 +147,21 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def _connect(db_path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.executescript(_SCHEMA)
+    """The card state database; StateError if `db_path` is not one (e.g. a damaged file)."""
+    try:
+        conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+    except sqlite3.DatabaseError as error:
+        raise StateError(
+            f"{db_path} is not a usable card state ({error}); move the state directory "
+            "away (a fresh one starts from the profile) or choose another --state"
+        ) from None
     return conn
 
 
@@ -242,7 +253,10 @@ class CardStore:
         existing ones keep their value and counter. The free area is personalised once, with
         `free_capacity` and `free_apps`; after that the state alone holds it.
         """
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as error:
+            raise StateError(f"cannot use {state_dir} as a state directory: {error}") from None
         lock_fd = _lock(state_dir)
         try:
             conn = _connect(state_dir / DB_NAME)

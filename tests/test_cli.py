@@ -151,6 +151,19 @@ def test_status_without_state(tmp_path: Path) -> None:
     assert_user_error(mynacard("status", "--state", tmp_path / "nothing"))
 
 
+def test_damaged_state_is_a_clear_error(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "card.sqlite").write_bytes(bytes(range(256)) * 32)  # not a database
+    vpcd = ("--vpcd", "127.0.0.1:9")
+    for command in (("status",), ("reset-pin", "auth"), ("freearea", "list"), ("serve", *vpcd)):
+        result = mynacard(*command, "--state", state)
+        assert_user_error(result, "is not a usable card state")
+    a_file = tmp_path / "a-file"
+    a_file.touch()
+    assert_user_error(mynacard("serve", "--state", a_file, *vpcd), "as a state directory")
+
+
 def test_bad_profile_path(tmp_path: Path) -> None:
     missing = tmp_path / "missing.toml"
     assert_user_error(mynacard("profile", "show", missing))

@@ -13,8 +13,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from pcsc import REPO_ROOT
 
-from emulator.personalize.profile import Profile, load_profile
+from emulator.personalize.profile import KNOWN_ATRS, Profile, load_profile
 
 pytestmark = pytest.mark.pcsc
 
@@ -121,6 +122,28 @@ def run(*args: str, stdin: bytes | None = None) -> str:
 
 def test_opensc_names_the_jpki_driver(reader: str) -> None:
     assert run("opensc-tool", "--reader", "0", "--name").strip() == "jpki"
+
+
+@pytest.mark.parametrize("atr_name", ["jpki-03", "jpki-06"])  # a contact, a contactless ATR
+def test_another_known_atr_reaches_pcsc_and_opensc_still_finds_jpki(
+    serve: ServeCard, tmp_path: Path, atr_name: str
+) -> None:
+    """OpenSC's ATR table has only the default ATR: with any other it finds the card by
+    SELECTing the JPKI AID (card-spec §1), after its other drivers' probes got clean errors."""
+    shipped = (REPO_ROOT / "profiles" / "default.toml").read_text(encoding="utf-8")
+    default_atr = f'atr = "{load_profile("default").atr.hex().upper()}"'
+    assert default_atr in shipped
+    profile_path = tmp_path / f"{atr_name}.toml"
+    profile_path.write_text(shipped.replace(default_atr, f'atr = "{atr_name}"'), encoding="utf-8")
+    with serve(profile_path, reader=0) as name:
+        conn = Connection(name)
+        try:
+            assert conn.atr() == KNOWN_ATRS[atr_name]
+        finally:
+            conn.close()
+        assert run("opensc-tool", "--reader", "0", "--name").strip() == "jpki"
+        certs = run("pkcs15-tool", "--reader", "0", "--list-certificates")
+        assert "User Authentication Certificate" in certs
 
 
 def test_pkcs15_tool_lists_certificates_and_pin_counters(
