@@ -405,11 +405,18 @@ class CardModel:
         raise _Refused(SW.INCORRECT_P1_P2)
 
     def _select_name(self, apdu: Apdu) -> Expectation:
-        if apdu.p2 not in (0x00, 0x0C):
-            raise _Refused(SW.INCORRECT_P1_P2)
         name = apdu.data
         if not name:
             raise _Refused(SW.FILE_NOT_FOUND)
+        if apdu.p2 not in (0x00, 0x0C):
+            # A name on the card: 6A86. Another: 6A82 or 6A86 (which check a card makes
+            # first is not known; the emulator answers 6A82).
+            on_card = ISD_AID.startswith(name) or any(
+                app.aid.startswith(name) and self.facts.apps.get(app.aid) is True
+                for app in self.facts.catalogue
+            )
+            sws = (SW.INCORRECT_P1_P2,) if on_card else (SW.INCORRECT_P1_P2, SW.FILE_NOT_FOUND)
+            raise _Refused(*sws)
         fci = apdu.p2 == 0x00
         if ISD_AID.startswith(name):
 

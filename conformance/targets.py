@@ -3,7 +3,8 @@
 - `EmulatorTarget`: the emulator in this process, a fresh card state per example.
 - `PcscTarget`: any PC/SC reader through pyscard (the emulator behind vpcd, or a real card).
 - `TranscriptTarget`: a recorded transcript answering the same commands again.
-- `RecordingTarget`: wraps any target and records its traffic as a transcript.
+- `RecordingTarget`, `ChainedResponses`: layers on any target (`TargetLayer`): recording
+  its traffic as a transcript, collecting 61xx pieces.
 
 This is the only module of the bench that imports the emulator, and only to open it as a
 target: what the card *should* answer comes from `model`, never from emulator code.
@@ -285,14 +286,37 @@ class TranscriptTarget:
         self._position = len(self._exchanges)
 
 
-class RecordingTarget:
+class TargetLayer:
+    """A layer stacked on a target (apdu4j-style): everything passes through to `inner`;
+    a layer overrides only what it changes."""
+
+    def __init__(self, inner: Target) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.disposable = inner.disposable
+
+    def transmit(self, command: bytes) -> bytes:
+        return self.inner.transmit(command)
+
+    def reset(self) -> bytes:
+        return self.inner.reset()
+
+    def power_cycle(self) -> bytes | None:
+        return self.inner.power_cycle()
+
+    def fresh(self) -> None:
+        self.inner.fresh()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class RecordingTarget(TargetLayer):
     """Passes everything to `inner` and records each exchange with its exact response."""
 
     def __init__(self, inner: Target, recorder: Recorder) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.recorder = recorder
-        self.name = inner.name
-        self.disposable = inner.disposable
 
     def transmit(self, command: bytes) -> bytes:
         response = self.inner.transmit(command)
@@ -310,23 +334,12 @@ class RecordingTarget:
             self.recorder.add(Exchange(Action.POWER, b"", Pattern.exact(atr)))
         return atr
 
-    def fresh(self) -> None:
-        self.inner.fresh()
 
-    def close(self) -> None:
-        self.inner.close()
-
-
-class ChainedResponses:
+class ChainedResponses(TargetLayer):
     """Collects answers a card gives in pieces (61xx, then GET RESPONSE until 9000), as
     T=0 middleware does (decisions.md #23, the `t0_chaining` quirk); a no-op otherwise."""
 
     MAX_PIECES = 300
-
-    def __init__(self, inner: Target) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.disposable = inner.disposable
 
     def transmit(self, command: bytes) -> bytes:
         answer = self.inner.transmit(command)
@@ -337,18 +350,6 @@ class ChainedResponses:
             data += answer[:-2]
             answer = self.inner.transmit(bytes((0x00, 0xC0, 0x00, 0x00, answer[-1])))
         raise TargetError(f"{self.name}: more than {self.MAX_PIECES} GET RESPONSE pieces")
-
-    def reset(self) -> bytes:
-        return self.inner.reset()
-
-    def power_cycle(self) -> bytes | None:
-        return self.inner.power_cycle()
-
-    def fresh(self) -> None:
-        self.inner.fresh()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def open_target(spec: str, profile: str | None = None) -> Target:

@@ -206,24 +206,29 @@ class Card:
         raise StatusError(SW.INCORRECT_P1_P2)
 
     def _select_application(self, apdu: CommandApdu) -> bytes:
-        p2 = apdu.p2
+        """SELECT by DF name (first match of a prefix). An unknown name is 6A82 whatever P2
+        says, so no middleware probe with an odd P2 mistakes this card for another (the
+        order of the checks is not known from a card: an assumption)."""
+        name, p2 = apdu.data, apdu.p2
+        isd = bool(name) and ISD_AID.startswith(name)
+        app = (
+            None
+            if isd or not name
+            else next((a for a in self._applications if a.aid.startswith(name)), None)
+        )
+        if app is None and not isd:
+            raise StatusError(SW.FILE_NOT_FOUND)
         if p2 not in (0x00, 0x0C):
             raise StatusError(SW.INCORRECT_P1_P2)
-        name = apdu.data
-        if not name:
-            raise StatusError(SW.FILE_NOT_FOUND)
-        if ISD_AID.startswith(name):
+        if app is None:  # the ISD: back to the power-on state
             self._clear_session()
             return b"\x6f\x09\x84\x07" + ISD_AID + _OK if p2 == 0x00 else _OK
-        for app in self._applications:
-            if app.aid.startswith(name):
-                if app is not self._app or self._quirks.reselect_clears_state:
-                    self._verified.clear()
-                    self._challenge = b""
-                self._app = app
-                self._ef = None
-                return app.fci() + _OK if p2 == 0x00 else _OK
-        raise StatusError(SW.FILE_NOT_FOUND)
+        if app is not self._app or self._quirks.reselect_clears_state:
+            self._verified.clear()
+            self._challenge = b""
+        self._app = app
+        self._ef = None
+        return app.fci() + _OK if p2 == 0x00 else _OK
 
     # -- READ BINARY / READ RECORD ----------------------------------------------------------
 

@@ -7,7 +7,7 @@ the guard's own view.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,39 +19,37 @@ from conformance.guard import MIN_TRIES_LEFT, GuardRefusal, PinGuard
 from conformance.profile import read_profile
 from conformance.runner import RunConfig, make_link, run_bench
 from conformance.spec import CATALOGUE
-from conformance.targets import EmulatorTarget
+from conformance.targets import EmulatorTarget, TargetLayer
 from emulator.store import read_pin_status
 
 PROFILE = read_profile("default")
 
 
-@dataclass
-class KeptCard:
+class KeptCard(TargetLayer):
     """The emulator as a card whose state is kept: `fresh` is only a reset."""
 
-    inner: EmulatorTarget = field(default_factory=lambda: EmulatorTarget("default"))
-    name: str = "kept emulator"
-    disposable: bool = False
-    sent: list[bytes] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.emulator = EmulatorTarget("default")
+        super().__init__(self.emulator)
+        self.name, self.disposable = "kept emulator", False
+        self.sent: list[bytes] = []
 
     def transmit(self, command: bytes) -> bytes:
         self.sent.append(command)
         return self.inner.transmit(command)
 
-    def reset(self) -> bytes:
-        return self.inner.reset()
-
-    def power_cycle(self) -> bytes | None:
-        return self.inner.power_cycle()
-
     def fresh(self) -> None:
         self.inner.reset()
 
-    def close(self) -> None:
-        self.inner.close()
-
     def counters(self) -> dict[str, int]:
-        return {pin.name: pin.remaining for pin in read_pin_status(self.inner.state_dir)}
+        return {pin.name: pin.remaining for pin in read_pin_status(self.emulator.state_dir)}
+
+
+@pytest.fixture
+def card() -> Iterator[KeptCard]:
+    kept = KeptCard()
+    yield kept
+    kept.close()
 
 
 pin_values = st.sampled_from(
@@ -132,96 +130,74 @@ def guarded_wrong_try(guard: PinGuard, value: bytes) -> None:
         guard.transmit(command)
 
 
-def test_guard_reads_the_counter_itself_before_a_wrong_try() -> None:
-    card = KeptCard()
+def test_guard_reads_the_counter_itself_before_a_wrong_try(card: KeptCard) -> None:
     guard = PinGuard(card, pins={"auth": "1234"}, budget=2)
-    try:
-        guarded_wrong_try(guard, b"1234")  # confirms the PIN
-        guard.transmit(select_ef(0x18))
-        card.sent.clear()
-        assert guard.transmit(verify(b"0000")) == b"\x63\xc2"
-        assert card.sent == [bytes.fromhex("00200080"), verify(b"0000")]
-    finally:
-        card.close()
+    guarded_wrong_try(guard, b"1234")  # confirms the PIN
+    guard.transmit(select_ef(0x18))
+    card.sent.clear()
+    assert guard.transmit(verify(b"0000")) == b"\x63\xc2"
+    assert card.sent == [bytes.fromhex("00200080"), verify(b"0000")]
 
 
-def test_guard_owes_the_correct_pin_after_a_wrong_try_and_spends_the_budget() -> None:
-    card = KeptCard()
+def test_guard_owes_the_correct_pin_after_a_wrong_try_and_spends_the_budget(card: KeptCard) -> None:
     guard = PinGuard(card, pins={"auth": "1234"}, budget=1)
-    try:
-        guarded_wrong_try(guard, b"1234")
+    guarded_wrong_try(guard, b"1234")
+    guarded_wrong_try(guard, b"0000")
+    assert card.counters()["auth"] == 2
+    with pytest.raises(GuardRefusal, match="correct PIN first"):
+        guard.transmit(bytes.fromhex("00B0000001"))
+    guard.transmit(verify(b""))
+    guard.transmit(verify(b"1234"))
+    assert card.counters()["auth"] == 3
+    with pytest.raises(GuardRefusal, match="budget"):
         guarded_wrong_try(guard, b"0000")
-        assert card.counters()["auth"] == 2
-        with pytest.raises(GuardRefusal, match="correct PIN first"):
-            guard.transmit(bytes.fromhex("00B0000001"))
-        guard.transmit(verify(b""))
-        guard.transmit(verify(b"1234"))
-        assert card.counters()["auth"] == 3
-        with pytest.raises(GuardRefusal, match="budget"):
-            guarded_wrong_try(guard, b"0000")
-        assert card.counters()["auth"] == 3
-    finally:
-        card.close()
+    assert card.counters()["auth"] == 3
 
 
-def test_guard_settles_an_owed_pin_at_the_end() -> None:
-    card = KeptCard()
+def test_guard_settles_an_owed_pin_at_the_end(card: KeptCard) -> None:
     guard = PinGuard(card, pins={"auth": "1234"}, budget=1)
-    try:
-        guarded_wrong_try(guard, b"1234")
-        guarded_wrong_try(guard, b"0000")
-        assert card.counters()["auth"] == 2
-        guard.settle()
-        assert card.counters()["auth"] == 3
-    finally:
-        card.close()
+    guarded_wrong_try(guard, b"1234")
+    guarded_wrong_try(guard, b"0000")
+    assert card.counters()["auth"] == 2
+    guard.settle()
+    assert card.counters()["auth"] == 3
 
 
-def test_a_wrong_pin_given_by_the_user_costs_at_most_one_try() -> None:
-    card = KeptCard()
+def test_a_wrong_pin_given_by_the_user_costs_at_most_one_try(card: KeptCard) -> None:
     guard = PinGuard(card, pins={"auth": "9999"}, budget=3)
-    try:
+    guarded_wrong_try(guard, b"9999")
+    assert card.counters()["auth"] == 2
+    with pytest.raises(GuardRefusal):
         guarded_wrong_try(guard, b"9999")
-        assert card.counters()["auth"] == 2
-        with pytest.raises(GuardRefusal):
-            guarded_wrong_try(guard, b"9999")
-        assert card.counters()["auth"] == 2
-    finally:
-        card.close()
+    assert card.counters()["auth"] == 2
 
 
-def test_guard_refuses_instructions_off_its_list_and_pin_changes() -> None:
-    card = KeptCard()
+def test_guard_refuses_instructions_off_its_list_and_pin_changes(card: KeptCard) -> None:
     guard = PinGuard(card, pins={"auth": "1234"}, budget=1)
-    try:
-        for command in (
-            bytes.fromhex("002C0080"),
-            bytes.fromhex("00E40000"),
-            b"\x00\x24\x01\x80\x049999",
-        ):
-            with pytest.raises(GuardRefusal):
-                guard.transmit(command)
-        assert guard.refusals == 3
-    finally:
-        card.close()
+    for command in (
+        bytes.fromhex("002C0080"),
+        bytes.fromhex("00E40000"),
+        b"\x00\x24\x01\x80\x049999",
+    ):
+        with pytest.raises(GuardRefusal):
+            guard.transmit(command)
+    assert guard.refusals == 3
 
 
 @pytest.mark.parametrize("budget", [0, 1])
-def test_whole_machine_on_a_kept_card_leaves_the_counters_as_found(budget: int) -> None:
+def test_whole_machine_on_a_kept_card_leaves_the_counters_as_found(
+    card: KeptCard, budget: int
+) -> None:
     """The state machine on a non-disposable target: wrong tries only within the budget,
     never fewer than 2 left, every counter full again at the end."""
-    card = KeptCard()
     link = make_link(card, PROFILE, {}, budget)
-    try:
-        result = run_bench(Bench(link), RunConfig(max_examples=40, seed=budget))
-        assert result.conformant, [str(d) for d in result.deviations]
-        assert card.counters() == read_expected_counters()
-        assert link.guard is not None
-        assert all(count <= budget for count in link.guard.wrong_tries.values())
-        if budget:
-            assert sum(link.guard.wrong_tries.values()) >= 1
-    finally:
-        card.close()
+    result = run_bench(Bench(link), RunConfig(max_examples=40, seed=budget))
+    assert result.conformant, [str(d) for d in result.deviations]
+    assert card.counters() == read_expected_counters()
+    assert link.guard is not None
+    assert all(count <= budget for count in link.guard.wrong_tries.values())
+    if budget:
+        assert sum(link.guard.wrong_tries.values()) >= 1
 
 
 def read_expected_counters() -> dict[str, int]:

@@ -84,6 +84,8 @@ def test_transmit_before_power_on_powers_on(profile: Profile, tmp_path: Path) ->
     [
         ("00A4040C08A000000308000010", "6A82"),  # PIV probe
         ("00A4040C06D27600012401", "6A82"),  # OpenPGP probe
+        ("00A4040408A000000308000010", "6A82"),  # unknown, whatever P2 says
+        ("00A4040008A000000308000010", "6A82"),
         ("00DD0000", "6D00"),
         ("00CADF3005", "6A88"),
         ("00CB3FFF035C017E08", "6D00"),
@@ -124,6 +126,8 @@ def test_select_by_prefix_and_fci(card: Card) -> None:
     assert tx(card, "00A4040006D392F0002601") == full_name
     assert tx(card, "00A4040C0AD392F000260100000002") == "6A82"
     assert tx(card, "00A4041C0AD392F000260100000001") == "6A86"
+    assert tx(card, "00A404040AD392F000260100000001") == "6A86"  # a name on the card, odd P2
+    assert tx(card, "00A404040AD392F000260100000002") == "6A82"
 
 
 def test_select_unknown_ef_keeps_selection(card: Card) -> None:
