@@ -41,7 +41,7 @@ CONFORMANCE = REPO / "conformance"
 
 
 def imported_modules(path: Path) -> set[str]:
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
@@ -413,7 +413,7 @@ def test_pytest_plugin_runs_the_suite_with_card_target(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     cases = [
-        c.get("name") for c in ElementTree.parse(tmp_path / "j.xml").getroot().iter("testcase")
+        c.get("name", "") for c in ElementTree.parse(tmp_path / "j.xml").getroot().iter("testcase")
     ]
     assert "test_golden_client_flow[opensc]" in cases
     assert any(name.startswith("test_spec_section[") for name in cases)
