@@ -810,7 +810,9 @@ class CardModel:
 
     def _get_response(self, apdu: Apdu) -> Expectation:
         # Answers come whole (T=1): there is never anything to fetch (decisions #23).
-        return Expectation(_status(SW.CONDITIONS_NOT_SATISFIED, 0x6F00), SECTION_CARD)
+        return Expectation(
+            _status(SW.CONDITIONS_NOT_SATISFIED, SW.NO_PRECISE_DIAGNOSIS), SECTION_CARD
+        )
 
     _handlers: ClassVar[dict[int, Callable[[CardModel, Apdu], Expectation]]] = {
         INS.SELECT: _select,

@@ -152,7 +152,7 @@ TEXT = AppSpec(
     keys=(KeySpec(0x0013, "text card key", frozenset(), default=True),),
     # After the PIN a real card opens secure messaging (a random cryptogram: 6A80 / 6F00);
     # an emulator without secure messaging refuses with 6985.
-    session_key_sws=(SW.WRONG_DATA, 0x6F00, SW.CONDITIONS_NOT_SATISFIED),
+    session_key_sws=(SW.WRONG_DATA, SW.NO_PRECISE_DIAGNOSIS, SW.CONDITIONS_NOT_SATISFIED),
     session_key_pins=frozenset({0x0011}),
 )
 

@@ -210,12 +210,10 @@ class Card:
         says, so no middleware probe with an odd P2 mistakes this card for another (the
         order of the checks is not known from a card: an assumption)."""
         name, p2 = apdu.data, apdu.p2
-        isd = bool(name) and ISD_AID.startswith(name)
-        app = (
-            None
-            if isd or not name
-            else next((a for a in self._applications if a.aid.startswith(name)), None)
-        )
+        if not name:
+            raise StatusError(SW.FILE_NOT_FOUND)
+        isd = ISD_AID.startswith(name)
+        app = None if isd else next((a for a in self._applications if a.aid.startswith(name)), None)
         if app is None and not isd:
             raise StatusError(SW.FILE_NOT_FOUND)
         if p2 not in (0x00, 0x0C):
