@@ -4,6 +4,7 @@
 #   ./setup.sh serve [mynacard serve options]   run a card visible to PC/SC (foreground)
 #   ./setup.sh test  [pytest options]           run the test suite (default: all, -q)
 #
+# `test` without options also runs the lint and type checks (tox -e lint,type), as CI does.
 # Both install what is missing (Debian packages, .venv), make sure pcscd runs with the
 # vsmartcard vpcd driver, then run.  Needs root for apt-get and pcscd; re-runs itself
 # with sudo otherwise.  A pcscd started here logs to .run/pcscd.log, its pid is in
@@ -60,7 +61,7 @@ ensure_venv() {
     return
   fi
   say "installing mynacard into $VENV"
-  "$VENV/bin/python" -m pip install -q -e '.[test]'
+  "$VENV/bin/python" -m pip install -q -e '.[test]' 'tox>=4'
   echo "$want" >"$STAMP"
 }
 
@@ -177,11 +178,16 @@ case $command in
     ensure_packages
     ensure_venv
     ensure_pcscd
-    [[ $# -gt 0 ]] || set -- -q
+    checks=0
+    [[ $# -gt 0 ]] || { checks=1; set -- -q; }
     rc=0
     "$VENV/bin/pytest" "$@" || rc=$?
     [[ $STARTED_PCSCD -eq 1 ]] && stop_pcscd
     [[ $rc -eq 5 ]] && say "pytest collected no tests: that is a failure"
+    if [[ $checks -eq 1 ]]; then
+      say "lint and type checks (tox -e lint,type)"
+      "$VENV/bin/tox" -q -e lint,type || rc=$((rc ? rc : 1))
+    fi
     exit "$rc"
     ;;
   *)

@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 import pcsc  # noqa: E402  (the tests' pcscd helpers)
 
-from emulator import open_card  # noqa: E402
-from emulator.personalize.profile import load_profile  # noqa: E402
+from mynacard import open_card  # noqa: E402
+from mynacard.personalize.profile import load_profile  # noqa: E402
 
 SELECT_JPKI = bytes.fromhex("00A4040C0AD392F000260100000001")
 SELECT_TOKEN = bytes.fromhex("00A4020C020006")

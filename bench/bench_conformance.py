@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 import pcsc  # noqa: E402  (the tests' pcscd helpers)
 
-from conformance.runner import RunConfig, RunResult, run  # noqa: E402
+from mynacard.conformance.runner import RunConfig, RunResult, run  # noqa: E402
 
 
 def figures(label: str, result: RunResult) -> str:

@@ -1,6 +1,6 @@
 """A do-nothing vpcd card (9000 to every APDU): the transport baseline for benchmarks.
 
-It uses the same client as ``mynacard serve`` (emulator.vpcd, with TCP_QUICKACK re-armed
+It uses the same client as ``mynacard serve`` (mynacard.vpcd, with TCP_QUICKACK re-armed
 before every read), so the time it measures is pyscard -> pcscd -> vpcd -> TCP and back,
 without any card logic.
 
@@ -13,7 +13,7 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-from emulator.vpcd import VPCD_HOST, VpcdClient, reader_name, reader_port
+from mynacard.vpcd import VPCD_HOST, VpcdClient, reader_name, reader_port
 
 ECHO_ATR = bytes.fromhex("3B80800101")  # T=1, no historical bytes, valid TCK
 OK = b"\x90\x00"

@@ -1,1 +1,1 @@
-"""The conformance bench: property-based APDU sequences against a card (see the README)."""
+"""The conformance bench: property-based APDU sequences against a card (see docs/bench.md)."""

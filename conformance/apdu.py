@@ -11,7 +11,7 @@ from enum import IntEnum
 
 
 class SW(IntEnum):
-    """Status words of card-spec §2.4 and decisions.md."""
+    """Status words of docs/card-spec.md §2.4 and docs/decisions.md."""
 
     OK = 0x9000
     NO_SESSION_KEY_DELIVERY = 0x66F1  # SET SESSION KEY in the visual and 共通 APs
@@ -45,12 +45,12 @@ class INS(IntEnum):
     GET_CHALLENGE = 0x84
     INTERNAL_AUTHENTICATE = 0x88
     SELECT = 0xA4
-    SET_SESSION_KEY = 0xAE  # CLA 80 (card-spec §4)
+    SET_SESSION_KEY = 0xAE  # CLA 80 (docs/card-spec.md §4)
     READ_BINARY = 0xB0
     READ_RECORD = 0xB2
     GET_RESPONSE = 0xC0
     GET_DATA = 0xCA
-    UPDATE_BINARY = 0xD6  # free area (decisions.md, "The free storage area")
+    UPDATE_BINARY = 0xD6  # free area (docs/decisions.md, "The free storage area")
     UPDATE_RECORD = 0xDC
     APPEND_RECORD = 0xE2
     DECREASE = 0x30
@@ -58,7 +58,8 @@ class INS(IntEnum):
     EXTERNAL_AUTHENTICATE = 0x82
 
 
-# Instructions by class byte (decisions.md #20: a known INS under the other CLA is a CLA error).
+# Instructions by class byte (docs/decisions.md #20: a known INS under the other CLA is a
+# CLA error).
 ISO_INS = frozenset(
     {
         INS.VERIFY,

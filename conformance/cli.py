@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from .profile import ProfileProblem, read_profile
+from .profile import PROFILES_DIR, ProfileProblem, read_profile
+from .spec import PIN_NAMES
 from .targets import TargetError, open_target
 from .transcript import TranscriptError, load, save
 
 PROG = "mynacard"
 
 
-def _assignment(text: str) -> tuple[str, str]:
+def _pin(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name or not value:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
@@ -46,11 +48,11 @@ def _card_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--pin",
-        type=_assignment,
+        type=_pin,
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="a correct PIN (auth, sign, text, juki, common, code_a, code_b, birth); repeatable",
+        help=f"a correct PIN ({', '.join(PIN_NAMES)}); repeatable",
     )
     parser.add_argument(
         "--pin-budget",
@@ -90,6 +92,40 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _check_pins(pins: list[tuple[str, str]]) -> None:
+    for name, _ in pins:
+        if name not in PIN_NAMES:
+            raise ProfileProblem(
+                f"--pin: no PIN named {name!r} (PIN names: {', '.join(PIN_NAMES)})"
+            )
+
+
+def _check_profile(name_or_path: str | None) -> None:
+    """An unknown shipped name is an error listing the shipped ones (as `serve` says)."""
+    if name_or_path is None or "/" in name_or_path or name_or_path.endswith(".toml"):
+        return
+    if not (PROFILES_DIR / f"{name_or_path}.toml").is_file():
+        shipped = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.toml")))
+        raise ProfileProblem(f"no shipped profile named {name_or_path!r} (shipped: {shipped})")
+
+
+def _report_dir(text: str | None) -> Path | None:
+    """The --report directory, made now: an unusable one is an error before the run."""
+    if text is None:
+        return None
+    path = Path(text)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".mynacard-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ProfileProblem(
+            f"--report {text}: not a directory that can be written ({error.strerror or error})"
+        ) from None
+    return path
+
+
 def _pins(args: argparse.Namespace) -> dict[str, str]:
     pins = dict(args.pin)
     if args.profile:
@@ -97,10 +133,25 @@ def _pins(args: argparse.Namespace) -> dict[str, str]:
     return pins
 
 
+def _hypothesis_home() -> None:
+    """Keep hypothesis's files (its example cache) out of the working directory."""
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    set_hypothesis_home_dir(str(Path(base) / "mynacard" / "hypothesis"))
+
+
 def cmd_conformance(args: argparse.Namespace) -> int:
+    _hypothesis_home()
     from .report import quirk_lines, speed_lines, transcript_text, write_report
     from .runner import DEFAULT_MAX_EXAMPLES, DEFAULT_STEPS, RunConfig, run
 
+    try:
+        _check_pins(args.pin)
+        _check_profile(args.profile)
+        report = _report_dir(args.report)
+    except ProfileProblem as error:
+        return _fail(str(error))
     config = RunConfig(
         target=args.target,
         profile=args.profile,
@@ -115,7 +166,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     )
     try:
         result = run(config)
-    except (TargetError, ProfileProblem, TranscriptError, OSError, ValueError) as error:
+    except (TargetError, ProfileProblem, TranscriptError, ValueError) as error:
         return _fail(str(error))
     print(f"targets: {', '.join(result.targets)}")
     for name, value in result.capabilities.items():
@@ -128,8 +179,8 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         print(transcript_text(deviation), end="")
     if result.recorded is not None and config.record is not None:
         save(config.record, result.recorded.exchanges, [f"recorded from {result.targets[0]}"])
-    if args.report:
-        for path in write_report(result, Path(args.report)):
+    if report is not None:
+        for path in write_report(result, report):
             print(f"wrote {path}")
     print(
         "conformant"
@@ -145,9 +196,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     try:
         exchanges = load(Path(args.file))
+        _check_pins(args.pin)
+        _check_profile(args.profile)
         pins = _pins(args)
         target = open_target(args.target, args.profile)
-    except (TargetError, ProfileProblem, TranscriptError, OSError) as error:
+    except (TargetError, ProfileProblem, TranscriptError) as error:
         return _fail(str(error))
     recorder = Recorder() if args.record else None
     try:

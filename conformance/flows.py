@@ -1,4 +1,4 @@
-"""The client flows of card-spec §12 as APDU scripts, and their golden transcripts.
+"""The client flows of docs/card-spec.md §12 as APDU scripts, and their golden transcripts.
 
 Each flow is what one anchor client sends (OpenSC, the myna CLI, JSA-style reads).
 `record_flow` runs a flow against a target and writes each answer as a pattern that keeps
@@ -6,7 +6,7 @@ what every card with the default profile's PINs answers and masks what is card-s
 (certificate bodies, signatures, personal data).  The shipped transcripts in
 `conformance/golden/` are made with
 
-    python -m conformance.flows conformance/golden
+    python -m mynacard.conformance.flows conformance/golden
 
 against the emulator with the `default` profile, and must replay green on it.
 """
@@ -17,6 +17,7 @@ import hashlib
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from .apdu import INS, Apdu, read_binary, select_aid, select_ef, verify
@@ -25,7 +26,7 @@ from .spec import JPKI, TEXT, VISUAL
 from .targets import Target
 from .transcript import Action, Exchange, Pattern, format_transcript
 
-GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+GOLDEN_DIR = Path(str(resources.files("mynacard.conformance") / "golden"))
 
 # The default profile's PINs (profiles/default.toml) and derived 照合番号A (its My Number).
 AUTH_PIN = b"1234"
@@ -168,7 +169,7 @@ def write_golden(directory: Path, target: Target) -> list[Path]:
     for name, flow in FLOWS.items():
         path = directory / f"{name}.apdu"
         comments = [
-            f"card-spec §12 client flow: {name} ({(flow.__doc__ or '').splitlines()[0]})",
+            f"docs/card-spec.md §12 client flow: {name} ({(flow.__doc__ or '').splitlines()[0]})",
             "recorded on the emulator with the default profile; card-specific bytes masked",
             f"replay: mynacard replay {path.name} --target emulator --profile default",
         ]

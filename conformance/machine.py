@@ -1,6 +1,7 @@
 """The hypothesis state machine: rules that mirror the card's commands, checked by the model.
 
-Every rule builds APDUs the way some client of card-spec §12 does (or deliberately does not),
+Every rule builds APDUs the way some client of docs/card-spec.md §12 does (or deliberately
+does not),
 sends them through `Bench.exchange` (which checks each answer against the model), and the
 invariants check what the observer saw.  `build_machine` binds the class to one bench.
 """
@@ -179,7 +180,7 @@ class ConformanceMachine(RuleBasedStateMachine):
             if here is not None:
                 self.send(select_aid(here.aid))
             return
-        if kind == "prefix":  # a proper prefix that names one application (card-spec §2.1)
+        if kind == "prefix":  # a proper prefix that names one application (docs/card-spec.md §2.1)
             catalogue = model.facts.catalogue
             cuttable = [a for a in present if distinguishing_length(a, catalogue) < len(a.aid)]
             app = cuttable[index % len(cuttable)] if cuttable else app
@@ -280,7 +281,7 @@ class ConformanceMachine(RuleBasedStateMachine):
     def probe_access_control(self, index: int, probe: str, by_sfi: bool) -> None:
         """Read a PIN-protected EF, or sign with a PIN-protected key, of any application
         without VERIFY: as the session is, after a reset, or after selecting another
-        application and coming back (security state, card-spec §2.2)."""
+        application and coming back (security state, docs/card-spec.md §2.2)."""
         model = self.bench.model
         if probe == "after-reset":
             self.bench.reset()
@@ -558,7 +559,7 @@ class ConformanceMachine(RuleBasedStateMachine):
             known = ins in (0xA4, 0xB0, 0x20, 0x2A)
             command = bytes((0x80 if known and ins != 0x2A else 0x00, ins, 0x00, 0x00))
         elif kind == "session-key":
-            long_form = self.bench.extended_ok  # the cryptogram is 256 bytes (card-spec §4)
+            long_form = self.bench.extended_ok  # the cryptogram is 256 bytes (docs/card-spec.md §4)
             cryptogram = (body * 256)[:256] if long_form else body
             command = Apdu(0x80, INS.SET_SESSION_KEY, 0, 0, cryptogram, extended=long_form).encode()
         elif kind == "length":

@@ -1,4 +1,4 @@
-"""Reference model of the card's observable behaviour, written from card-spec and decisions.md.
+"""Reference model of the card's observable behaviour, written from card-spec and docs/decisions.md.
 
 `CardFacts` is what the bench knows about one card (from the spec, a profile, and what the
 card itself showed in the survey); `CardModel` is one session on it.  For every command the
@@ -42,7 +42,7 @@ ObjectKey = tuple[bytes, int]  # (AID, FID)
 CardObject = EfSpec | PinSpec | KeySpec
 
 SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
-TOKEN_LABEL = b"JPKIAPICCTOKEN2".ljust(32, b" ")  # card-spec §3.1: a My Number Card
+TOKEN_LABEL = b"JPKIAPICCTOKEN2".ljust(32, b" ")  # docs/card-spec.md §3.1: a My Number Card
 RSA_BYTES = 256
 
 SECTION_CARD = "§2 card-wide commands"
@@ -389,7 +389,7 @@ class CardModel:
         error status (the content is unchanged, which later reads check)."""
         return Expectation(Pattern("6..."), SECTION_CARD, portable=False)
 
-    # SELECT (card-spec §2.1, decisions #9) ---------------------------------------------
+    # SELECT (docs/card-spec.md §2.1, docs/decisions.md #9) ------------------------------------
 
     def _select(self, apdu: Apdu) -> Expectation:
         if apdu.p1 == 0x04:
@@ -495,7 +495,7 @@ class CardModel:
     def _granted(self, app: AppSpec, pins: frozenset[int]) -> bool:
         return not pins or any((app.aid, fid) in self.session.verified for fid in pins)
 
-    # READ BINARY (card-spec §9) / READ RECORD -----------------------------------------
+    # READ BINARY (docs/card-spec.md §9) / READ RECORD -----------------------------------------
 
     def _read_binary(self, apdu: Apdu) -> Expectation:
         effect: Effect | None = None
@@ -609,7 +609,7 @@ class CardModel:
             pattern = Pattern(f"[1-{le}] 9000 | 6A83")
         return Expectation(pattern, SECTION_READ, learn, portable=False)
 
-    # PINs (card-spec §7, decisions #1-#6, #15-#17, #31) -------------------------------
+    # PINs (docs/card-spec.md §7, docs/decisions.md #1-#6, #15-#17, #31) -----------------------
 
     def _pin(self, p2: int) -> tuple[AppSpec, PinSpec]:
         if p2 & 0xE0 != 0x80:
@@ -716,7 +716,7 @@ class CardModel:
 
         return Expectation(_status(SW.OK), SECTION_PINS, changed)
 
-    # keys (card-spec §8, decisions #7, #8, #20c, #21, #21a, #32, #33) ------------------
+    # keys (docs/card-spec.md §8, docs/decisions.md #7, #8, #20c, #21, #21a, #32, #33) ---------
 
     def _key(self, p2: int) -> tuple[AppSpec, KeySpec] | Unknown:
         app = self.session.app
@@ -748,7 +748,7 @@ class CardModel:
             raise _Refused(SW.SECURITY_STATUS_NOT_SATISFIED)
         data, scheme = apdu.data, apdu.p1
         if key.how is not KeyUse.SIGN:
-            # card-spec §6: this key answers INTERNAL AUTHENTICATE "instead"; whether 80 2A
+            # docs/card-spec.md §6: this key answers INTERNAL AUTHENTICATE "instead"; whether 80 2A
             # is refused or signs too is not recorded anywhere.
             return Expectation(Pattern(f"6985 | 6700 | [{RSA_BYTES}] 9000"), SECTION_SIGN)
         bad_length = (
@@ -785,7 +785,7 @@ class CardModel:
         return Expectation(Pattern(f"[{RSA_BYTES}] 9000"), SECTION_SIGN, portable=False)
 
     def _set_session_key(self, apdu: Apdu) -> Expectation:
-        """SET SESSION KEY: refused as measured per application (card-spec §2.4, §4)."""
+        """SET SESSION KEY: refused as measured per application (docs/card-spec.md §2.4, §4)."""
         app = self.session.app
         if app is None:
             raise _Refused(SW.INS_NOT_SUPPORTED)
@@ -805,11 +805,11 @@ class CardModel:
         return Expectation(Pattern(f"[{apdu.le}] 9000"), SECTION_CARD, portable=False)
 
     def _get_data(self, apdu: Apdu) -> Expectation:
-        # MF-level objects are optional (card-spec §2.3): absent ones answer 6A88.
+        # MF-level objects are optional (docs/card-spec.md §2.3): absent ones answer 6A88.
         return Expectation(Pattern("6A88 | 6700 | [1-65536] 9000"), SECTION_CARD, portable=False)
 
     def _get_response(self, apdu: Apdu) -> Expectation:
-        # Answers come whole (T=1): there is never anything to fetch (decisions #23).
+        # Answers come whole (T=1): there is never anything to fetch (docs/decisions.md #23).
         return Expectation(
             _status(SW.CONDITIONS_NOT_SATISFIED, SW.NO_PRECISE_DIAGNOSIS), SECTION_CARD
         )
@@ -843,7 +843,7 @@ _SECTIONS = {
 
 
 def _class_error(cla: int, ins: int) -> int:
-    """decisions.md #19-#20: logical channels, secure messaging and unknown classes."""
+    """docs/decisions.md #19-#20: logical channels, secure messaging and unknown classes."""
     if 0x40 <= cla <= 0x7F or (cla < 0x80 and cla & 0x03):
         return SW.LOGICAL_CHANNEL_NOT_SUPPORTED
     if cla < 0x80 and not cla & 0x30 and cla & 0x0C:
@@ -854,7 +854,7 @@ def _class_error(cla: int, ins: int) -> int:
 def signature_problem(
     public: rsa.RSAPublicKey, scheme: int, data: bytes, signature: bytes
 ) -> str | None:
-    """Why `signature` is not what P1 `scheme` (card-spec §8) makes of `data`, or None."""
+    """Why `signature` is not what P1 `scheme` (docs/card-spec.md §8) makes of `data`, or None."""
     if scheme in (4, 5):
         algorithm = Prehashed(hashes.SHA256()) if scheme == 4 else hashes.SHA256()
         pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO)

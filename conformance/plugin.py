@@ -1,17 +1,22 @@
 """pytest plugin: `pytest --card-target TARGET` runs the conformance suite against a card.
 
-Registered as a pytest11 entry point; without --card-target it only adds its options.
-The suite (conformance/suite.py) has one test per spec section (as in the JUnit report)
-and one per golden client-flow transcript.
+Registered as a pytest11 entry point; without --card-target it only adds its options and
+imports nothing else (the bench and the card load when a run asks for them). The suite
+(mynacard/conformance/suite.py) has one test per spec section (as in the JUnit report) and
+one per golden client-flow transcript.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import pytest
 
-from .runner import DEFAULT_MAX_EXAMPLES, DEFAULT_STEPS, RunConfig
+if TYPE_CHECKING:
+    from .runner import RunConfig
 
 SUITE = Path(__file__).resolve().with_name("suite.py")
 
@@ -28,8 +33,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--card-pin", action="append", default=[], metavar="NAME=VALUE", help="a correct PIN"
     )
     group.addoption("--card-pin-budget", type=int, default=0, metavar="N")
-    group.addoption("--card-max-examples", type=int, default=DEFAULT_MAX_EXAMPLES, metavar="N")
-    group.addoption("--card-steps", type=int, default=DEFAULT_STEPS, metavar="N")
+    group.addoption("--card-max-examples", type=int, default=None, metavar="N")
+    group.addoption("--card-steps", type=int, default=None, metavar="N")
     group.addoption("--card-seed", type=int, default=None, metavar="S")
     group.addoption("--card-differential", metavar="TARGET")
 
@@ -45,9 +50,27 @@ def pytest_configure(config: pytest.Config) -> None:
         config.args[:] = [suite]
 
 
+class _Suite(pytest.Module):
+    """The suite file, imported by its package name (not by path, which would load a second
+    copy of the bench under another name)."""
+
+    def _getobj(self) -> ModuleType:
+        return importlib.import_module("mynacard.conformance.suite")
+
+
+def pytest_pycollect_makemodule(
+    module_path: Path, parent: pytest.Collector
+) -> pytest.Module | None:
+    if module_path == SUITE:
+        return _Suite.from_parent(parent, path=module_path)
+    return None
+
+
 @pytest.fixture(scope="session")
 def card_run_config(request: pytest.FixtureRequest) -> RunConfig:
     """The run `--card-*` asked for (the suite is skipped without --card-target)."""
+    from .runner import DEFAULT_MAX_EXAMPLES, DEFAULT_STEPS, RunConfig
+
     option = request.config.getoption
     target = option("card_target")
     if not target:
@@ -62,8 +85,8 @@ def card_run_config(request: pytest.FixtureRequest) -> RunConfig:
         target=target,
         profile=option("card_profile"),
         pins=pins,
-        max_examples=option("card_max_examples"),
-        steps=option("card_steps"),
+        max_examples=option("card_max_examples") or DEFAULT_MAX_EXAMPLES,
+        steps=option("card_steps") or DEFAULT_STEPS,
         seed=option("card_seed"),
         pin_budget=option("card_pin_budget"),
         differential=option("card_differential"),

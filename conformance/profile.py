@@ -9,6 +9,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from datetime import date
+from importlib import resources
 from pathlib import Path
 
 from cryptography import x509
@@ -19,9 +20,10 @@ from .spec import AppSpec, EfSpec, KeySpec, KeyUse, PinSpec, Structure
 
 NEVER = frozenset({0x10000})  # opened by nothing the bench does (EXTERNAL AUTHENTICATE keys)
 
-PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
+# The shipped profiles (package data; reading them does not load the card).
+PROFILES_DIR = Path(str(resources.files("mynacard.profiles")))
 
-# card-spec §1, by the names profiles may use.
+# docs/card-spec.md §1, by the names profiles may use.
 KNOWN_ATRS = {
     "jpki": "3BE000FF8131FE4514",
     "jpki-02": "3BDA13FF8131FB468012392F31C173C601C03B",
@@ -34,7 +36,7 @@ KNOWN_ATRS = {
     "jpki-09": "3B888001004B51FFB381D1000F",
 }
 
-# decisions.md #34: first day of each era and its code.
+# docs/decisions.md #34: first day of each era and its code.
 _ERAS = (
     (date(2019, 5, 1), 5),
     (date(1989, 1, 8), 4),
@@ -58,7 +60,7 @@ def era_yymmdd(day: date) -> str:
 
 @dataclass(frozen=True)
 class Quirks:
-    """The [quirks] switches of decisions.md, with their defaults."""
+    """The [quirks] switches of docs/decisions.md, with their defaults."""
 
     blocked_sw: int = 0x6984
     reselect_clears_state: bool = False
@@ -70,7 +72,7 @@ class Quirks:
 
 @dataclass(frozen=True)
 class FreeApp:
-    """A free-area application as a profile installs it (decisions.md, "The free storage
+    """A free-area application as a profile installs it (docs/decisions.md, "The free storage
     area"): what the bench can check without writing or EXTERNAL AUTHENTICATE."""
 
     spec: AppSpec

@@ -1,4 +1,5 @@
-"""The card's applications as data, from card-spec §3-§7 and decisions.md (never from emulator/).
+"""The card's applications as data, from docs/card-spec.md §3-§7 and docs/decisions.md (never
+from the card's own code).
 
 Each application lists its elementary files (size where the spec fixes it, who may read),
 its PINs (tries, value format, how they change) and its keys (who may use them, how).
@@ -13,9 +14,9 @@ from enum import Enum
 
 from .apdu import INS, SW
 
-CERT_EF_SIZE = 3808  # decisions.md #30
+CERT_EF_SIZE = 3808  # docs/decisions.md #30
 ISD_AID = bytes.fromhex("A0000001510000")  # GlobalPlatform ISD: restores power-on state (§2.1)
-MAX_VERIFY_LENGTH = 16  # decisions.md #6
+MAX_VERIFY_LENGTH = 16  # docs/decisions.md #6
 
 
 class Structure(Enum):
@@ -54,7 +55,9 @@ class PinSpec:
     name: str
     max_tries: int
     value_format: str  # regular expression over the ASCII value
-    change_ins: int | None = None  # 00 24 or 80 32; None: no APDU changes it (decisions #31)
+    change_ins: int | None = (
+        None  # 00 24 or 80 32; None: no APDU changes it (docs/decisions.md #31)
+    )
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,10 @@ class AppSpec:
     pins: tuple[PinSpec, ...] = ()
     keys: tuple[KeySpec, ...] = ()
     required: bool = False  # a card without it does not conform
-    optional_fids: frozenset[int] = field(default=frozenset())  # may be absent (decisions #11)
-    # SET SESSION KEY (80 AE): refused with one of these (card-spec §2.4), after 6982 while
+    optional_fids: frozenset[int] = field(
+        default=frozenset()
+    )  # may be absent (docs/decisions.md #11)
+    # SET SESSION KEY (80 AE): refused with one of these (docs/card-spec.md §2.4), after 6982 while
     # none of `session_key_pins` is verified.
     session_key_sws: tuple[int, ...] = (SW.INS_NOT_SUPPORTED,)
     session_key_pins: frozenset[int] = frozenset()
@@ -201,6 +206,11 @@ COMMON = AppSpec(
 )
 
 CATALOGUE: tuple[AppSpec, ...] = (JPKI, TEXT, VISUAL, JUKI, COMMON)
+
+
+PIN_NAMES: tuple[str, ...] = tuple(
+    sorted({pin.name for app in CATALOGUE for pin in app.pins if pin.name})
+)  # what --pin NAME=VALUE may name
 
 
 def distinguishing_length(app: AppSpec, catalogue: tuple[AppSpec, ...] = CATALOGUE) -> int:

@@ -7,7 +7,7 @@
   its traffic as a transcript, collecting 61xx pieces.
 
 This is the only module of the bench that imports the emulator, and only to open it as a
-target: what the card *should* answer comes from `model`, never from emulator code.
+target: what the card *should* answer comes from `model`, never from mynacard code.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Target(Protocol):
 
 
 class CardLike(Protocol):
-    """What `EmulatorTarget` needs from an open card (`emulator.open_card` returns one)."""
+    """What `EmulatorTarget` needs from an open card (`mynacard.open_card` returns one)."""
 
     def power_on(self) -> bytes: ...
 
@@ -75,7 +75,7 @@ class EmulatorTarget:
     """The emulator in process: each `fresh()` opens the card on a new state directory.
 
     `initial_state` (a state directory) is copied for every example instead of starting from
-    the profile's own counters: a snapshot.  `opener` replaces `emulator.open_card`, for
+    the profile's own counters: a snapshot.  `opener` replaces `mynacard.open_card`, for
     deliberately broken variants in tests.
     """
 
@@ -89,7 +89,7 @@ class EmulatorTarget:
         opener: CardOpener | None = None,
     ) -> None:
         if opener is None:
-            from emulator import open_card
+            from mynacard import open_card
 
             def opener(state: Path) -> CardLike:
                 return open_card(profile, state)
@@ -158,7 +158,7 @@ class PcscTarget:
         try:
             from smartcard import scard
         except ImportError as error:
-            raise TargetError(f"pyscard is not installed ({error})") from None
+            raise TargetError(f"PC/SC needs pyscard: install mynacard[pcsc] ({error})") from None
         self._scard = scard
         rc, context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
         self._check(rc, "cannot reach pcscd")
@@ -337,7 +337,7 @@ class RecordingTarget(TargetLayer):
 
 class ChainedResponses(TargetLayer):
     """Collects answers a card gives in pieces (61xx, then GET RESPONSE until 9000), as
-    T=0 middleware does (decisions.md #23, the `t0_chaining` quirk); a no-op otherwise."""
+    T=0 middleware does (docs/decisions.md #23, the `t0_chaining` quirk); a no-op otherwise."""
 
     MAX_PIECES = 300
 

@@ -146,8 +146,16 @@ def parse(text: str) -> list[Exchange]:
 
 
 def load(path: Path) -> list[Exchange]:
+    """The exchanges of the transcript file at `path`; TranscriptError, naming the file, if
+    it cannot be read or is not a transcript."""
     try:
-        return parse(path.read_text(encoding="utf-8"))
+        return parse(path.read_bytes().decode("utf-8"))
+    except OSError as error:
+        raise TranscriptError(f"{path}: cannot read: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise TranscriptError(
+            f"{path}: not a transcript (not UTF-8 text at byte {error.start})"
+        ) from None
     except TranscriptError as error:
         raise TranscriptError(f"{path}: {error}") from None
 

@@ -1,6 +1,6 @@
-"""``python -m emulator`` runs the ``mynacard`` command."""
+"""``python -m mynacard`` runs the ``mynacard`` command."""
 
-from emulator.cli import main
+from mynacard.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -6,7 +6,7 @@ from enum import IntEnum
 
 
 class SW(IntEnum):
-    """Status words this card answers with (card-spec §2.4)."""
+    """Status words this card answers with (docs/card-spec.md §2.4)."""
 
     OK = 0x9000
     NO_SESSION_KEY_DELIVERY = 0x66F1  # SET SESSION KEY in the visual and 共通 APs (SOL, measured)
@@ -51,7 +51,7 @@ class INS(IntEnum):
     INTERNAL_AUTHENTICATE = 0x88
     SELECT = 0xA4
     READ_BINARY = 0xB0
-    SET_SESSION_KEY = 0xAE  # CLA 80 (card-spec §4)
+    SET_SESSION_KEY = 0xAE  # CLA 80 (docs/card-spec.md §4)
     READ_RECORD = 0xB2
     GET_RESPONSE = 0xC0
     GET_DATA = 0xCA

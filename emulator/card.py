@@ -33,7 +33,7 @@ __all__ = ["Card", "StateLockedError", "open_card"]
 log = logging.getLogger(__name__)
 
 _OK = b"\x90\x00"
-# GlobalPlatform ISD: selecting it restores the power-on state (card-spec §2.1).
+# GlobalPlatform ISD: selecting it restores the power-on state (docs/card-spec.md §2.1).
 ISD_AID = bytes.fromhex("A0000001510000")
 _CMAC_LENGTH = 16
 _CHALLENGE_LENGTHS = (8, 16)  # what EXTERNAL AUTHENTICATE accepts from GET CHALLENGE
@@ -162,7 +162,7 @@ class Card:
 
     @staticmethod
     def _class_error(cla: int, ins: int) -> int:
-        """The status word for a CLA other than 00 / 80 (decisions.md #19, #20)."""
+        """The status word for a CLA other than 00 / 80 (docs/decisions.md #19, #20)."""
         if 0x40 <= cla <= 0x7F:
             return SW.LOGICAL_CHANNEL_NOT_SUPPORTED
         if cla >= 0xA0 or cla & 0x20:
@@ -197,7 +197,7 @@ class Card:
             return _OK
         if p1 == 0x00:
             # No MF: 3F00 is not found; otherwise refused until an application is selected,
-            # and then accepted without changing anything (card-spec §2.1).
+            # and then accepted without changing anything (docs/card-spec.md §2.1).
             if apdu.data == b"\x3f\x00":
                 raise StatusError(SW.FILE_NOT_FOUND)
             if self._app is None:
@@ -402,7 +402,7 @@ class Card:
     # -- PINs -------------------------------------------------------------------------------
 
     def _pin(self, p2: int) -> tuple[Pin, PinState]:
-        """The PIN named by P2: 80 = the current EF, 80|SFI = that key (card-spec §2)."""
+        """The PIN named by P2: 80 = the current EF, 80|SFI = that key (docs/card-spec.md §2)."""
         if p2 & 0xE0 != 0x80:
             raise StatusError(SW.INCORRECT_P1_P2)
         if p2 == 0x80:
@@ -496,7 +496,7 @@ class Card:
         return key.sign(apdu.p1, apdu.data) + _OK
 
     def _internal_authenticate(self, apdu: CommandApdu) -> bytes:
-        """Only keys made for it answer; JPKI keys sign only with 80 2A (decisions.md #32)."""
+        """Only keys made for it answer; JPKI keys sign only with 80 2A (docs/decisions.md #32)."""
         if apdu.p1 != 0x00 or apdu.p2 == 0x00:
             raise StatusError(SW.INCORRECT_P1_P2)
         key = self._key(apdu.p2)
@@ -537,7 +537,8 @@ class Card:
         return _sw(SW.VERIFY_FAILED | state.remaining)
 
     def _set_session_key(self, apdu: CommandApdu) -> bytes:
-        """SET SESSION KEY (80 AE): each national AP refuses it as measured (card-spec §2.4);
+        """SET SESSION KEY (80 AE): each national AP refuses it as measured
+        (docs/card-spec.md §2.4);
         the text AP wants its PIN first. Secure messaging is not emulated."""
         app = self._app
         if app is None:
@@ -559,7 +560,7 @@ class Card:
         return self._challenge + _OK
 
     def _get_data(self, apdu: CommandApdu) -> bytes:
-        # No GET DATA objects are emulated (the MF-level ones are optional, card-spec §2.3).
+        # No GET DATA objects are emulated (the MF-level ones are optional, docs/card-spec.md §2.3).
         raise StatusError(SW.REFERENCE_DATA_NOT_FOUND)
 
     def _get_response(self, apdu: CommandApdu) -> bytes:

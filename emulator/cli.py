@@ -1,4 +1,10 @@
-"""The ``mynacard`` command: serve a card to pcscd, inspect profiles, manage card state."""
+"""The ``mynacard`` command: serve a card to pcscd, inspect profiles, manage card state, and
+(from the bench) check a card's conformance.
+
+Exit codes: 0 success or conformant; 1 not conformant (or a replay that does not match);
+2 a usage or environment error, printed as one line; 3 an internal error (a bug in mynacard,
+printed with its traceback); 130 interrupted.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +14,16 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from .vpcd import VPCD_HOST, VpcdClient, reader_name, reader_port
+from .vpcd import VPCD_HOST, VpcdClient, configured_readers, reader_name, reader_port
 
 PROG = "mynacard"
+EXIT_OK, EXIT_NOT_CONFORMANT, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 class UserError(Exception):
@@ -67,8 +75,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         format=f"{PROG}: %(message)s",
         stream=sys.stderr,
     )
-    if args.reader < 0:
-        raise UserError(f"--reader must be 0 or more, got {args.reader}")
+    readers = configured_readers()
+    if args.vpcd is None and args.reader not in readers:
+        raise UserError(
+            f"--reader {args.reader}: vpcd has the readers {', '.join(map(str, readers))} here "
+            "(/etc/reader.conf.d; --vpcd HOST:PORT names any other port)"
+        )
     host, port = parse_hostport(args.vpcd) if args.vpcd else (VPCD_HOST, reader_port(args.reader))
     # Until the client takes over, a signal just ends the process (nothing to close yet).
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -246,9 +258,12 @@ def cmd_freearea_remove(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog=PROG, description="A software My Number Card for PC/SC (via vsmartcard vpcd)."
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="serve a card to pcscd through vpcd (foreground)")
@@ -340,14 +355,14 @@ def build_parser() -> argparse.ArgumentParser:
     free_remove.add_argument("app", metavar="NAME|AID")
     free_remove.set_defaults(func=cmd_freearea_remove)
 
-    from conformance.cli import register as register_conformance
+    from .conformance.cli import register as register_conformance
 
     register_conformance(sub)  # `mynacard conformance` and `mynacard replay`
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``mynacard`` command; returns the exit status (2 for user errors)."""
+    """Run the ``mynacard`` command; returns the exit status (see the module docstring)."""
     from .personalize.profile import ProfileError
     from .store import StateError
 
@@ -356,10 +371,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = args.func(args)
     except BrokenPipeError:  # e.g. `mynacard profile show default | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except (UserError, ProfileError, StateError, OSError) as err:
+        return EXIT_USAGE
+    except (UserError, ProfileError, StateError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except OSError as err:
+        print(f"{PROG}: {describe_os_error(err)}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception:
+        traceback.print_exc()
+        print(f"{PROG}: internal error (a bug in mynacard {_version()})", file=sys.stderr)
+        return EXIT_INTERNAL
     return status
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def describe_os_error(err: OSError) -> str:
+    """An OSError as one line naming the file: "PATH: No such file or directory"."""
+    what = err.strerror or str(err)
+    return f"{err.filename}: {what}" if err.filename else what

@@ -33,7 +33,7 @@ class Access:
 ALWAYS = Access(free=True)
 NEVER = Access()
 
-MAX_PIN_LENGTH = 16  # the longest value VERIFY takes (decisions.md #6)
+MAX_PIN_LENGTH = 16  # the longest value VERIFY takes (docs/decisions.md #6)
 
 
 def any_of(*fids: int) -> Access:
@@ -146,7 +146,7 @@ _PREHASHED_SHA256 = Prehashed(_SHA256)
 
 
 class SignatureScheme:
-    """P1 of COMPUTE DIGITAL SIGNATURE (80 2A), as measured on cards (card-spec §8)."""
+    """P1 of COMPUTE DIGITAL SIGNATURE (80 2A), as measured on cards (docs/card-spec.md §8)."""
 
     RAW_PKCS1 = 0x00  # input padded as given (a DigestInfo, normally)
     HASH_BARE_PKCS1 = 0x01  # card hashes with SHA-256 and pads the bare hash
@@ -275,6 +275,6 @@ class Application:
         return (obj for obj in self.objects.values() if isinstance(obj, Pin))
 
     def fci(self) -> bytes:
-        """FCI for SELECT with P2 = 00: 6F { 84 DF name } (decisions.md #9)."""
+        """FCI for SELECT with P2 = 00: 6F { 84 DF name } (docs/decisions.md #9)."""
         name = bytes((0x84, len(self.aid))) + self.aid
         return bytes((0x6F, len(name))) + name

@@ -12,7 +12,7 @@ _T0_MAX = 256
 class T0Chaining:
     """T=0 style answers: data over 256 bytes comes as 61xx, fetched with GET RESPONSE.
 
-    The `t0_chaining` quirk (decisions.md #23), for testing middleware's GET RESPONSE loop.
+    The `t0_chaining` quirk (docs/decisions.md #23), for testing middleware's GET RESPONSE loop.
     """
 
     def __init__(self, exchange: Callable[[bytes], bytes]) -> None:

@@ -256,7 +256,8 @@ class CardStore:
         try:
             state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as error:
-            raise StateError(f"cannot use {state_dir} as a state directory: {error}") from None
+            reason = "it is a file" if state_dir.is_file() else (error.strerror or str(error))
+            raise StateError(f"cannot use {state_dir} as a state directory: {reason}") from None
         lock_fd = _lock(state_dir)
         try:
             conn = _connect(state_dir / DB_NAME)

@@ -20,6 +20,7 @@ import signal
 import socket
 import struct
 import time
+from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
@@ -28,6 +29,7 @@ __all__ = [
     "VPCD_HOST",
     "CardLike",
     "VpcdClient",
+    "configured_readers",
     "reader_name",
     "reader_port",
     "unreachable_message",
@@ -52,7 +54,7 @@ _QUICKACK = socket.TCP_QUICKACK
 
 
 class CardLike(Protocol):
-    """What the transport needs from a card (``emulator.card`` implements it)."""
+    """What the transport needs from a card (``mynacard.card`` implements it)."""
 
     @property
     def atr(self) -> bytes: ...
@@ -64,6 +66,34 @@ class CardLike(Protocol):
     def reset(self) -> bytes: ...
 
     def transmit(self, capdu: bytes) -> bytes: ...
+
+
+READER_CONF_DIR = Path("/etc/reader.conf.d")
+_SLOTS_PER_DEVICE = 2  # vpcd makes two readers for each DEVICENAME (docs/pcsc-stack.md)
+
+
+def configured_readers(conf_dir: Path = READER_CONF_DIR) -> list[int]:
+    """The reader numbers vpcd serves here, from its ``DEVICENAME /dev/null:PORT`` lines.
+
+    Without a vpcd configuration (pcscd not installed here, say) the two default readers.
+    """
+    ports: set[int] = set()
+    for path in sorted(conf_dir.glob("*")) if conf_dir.is_dir() else []:
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            words = line.split()
+            if len(words) == 2 and words[0] == "DEVICENAME" and words[1].startswith("/dev/null:"):
+                try:
+                    base = int(words[1].removeprefix("/dev/null:"), 0)
+                except ValueError:
+                    continue
+                ports.update(range(base, base + _SLOTS_PER_DEVICE))
+    if not ports:
+        ports = set(range(VPCD_BASE_PORT, VPCD_BASE_PORT + _SLOTS_PER_DEVICE))
+    return sorted(port - VPCD_BASE_PORT for port in ports if port >= VPCD_BASE_PORT)
 
 
 def reader_port(n: int) -> int:

@@ -1,6 +1,7 @@
 """Client-side flows of the free-area example applications, as terminals would run them.
 
-Written from the README's free-area design (ISO 7816-4 commands), not from emulator/apps;
+Written from the free-area design in docs/free-area.md (ISO 7816-4 commands), not from
+mynacard/apps;
 each takes `send` (C-APDU bytes -> R-APDU bytes), so they run in process and through pcscd.
 """
 
@@ -14,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.algorithms import AES
 from juki_common_checks import Send, apdu, ok, parse_simple_tlv, select, select_ef, sw
 
-from emulator.personalize.free_area import FreeAppSpec
-from emulator.personalize.profile import Profile
+from mynacard.personalize.free_area import FreeAppSpec
+from mynacard.personalize.profile import Profile
 
 # A test application with one EF of each kind and every kind of access rule.
 TEST_AREA = """

@@ -1,4 +1,4 @@
-"""Client-side checks of the 住基AP and the 共通カードAP, written from card-spec §6 and §7.
+"""Client-side checks of the 住基AP and the 共通カードAP, written from docs/card-spec.md §6 and §7.
 
 Each function takes `send` (C-APDU bytes -> R-APDU bytes: `Card.transmit`, or pyscard through
 pcscd) and reads, parses and verifies as a relying party would.

@@ -1,4 +1,5 @@
-"""Client-side checks of the 券面 APs, written from card-spec §4/§5 (not from emulator/apps).
+"""Client-side checks of the 券面 APs, written from docs/card-spec.md §4/§5 (not from
+mynacard/apps).
 
 Each function takes `send` (C-APDU bytes -> R-APDU bytes: `Card.transmit`, or pyscard through
 pcscd) and reads, parses and verifies as a relying party would.
@@ -15,8 +16,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from PIL import Image
 
-from emulator.personalize.cvc import CVC_ROOTS, ApKind, parse_cvc
-from emulator.personalize.tlv import DataObject, parse_object, parse_objects, parse_rsa_public_key
+from mynacard.personalize.cvc import CVC_ROOTS, ApKind, parse_cvc
+from mynacard.personalize.tlv import DataObject, parse_object, parse_objects, parse_rsa_public_key
 
 Send = Callable[[bytes], bytes]
 
@@ -203,7 +204,7 @@ def read_ef_first(send: Send, fid: int) -> bytes:
     return send(b"\x00\xb0\x00\x00\x01")
 
 
-# Which keys open which EF, as measured (card-spec §4, §5); None = free.
+# Which keys open which EF, as measured (docs/card-spec.md §4, §5); None = free.
 TEXT_ACCESS: dict[int, set[int] | None] = {
     0x0001: {0x0011, 0x0014},  # PIN or 照合番号A
     0x0002: {0x0011, 0x0015},  # PIN or 照合番号B
@@ -251,7 +252,7 @@ class CardFace:
 
 
 def card_face_digest_info(face: bytes, objects: dict[int, DataObject]) -> bytes:
-    """What DF28 signs: a SHA-256 DigestInfo of the three group digests (decisions.md #26)."""
+    """What DF28 signs: a SHA-256 DigestInfo of the three group digests (docs/decisions.md #26)."""
     groups = (
         face[objects[0xDF22].offset : objects[0xDF25].offset],
         face[objects[0xDF25].offset : objects[0xDF27].offset],

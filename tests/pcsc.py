@@ -173,6 +173,8 @@ def serve_card(
     *,
     extra_args: tuple[str, ...] = (),
     timeout: float = 5.0,
+    python: str | Path = sys.executable,
+    cwd: Path = REPO_ROOT,
 ) -> Iterator[str]:
     """Run ``mynacard serve`` as a subprocess until the card is in the reader; yield its name.
 
@@ -182,10 +184,10 @@ def serve_card(
     name = reader_name(reader)
     if wait_for_card(name, present=True, timeout=0.0, poll=False):
         raise RuntimeError(f"{name!r} already holds a card (is another `mynacard serve` running?)")
-    command = [sys.executable, "-m", "emulator", "serve", "--profile", str(profile)]
+    command = [str(python), "-m", "mynacard", "serve", "--profile", str(profile)]
     command += ["--state", str(state_dir), "--reader", str(reader), *extra_args]
     with tempfile.TemporaryFile("w+") as output:
-        proc = subprocess.Popen(command, stdout=output, stderr=output, text=True, cwd=REPO_ROOT)
+        proc = subprocess.Popen(command, stdout=output, stderr=output, text=True, cwd=cwd)
 
         def said() -> str:
             output.seek(0)

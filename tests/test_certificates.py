@@ -13,11 +13,17 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
-from emulator.personalize import Profile, ProfileError, load_profile, new_profile
-from emulator.personalize.eras import era_coded_date
-from emulator.personalize.persona import JST
-from emulator.personalize.profile import MAX_CERT_SIZE, shipped_profile_names
-from emulator.personalize.testca import (
+from mynacard.personalize.eras import era_coded_date
+from mynacard.personalize.generate import new_profile
+from mynacard.personalize.persona import JST
+from mynacard.personalize.profile import (
+    MAX_CERT_SIZE,
+    Profile,
+    ProfileError,
+    load_profile,
+    shipped_profile_names,
+)
+from mynacard.personalize.testca import (
     SAN_ADDRESS,
     SAN_ADDRESS_ALT_POSITIONS,
     SAN_BIRTH_DATE,

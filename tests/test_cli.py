@@ -1,7 +1,9 @@
-"""The `mynacard` command line, run as `python -m emulator` subprocesses."""
+"""The `mynacard` command line, run as `python -m mynacard` subprocesses."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 import select
@@ -11,18 +13,23 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
+from typing import Any
 
+import PIL
 import pytest
 from pcsc import REPO_ROOT
+from PIL import Image
 
-from emulator import open_card
-from emulator.personalize.profile import (
+from mynacard import open_card
+from mynacard.personalize.profile import (
     PIN_NAMES,
     load_profile,
     profile_as_json,
     shipped_profile_names,
 )
+from mynacard.vpcd import configured_readers
 
 SELECT_JPKI = bytes.fromhex("00A4040C0AD392F000260100000001")
 SELECT_AUTH_PIN = bytes.fromhex("00A4020C020018")
@@ -30,7 +37,7 @@ SELECT_AUTH_PIN = bytes.fromhex("00A4020C020018")
 
 def mynacard(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "emulator", *map(str, args)],
+        [sys.executable, "-m", "mynacard", *map(str, args)],
         capture_output=True,
         text=True,
         encoding="utf-8",
@@ -42,7 +49,8 @@ def mynacard(*args: str | Path) -> subprocess.CompletedProcess[str]:
 def assert_user_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
     assert result.returncode == 2, result
     assert result.stderr.startswith("mynacard: "), result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr  # one line
+    assert "Traceback" not in result.stderr and "Errno" not in result.stderr
     for word in words:
         assert word in result.stderr
 
@@ -96,7 +104,7 @@ def test_shipped_profile_header_command_recreates_it(tmp_path: Path, name: str) 
     assert argv[:3] == ["mynacard", "profile", "new"]
     (tmp_path / "profiles").mkdir()
     result = subprocess.run(
-        [sys.executable, "-m", "emulator", *argv[1:]],
+        [sys.executable, "-m", "mynacard", *argv[1:]],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -104,7 +112,59 @@ def test_shipped_profile_header_command_recreates_it(tmp_path: Path, name: str) 
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "profiles" / f"{name}.toml").read_bytes() == shipped.read_bytes()
+    remade = (tmp_path / "profiles" / f"{name}.toml").read_bytes()
+    drew = re.search(r"^# Pillow (\S+) drew the images", shipped.read_text(encoding="utf-8"), re.M)
+    assert drew is not None
+    if drew[1] == PIL.__version__:
+        assert remade == shipped.read_bytes()
+    else:  # another Pillow: the same profile, the images the same pixels in other bytes
+        assert_same_profile(tomllib.loads(remade.decode()), tomllib.loads(shipped.read_text()))
+
+
+IMAGE_FIELDS = ("name_image", "address_image", "photo", "security_code_image", "my_number_image")
+
+
+def decoded(image: str) -> tuple[str | None, str, tuple[int, int], bytes]:
+    with Image.open(io.BytesIO(base64.b64decode(image))) as opened:
+        return opened.format, opened.mode, opened.size, opened.tobytes()
+
+
+def assert_same_profile(remade: dict[str, Any], shipped: dict[str, Any]) -> None:
+    """Equal but for the bytes of the images, whose decoded pixels must be equal."""
+    remade_visual, shipped_visual = remade.pop("visual_ap", {}), shipped.pop("visual_ap", {})
+    assert remade == shipped
+    assert remade_visual.keys() == shipped_visual.keys()
+    for key, value in shipped_visual.items():
+        if key in IMAGE_FIELDS:
+            assert decoded(remade_visual[key]) == decoded(value), key
+        else:
+            assert remade_visual[key] == value, key
+
+
+def test_profile_comparison_sees_pixels_not_bytes() -> None:
+    """The check used when another Pillow re-creates a profile: re-encoded images pass,
+    a changed pixel or field fails."""
+    shipped = (REPO_ROOT / "profiles" / "default.toml").read_text(encoding="utf-8")
+    with Image.open(
+        io.BytesIO(base64.b64decode(tomllib.loads(shipped)["visual_ap"]["name_image"]))
+    ) as image:
+        reencoded, changed = io.BytesIO(), io.BytesIO()
+        image.save(reencoded, "PNG", compress_level=1)
+        image.putpixel((0, 0), 1 - image.getpixel((0, 0)))
+        image.save(changed, "PNG")
+    for data, same in ((reencoded.getvalue(), True), (changed.getvalue(), False)):
+        remade = tomllib.loads(shipped)
+        assert base64.b64decode(remade["visual_ap"]["name_image"]) != data
+        remade["visual_ap"]["name_image"] = base64.b64encode(data).decode()
+        if same:
+            assert_same_profile(remade, tomllib.loads(shipped))
+        else:
+            with pytest.raises(AssertionError):
+                assert_same_profile(remade, tomllib.loads(shipped))
+    remade = tomllib.loads(shipped)
+    remade["holder"]["name"] += "　"
+    with pytest.raises(AssertionError):
+        assert_same_profile(remade, tomllib.loads(shipped))
 
 
 def test_status_and_reset_pin(tmp_path: Path) -> None:
@@ -185,6 +245,48 @@ def test_bad_reader_number(tmp_path: Path) -> None:
     assert_user_error(mynacard("serve", "--reader", "-1", "--state", tmp_path), "--reader")
 
 
+def test_reader_outside_the_configured_slots(tmp_path: Path) -> None:
+    assert_user_error(
+        mynacard("serve", "--reader", "7", "--state", tmp_path), "--reader 7", "readers 0, 1"
+    )
+
+
+def test_configured_readers_follow_reader_conf(tmp_path: Path) -> None:
+    assert configured_readers(tmp_path) == [0, 1]  # no vpcd configuration: the defaults
+    (tmp_path / "vpcd").write_text("DEVICENAME /dev/null:0x8C7B\nDEVICENAME /dev/null:0x8C7D\n")
+    (tmp_path / "other").write_text("DEVICENAME /dev/ttyS0\n")
+    assert configured_readers(tmp_path) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["replay", "{binary}"], ["binary.apdu: not a transcript (not UTF-8"]),
+        (["replay", "{latin1}"], ["latin1.apdu: not a transcript (not UTF-8"]),
+        (["replay", "{tmp}/missing.apdu"], ["missing.apdu: cannot read: No such file"]),
+        (["serve", "--state", "{binary}"], ["as a state directory: it is a file"]),
+        (["status", "--state", "{binary}"], ["binary.apdu"]),
+        (["conformance", "--report", "{binary}/out"], ["--report", "Not a directory"]),
+        (["conformance", "--pin", "puk=1234"], ["no PIN named 'puk'", "auth, birth"]),
+        (["replay", "{latin1}", "--pin", "puk=1"], ["latin1.apdu"]),
+        (["conformance", "--profile", "nope"], ["no shipped profile named 'nope'", "default"]),
+    ],
+)
+def test_error_paths_are_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], words: list[str]
+) -> None:
+    (tmp_path / "binary.apdu").write_bytes(bytes(range(256)))
+    (tmp_path / "latin1.apdu").write_bytes("# ユーザー\n".encode("shift_jis"))
+    paths = {
+        "binary": tmp_path / "binary.apdu",
+        "latin1": tmp_path / "latin1.apdu",
+        "tmp": tmp_path,
+    }
+    result = mynacard(*(arg.format(**paths) for arg in args))
+    assert_user_error(result, *words)
+    assert not (tmp_path / "binary.apdu" / "out").exists()
+
+
 def test_serve_without_pcscd_says_how_to_start_it(tmp_path: Path) -> None:
     with socket.socket() as probe:  # a local port with nothing listening
         probe.bind(("127.0.0.1", 0))
@@ -221,3 +323,45 @@ def test_serve_without_pcscd_says_how_to_start_it(tmp_path: Path) -> None:
     assert "Traceback" not in rest
     assert proc.returncode == 0
     assert out.startswith("serving profile 'default'")
+
+
+def python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_pcsc_without_pyscard_says_which_extra() -> None:
+    result = python(
+        "import sys; sys.modules['smartcard'] = None\n"
+        "from mynacard.cli import main\n"
+        "sys.exit(main(['conformance', '--target', 'pcsc', '--max-examples', '1']))"
+    )
+    assert_user_error(result, "install mynacard[pcsc]")
+
+
+def test_imports_stay_light() -> None:
+    """The pytest plugin and the bench load nothing until asked; a card loads no Pillow."""
+    result = python(
+        "import sys, tempfile\n"
+        "import mynacard.conformance.plugin\n"
+        "assert 'hypothesis' not in sys.modules and 'mynacard.card' not in sys.modules\n"
+        "import mynacard.conformance.runner\n"
+        "assert 'mynacard.card' not in sys.modules\n"
+        "from mynacard import open_card\n"
+        "open_card('default', tempfile.mkdtemp()).close()\n"
+        "assert 'PIL' not in sys.modules\n"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_internal_errors_exit_3_with_a_traceback() -> None:
+    result = python(
+        "import sys\n"
+        "from mynacard import cli\n"
+        "def broken(args): raise ZeroDivisionError('planted')\n"
+        "cli.cmd_profile_list = broken\n"
+        "sys.exit(cli.main(['profile', 'list']))"
+    )
+    assert result.returncode == 3
+    assert "Traceback" in result.stderr and "internal error" in result.stderr

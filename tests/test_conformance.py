@@ -12,17 +12,18 @@ from xml.etree import ElementTree
 
 import pytest
 
-from conformance.apdu import Apdu, MalformedApdu, select_aid, select_ef, verify
-from conformance.bench import Bench, Divergence
-from conformance.cli import PROG
-from conformance.flows import FLOWS, GOLDEN_DIR, write_golden
-from conformance.model import CardFacts, CardModel
-from conformance.profile import read_profile
-from conformance.replay import replay
-from conformance.report import write_report
-from conformance.runner import RunConfig, make_link, run, run_bench
-from conformance.spec import CATALOGUE, JPKI
-from conformance.targets import (
+from mynacard.cli import main as mynacard
+from mynacard.conformance.apdu import Apdu, MalformedApdu, select_aid, select_ef, verify
+from mynacard.conformance.bench import Bench, Divergence
+from mynacard.conformance.cli import PROG
+from mynacard.conformance.flows import FLOWS, GOLDEN_DIR, write_golden
+from mynacard.conformance.model import CardFacts, CardModel
+from mynacard.conformance.profile import read_profile
+from mynacard.conformance.replay import replay
+from mynacard.conformance.report import write_report
+from mynacard.conformance.runner import RunConfig, make_link, run, run_bench
+from mynacard.conformance.spec import CATALOGUE, JPKI
+from mynacard.conformance.targets import (
     EmulatorTarget,
     RecordingTarget,
     Target,
@@ -30,8 +31,14 @@ from conformance.targets import (
     TargetLayer,
     TranscriptTarget,
 )
-from conformance.transcript import Pattern, Recorder, TranscriptError, load, parse, parse_line
-from emulator.cli import main as mynacard
+from mynacard.conformance.transcript import (
+    Pattern,
+    Recorder,
+    TranscriptError,
+    load,
+    parse,
+    parse_line,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFORMANCE = REPO / "conformance"
@@ -40,31 +47,57 @@ CONFORMANCE = REPO / "conformance"
 # -- the model is written from the spec, not from the emulator -------------------------------
 
 
-def imported_modules(path: Path) -> set[str]:
+def imported_modules(path: Path, package: str = "mynacard.conformance") -> set[str]:
+    """The absolute names of the modules `path` imports, relative imports resolved."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1]
+            prefix = ".".join(base) if node.level else ""
+            module = ".".join(part for part in (prefix, node.module or "") if part)
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
     return names
 
 
-def test_only_the_target_module_imports_the_emulator() -> None:
+def is_card_module(name: str) -> bool:
+    return name.startswith("mynacard") and not name.startswith("mynacard.conformance")
+
+
+def test_only_the_target_module_imports_the_card() -> None:
     importers = {
         path.name
         for path in CONFORMANCE.glob("*.py")
-        if any(
-            name == "emulator" or name.startswith("emulator.") for name in imported_modules(path)
-        )
+        if any(is_card_module(name) for name in imported_modules(path))
     }
     assert importers == {"targets.py"}
 
 
-def test_import_check_sees_an_emulator_import(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "source",
+    ["from mynacard.card import Card", "from mynacard import open_card", "from .. import card"],
+)
+def test_import_check_sees_a_card_import(tmp_path: Path, source: str) -> None:
     probe = tmp_path / "probe.py"
-    probe.write_text("def f():\n    from emulator.card import Card\n")
-    assert "emulator.card" in imported_modules(probe)
+    probe.write_text(f"def f():\n    {source}\n")
+    assert any(is_card_module(name) for name in imported_modules(probe))
+
+
+def test_the_card_never_imports_the_bench() -> None:
+    """Only the command line, above both, offers the bench."""
+    card_dir = CONFORMANCE.parent / "emulator"
+    importers = {
+        str(path.relative_to(card_dir))
+        for path in card_dir.rglob("*.py")
+        for package in ["mynacard." + ".".join(path.relative_to(card_dir).parent.parts)]
+        if any(
+            name.startswith("mynacard.conformance")
+            for name in imported_modules(path, package.rstrip("."))
+        )
+    }
+    assert importers == {"cli.py"}
 
 
 # -- transcripts --------------------------------------------------------------------------
@@ -145,7 +178,7 @@ def test_model_predicts_the_spec_answers_of_a_fresh_card() -> None:
     assert answer(verify(b"", 0x9B), b"") == "63C4"
     assert answer(bytes.fromhex("0020008000"), b"") == "6986"  # current EF is no PIN
     assert answer(select_ef(0x001B), b"\x90\x00") == "9000"
-    assert answer(bytes.fromhex("0020008000"), b"") == "6700"  # decisions #6
+    assert answer(bytes.fromhex("0020008000"), b"") == "6700"  # docs/decisions.md #6
     assert answer(bytes.fromhex("00B0000001"), b"") == "6981"  # a PIN is not readable
     assert answer(select_ef(0x000A), b"\x90\x00") == "9000"
     assert answer(bytes.fromhex("00B00EE001"), b"") == "6B00"  # offset = size
@@ -202,7 +235,7 @@ QUIRKS = [
 
 
 def quirk_profile(directory: Path, quirk: str) -> Path:
-    """The default profile with one [quirks] switch turned (decisions.md)."""
+    """The default profile with one [quirks] switch turned (docs/decisions.md)."""
     name = quirk.split(" = ")[0]
     text = (REPO / "profiles" / "default.toml").read_text(encoding="utf-8")
     text = re.sub(rf"(?m)^#? ?{name} = .*$", quirk, text)
@@ -231,7 +264,7 @@ def test_a_quirk_the_card_does_not_have_is_a_deviation(tmp_path: Path) -> None:
 
 def test_snapshot_state_is_where_every_example_starts(tmp_path: Path) -> None:
     """EmulatorTarget(initial_state=...) starts each example from a copied state directory."""
-    from emulator import open_card
+    from mynacard import open_card
 
     snapshot = tmp_path / "snapshot"
     with open_card("default", snapshot) as card:
@@ -366,8 +399,8 @@ def test_cli_replay_of_a_golden_transcript(capsys: pytest.CaptureFixture[str]) -
     ("argv", "message"),
     [
         (["conformance", "--target", "floppy"], "unknown target 'floppy'"),
-        (["conformance", "--profile", "nonexistent-profile"], "cannot read profile"),
-        (["replay", "/nonexistent.apdu"], "No such file"),
+        (["conformance", "--profile", "nonexistent-profile"], "shipped: building-entry, default"),
+        (["replay", "/nonexistent.apdu"], "/nonexistent.apdu: cannot read: No such file"),
     ],
 )
 def test_cli_user_errors_exit_2(

@@ -13,14 +13,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conformance.apdu import Apdu, select_aid, select_ef, verify
-from conformance.bench import Bench
-from conformance.guard import MIN_TRIES_LEFT, GuardRefusal, PinGuard
-from conformance.profile import read_profile
-from conformance.runner import RunConfig, make_link, run_bench
-from conformance.spec import CATALOGUE
-from conformance.targets import EmulatorTarget, TargetLayer
-from emulator.store import read_pin_status
+from mynacard.conformance.apdu import Apdu, select_aid, select_ef, verify
+from mynacard.conformance.bench import Bench
+from mynacard.conformance.guard import MIN_TRIES_LEFT, GuardRefusal, PinGuard
+from mynacard.conformance.profile import read_profile
+from mynacard.conformance.runner import RunConfig, make_link, run_bench
+from mynacard.conformance.spec import CATALOGUE
+from mynacard.conformance.targets import EmulatorTarget, TargetLayer
+from mynacard.store import read_pin_status
 
 PROFILE = read_profile("default")
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from conformance.bench import Bench
-from conformance.profile import read_profile
-from conformance.replay import replay
-from conformance.runner import RunConfig, make_link, run_bench
-from conformance.targets import CardLike, EmulatorTarget
-from emulator import Card, open_card
-from emulator.files import ALWAYS
+from mynacard import Card, open_card
+from mynacard.conformance.bench import Bench
+from mynacard.conformance.profile import read_profile
+from mynacard.conformance.replay import replay
+from mynacard.conformance.runner import RunConfig, make_link, run_bench
+from mynacard.conformance.targets import CardLike, EmulatorTarget
+from mynacard.files import ALWAYS
 
 PROFILE = "default"
 JPKI_AID = bytes.fromhex("D392F000260100000001")

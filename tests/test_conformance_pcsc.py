@@ -9,14 +9,14 @@ from xml.etree import ElementTree
 
 import pytest
 
-from conformance.flows import FLOWS, GOLDEN_DIR
-from conformance.profile import read_profile
-from conformance.replay import replay
-from conformance.targets import PcscTarget, TranscriptTarget
-from conformance.transcript import load
-from emulator import open_card
-from emulator.cli import main as mynacard
-from emulator.store import read_pin_status
+from mynacard import open_card
+from mynacard.cli import main as mynacard
+from mynacard.conformance.flows import FLOWS, GOLDEN_DIR
+from mynacard.conformance.profile import read_profile
+from mynacard.conformance.replay import replay
+from mynacard.conformance.targets import PcscTarget, TranscriptTarget
+from mynacard.conformance.transcript import load
+from mynacard.store import read_pin_status
 
 pytestmark = pytest.mark.pcsc
 

@@ -48,10 +48,10 @@ from hypothesis import strategies as st
 from juki_common_checks import apdu, ok, select, select_ef, sw
 from pcsc import REPO_ROOT
 
-from emulator import Card, StateError, open_card
-from emulator.personalize.free_area import RsaKeySpec, read_app, read_free_area
-from emulator.personalize.profile import Profile, ProfileError, load_profile
-from emulator.store import DB_NAME, read_pin_status
+from mynacard import Card, StateError, open_card
+from mynacard.personalize.free_area import RsaKeySpec, read_app, read_free_area
+from mynacard.personalize.profile import Profile, ProfileError, load_profile
+from mynacard.store import DB_NAME, read_pin_status
 
 # -- fixtures and helpers ----------------------------------------------------------------------
 
@@ -189,7 +189,7 @@ def test_taxi_counter_survives_kill_9(tmp_path: Path) -> None:
         import sys, time
         sys.path.insert(0, {str(REPO_ROOT / "tests")!r})
         from free_area_checks import taxi_ride
-        from emulator import open_card
+        from mynacard import open_card
         card = open_card("taxi-tickets", {str(tmp_path)!r})
         ride = taxi_ride(card.transmit, bytes.fromhex({meter!r}), 2100, "202507011200")
         print(ride.tickets_left, flush=True)
@@ -478,7 +478,7 @@ def test_profile_with_a_bad_free_area_is_refused(tmp_path: Path) -> None:
 
 def mynacard(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "emulator", *map(str, args)],
+        [sys.executable, "-m", "mynacard", *map(str, args)],
         capture_output=True,
         text=True,
         encoding="utf-8",

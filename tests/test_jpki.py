@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from emulator import Card, StateError, StateLockedError, open_card
-from emulator.personalize.profile import Profile, Quirks, load_profile
+from mynacard import Card, StateError, StateLockedError, open_card
+from mynacard.personalize.profile import Profile, Quirks, load_profile
 
 JPKI = "00A4040C0AD392F000260100000001"
 SHA256_DI_PREFIX = bytes.fromhex("3031300d060960864801650304020105000420")

@@ -1,4 +1,4 @@
-"""住基AP and 共通カードAP in process through open_card/transmit (card-spec §6, §7)."""
+"""住基AP and 共通カードAP in process through open_card/transmit (docs/card-spec.md §6, §7)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from juki_common_checks import (
     verify,
 )
 
-from emulator import Card, open_card
-from emulator.personalize.profile import Profile, ProfileError, load_profile
-from emulator.store import read_pin_status
+from mynacard import Card, open_card
+from mynacard.personalize.profile import Profile, ProfileError, load_profile
+from mynacard.store import read_pin_status
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_internal_authenticate_needs_no_pin(card: Card, profile: Profile) -> Non
 def test_pins_have_separate_counters(card: Card, profile: Profile, tmp_path: Path) -> None:
     assert retries(card.transmit, JUKI_AID) == "63C3"
     assert verify(card.transmit, "0000")[-2:] == b"\x63\xc2"
-    assert retries(card.transmit, COMMON_AID) == "63C3"  # decisions.md #13
+    assert retries(card.transmit, COMMON_AID) == "63C3"  # docs/decisions.md #13
     assert verify(card.transmit, "0000")[-2:] == b"\x63\xc2"
     assert verify(card.transmit, "12")[-2:] == b"\x63\xc1"  # wrong format costs a try (#5)
     assert tx(card, "0020008011" + "31" * 17) == "6700"  # longer than 16: no try
@@ -132,7 +132,9 @@ def test_change_key(profile: Profile, tmp_path: Path, aid: bytes) -> None:
     with open_card(profile, tmp_path) as c:
         tx(c, "00A4040C0A" + aid.hex(), "00A4020C02001C")
         assert tx(c, "8032008004" + b"5678".hex()) == "6982"  # not verified
-        assert tx(c, "0024018004" + b"5678".hex()) == "6985"  # JPKI's command: decisions #31
+        assert (
+            tx(c, "0024018004" + b"5678".hex()) == "6985"
+        )  # JPKI's command: docs/decisions.md #31
         assert verify(c.transmit, old) == b"\x90\x00"
         assert tx(c, "0024018004" + b"5678".hex()) == "6985"
         assert tx(c, "8032008005" + b"56789".hex()) == "6A80"  # new value: 4 digits only

@@ -30,10 +30,11 @@ from national_checks import (
 )
 from PIL import Image, ImageFont
 
-from emulator import open_card
-from emulator.personalize import ProfileError, images, load_profile, new_profile
-from emulator.personalize.eras import era_of, era_yymmdd
-from emulator.personalize.images import (
+from mynacard import open_card
+from mynacard.personalize import images
+from mynacard.personalize.eras import era_of, era_yymmdd
+from mynacard.personalize.generate import new_profile
+from mynacard.personalize.images import (
     NAME_FONT_SIZE,
     NAME_IMAGE_WIDTH,
     ImageError,
@@ -41,9 +42,9 @@ from emulator.personalize.images import (
     missing_glyphs,
     render_text,
 )
-from emulator.personalize.profile import PROFILES_DIR, Profile
-from emulator.personalize.testca import SAN_BIRTH_DATE, read_holder_alt_names
-from emulator.personalize.tlv import encode_length, parse_object, parse_objects, tlv
+from mynacard.personalize.profile import PROFILES_DIR, Profile, ProfileError, load_profile
+from mynacard.personalize.testca import SAN_BIRTH_DATE, read_holder_alt_names
+from mynacard.personalize.tlv import encode_length, parse_object, parse_objects, tlv
 
 JPKI_AID = bytes.fromhex("D392F000260100000001")
 DEFAULT_TEXT = (PROFILES_DIR / "default.toml").read_text(encoding="utf-8")
@@ -201,7 +202,7 @@ _PHOTO = base64.b64decode("".join(_field("visual_ap", "photo").split()))
             "visual_ap",
             "photo",
             _b64(_PHOTO[:12] + bytes(100)),
-            "visual_ap.photo: Pillow cannot decode it",
+            "visual_ap.photo: damaged JP2 file",
         ),
         (
             "visual_ap",
@@ -373,7 +374,7 @@ def test_status_and_reset_pin_name_the_national_keys(tmp_path: Path) -> None:
 
     def status() -> dict[str, tuple[int, int]]:
         result = subprocess.run(
-            [sys.executable, "-m", "emulator", "status", "--state", str(state), "--json"],
+            [sys.executable, "-m", "mynacard", "status", "--state", str(state), "--json"],
             capture_output=True,
             text=True,
             check=True,
@@ -404,7 +405,7 @@ def test_status_and_reset_pin_name_the_national_keys(tmp_path: Path) -> None:
         "visual.code_a": (2, 3),
     }
     reset = subprocess.run(
-        [sys.executable, "-m", "emulator", "reset-pin", "--state", str(state), "visual.code_a"],
+        [sys.executable, "-m", "mynacard", "reset-pin", "--state", str(state), "visual.code_a"],
         capture_output=True,
         text=True,
         check=False,

@@ -45,8 +45,8 @@ from juki_common_checks import (
 )
 from pcsc import REPO_ROOT, wait_for_card
 
-from emulator.personalize.free_area import RsaKeySpec
-from emulator.personalize.profile import Profile, load_profile
+from mynacard.personalize.free_area import RsaKeySpec
+from mynacard.personalize.profile import Profile, load_profile
 
 pytestmark = pytest.mark.pcsc
 
@@ -135,7 +135,7 @@ def test_building_entry(serve: ServeCard) -> None:
 def killable_server(profile: str, state: Path, reader: int = 0) -> Iterator[str]:
     """`mynacard serve` that the test ends with SIGKILL (no clean shutdown)."""
     name = f"Virtual PCD 00 {reader:02d}"
-    command = [sys.executable, "-m", "emulator", "serve", "--profile", profile]
+    command = [sys.executable, "-m", "mynacard", "serve", "--profile", profile]
     proc = subprocess.Popen(
         [*command, "--state", str(state), "--reader", str(reader)],
         stdout=subprocess.DEVNULL,

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from pcsc import REPO_ROOT
 
-from emulator.personalize.profile import KNOWN_ATRS, Profile, load_profile
+from mynacard.personalize.profile import KNOWN_ATRS, Profile, load_profile
 
 pytestmark = pytest.mark.pcsc
 
@@ -129,7 +129,8 @@ def test_another_known_atr_reaches_pcsc_and_opensc_still_finds_jpki(
     serve: ServeCard, tmp_path: Path, atr_name: str
 ) -> None:
     """OpenSC's ATR table has only the default ATR: with any other it finds the card by
-    SELECTing the JPKI AID (card-spec §1), after its other drivers' probes got clean errors."""
+    SELECTing the JPKI AID (docs/card-spec.md §1), after its other drivers' probes got clean
+    errors."""
     shipped = (REPO_ROOT / "profiles" / "default.toml").read_text(encoding="utf-8")
     default_atr = f'atr = "{load_profile("default").atr.hex().upper()}"'
     assert default_atr in shipped
@@ -168,7 +169,7 @@ def test_pkcs15_tool_lists_certificates_and_pin_counters(
 def test_pkcs15_tool_counters_follow_wrong_tries(
     serve: ServeCard, tmp_path: Path, profile: Profile
 ) -> None:
-    from emulator import open_card
+    from mynacard import open_card
 
     state = tmp_path / "state"
     with open_card(profile, state) as card:

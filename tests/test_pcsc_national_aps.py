@@ -29,8 +29,8 @@ from national_checks import (
     verify_sha256,
 )
 
-from emulator.personalize.profile import Profile, load_profile
-from emulator.personalize.tlv import parse_rsa_public_key
+from mynacard.personalize.profile import Profile, load_profile
+from mynacard.personalize.tlv import parse_rsa_public_key
 
 pytestmark = pytest.mark.pcsc
 

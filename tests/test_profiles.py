@@ -14,19 +14,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emulator.personalize import (
+from mynacard.personalize.eras import era_coded_date, era_of, era_yymmdd
+from mynacard.personalize.mynumber import my_number_check_digit
+from mynacard.personalize.profile import (
     KNOWN_ATRS,
     PIN_MAX_TRIES,
     PIN_NAMES,
+    PROFILES_DIR,
     ProfileError,
+    atr_problem,
     derived_pins,
     load_profile,
+    parse_profile,
     profile_as_json,
     shipped_profile_names,
 )
-from emulator.personalize.eras import era_coded_date, era_of, era_yymmdd
-from emulator.personalize.mynumber import my_number_check_digit
-from emulator.personalize.profile import PROFILES_DIR, atr_problem, parse_profile
 
 SHIPPED = ("default", "no-sign-cert", "sign-blocked")
 SIMPLE_PINS = {"auth": "1234", "sign": "ABC123", "text": "1234", "juki": "1234", "common": "1234"}

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emulator import Card, open_card
-from emulator.personalize.profile import Profile, load_profile
+from mynacard import Card, open_card
+from mynacard.personalize.profile import Profile, load_profile
 
 JPKI = bytes.fromhex("00A4040C0AD392F000260100000001")
 TOKEN_READ = bytes.fromhex("00A4020C02000600B0000004")
@@ -94,7 +94,7 @@ def test_wrong_try_survives_kill_9(tmp_path: Path) -> None:
     child = textwrap.dedent(
         f"""
         import sys, time
-        from emulator import open_card
+        from mynacard import open_card
         card = open_card("default", {str(tmp_path)!r})
         card.transmit(bytes.fromhex("00A4040C0AD392F000260100000001"))
         card.transmit(bytes.fromhex("00A4020C020018"))
@@ -127,7 +127,7 @@ def test_wrong_try_survives_kill_9(tmp_path: Path) -> None:
     ],
 )
 def test_set_session_key_is_refused_as_measured(tmp_path: Path, aid: str, expected: str) -> None:
-    """SET SESSION KEY (80 AE, a 256-byte cryptogram): card-spec §2.4's measured answers."""
+    """SET SESSION KEY (80 AE, a 256-byte cryptogram): docs/card-spec.md §2.4's measured answers."""
     with open_card("taxi-tickets", tmp_path) as c:
         assert (
             c.transmit(bytes((0, 0xA4, 4, 0x0C, len(aid) // 2)) + bytes.fromhex(aid)) == b"\x90\x00"

@@ -29,10 +29,10 @@ from national_checks import (
     verify_sha256,
 )
 
-from emulator import Card, open_card
-from emulator.personalize.cvc import CVC_ROOTS, cvc_root_private_key, key_id
-from emulator.personalize.profile import Profile, Quirks, load_profile
-from emulator.personalize.tlv import parse_object, parse_rsa_public_key
+from mynacard import Card, open_card
+from mynacard.personalize.cvc import CVC_ROOTS, cvc_root_private_key, key_id
+from mynacard.personalize.profile import Profile, Quirks, load_profile
+from mynacard.personalize.tlv import parse_object, parse_rsa_public_key
 
 PIN, BLOCKED, CARD_KEY, CODE_A, CODE_B = 0x0011, 0x0012, 0x0013, 0x0014, 0x0015
 
@@ -247,7 +247,7 @@ def test_card_key_signs_challenges_without_a_credential(card: Card, profile: Pro
     card_key = profile.text_ap.keys.card_key.public_key()
     challenge, signature = challenge_signature(card.transmit)
     verify_sha256(card_key, signature, challenge)
-    # P2 = 80 with EF 0013 selected signs the same (decisions.md #33).
+    # P2 = 80 with EF 0013 selected signs the same (docs/decisions.md #33).
     digest_info = SHA256_DIGEST_INFO + hashlib.sha256(b"challenge").digest()
     command = "802A00{}33" + digest_info.hex() + "00"
     by_default = send(card, command.format("00"))
@@ -301,7 +301,7 @@ def test_selecting_another_application_ends_the_verified_state(
 
 
 def test_set_session_key_needs_the_pin_and_is_then_refused(card: Card, profile: Profile) -> None:
-    """80 AE (SET SESSION KEY): 6982 before the PIN (card-spec §4); secure messaging is not
+    """80 AE (SET SESSION KEY): 6982 before the PIN (docs/card-spec.md §4); secure messaging is not
     emulated, so 6985 after it, and the verified state stays."""
     cryptogram = "80AE0000000100" + "5A" * 256
     assert send(card, cryptogram) == "6982"

@@ -28,11 +28,11 @@ from national_checks import (
     verify_sha256,
 )
 
-from emulator import Card, open_card
-from emulator.personalize.cvc import CVC_ROOTS, cvc_root_private_key, key_id
-from emulator.personalize.eras import era_yymmdd
-from emulator.personalize.profile import Profile, load_profile
-from emulator.personalize.tlv import parse_rsa_public_key
+from mynacard import Card, open_card
+from mynacard.personalize.cvc import CVC_ROOTS, cvc_root_private_key, key_id
+from mynacard.personalize.eras import era_yymmdd
+from mynacard.personalize.profile import Profile, load_profile
+from mynacard.personalize.tlv import parse_rsa_public_key
 
 BIRTH, CODE_B, CODE_A, CARD_KEY = 0x0011, 0x0012, 0x0013, 0x001A
 

@@ -27,7 +27,7 @@ from pcsc import (
     wait_for_card,
 )
 
-from emulator.vpcd import VpcdClient, reader_port, unreachable_message
+from mynacard.vpcd import VpcdClient, reader_port, unreachable_message
 
 ATR = bytes.fromhex("3B80800101")
 SELECT_UNKNOWN = bytes.fromhex("00A4040C07A0000000000001")
@@ -224,7 +224,7 @@ def test_retries_until_vpcd_listens(caplog: pytest.LogCaptureFixture) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    caplog.set_level(logging.INFO, logger="emulator.vpcd")
+    caplog.set_level(logging.INFO, logger="mynacard.vpcd")
     with running(VpcdClient(FakeCard(), "127.0.0.1", port)):
         time.sleep(0.5)  # a few refused attempts
         server = FakeVpcd(port)
@@ -264,7 +264,7 @@ def test_stop_while_idle(vpcd: FakeVpcd) -> None:
 
 
 def test_verbose_logs_apdus_in_hex(vpcd: FakeVpcd, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="emulator.vpcd")
+    caplog.set_level(logging.DEBUG, logger="mynacard.vpcd")
     with running(VpcdClient(FakeCard(), "127.0.0.1", vpcd.port)):
         vpcd.accept().apdu(SELECT_UNKNOWN)
     assert "C-APDU 00 a4 04 0c 07 a0 00 00 00 00 00 01" in caplog.text
@@ -276,7 +276,7 @@ def test_serve_exits_cleanly_on_signal(
     vpcd: FakeVpcd, tmp_path: Path, signum: signal.Signals
 ) -> None:
     """`mynacard serve` closes the card (state released) and exits 0, without a traceback."""
-    from emulator import open_card
+    from mynacard import open_card
 
     state = tmp_path / "state"
     proc = subprocess.Popen(
@@ -378,7 +378,7 @@ def test_pcsc_latency_needs_quickack(pcscd: int) -> None:
 
 @pytest.mark.pcsc
 def test_serve_through_pcscd(serve: ServeCard) -> None:
-    from emulator.personalize.profile import load_profile
+    from mynacard.personalize.profile import load_profile
 
     with serve("default") as name:
         connection = connect(name)

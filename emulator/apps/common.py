@@ -1,6 +1,6 @@
 """共通カードAP (D392…0100): card information records, INTERNAL AUTHENTICATE key, 4-digit PIN.
 
-card-spec §6: EF 0001 record 1 = simple-TLV 01 1C + serial (15) + municipality code (5) +
+docs/card-spec.md §6: EF 0001 record 1 = simple-TLV 01 1C + serial (15) + municipality code (5) +
 expiry YYYYMMDD; EF 0002 = the key reference 住基AP EF 0002 holds too; EF 0019 signs an
 INTERNAL AUTHENTICATE challenge with no credential; PIN 001C is changed by CHANGE KEY.
 """
@@ -29,7 +29,8 @@ def card_info_record(profile: Profile) -> bytes:
 
 
 def build(profile: Profile) -> Application:
-    """The 共通カードAP of `profile`: free reads (decisions.md #28), PIN "common" (#13, #17)."""
+    """The 共通カードAP of `profile`: free reads (docs/decisions.md #28), PIN "common"
+    (#13, #17)."""
     if profile.common_auth_key is None:
         raise ValueError(f"profile {profile.name} has no 共通カードAP key (keys.common_auth_key)")
     return Application(

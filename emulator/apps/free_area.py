@@ -1,6 +1,6 @@
-"""Free-area applications (空き領域, decisions.md "The free storage area").
+"""Free-area applications (空き領域, docs/decisions.md "The free storage area").
 
-Their declarations (emulator.personalize.free_area) are installed into the card store, from
+Their declarations (mynacard.personalize.free_area) are installed into the card store, from
 the profile when the state is made or later by `mynacard freearea install`; the card builds
 them from the store, where their EF contents, PIN values and counters live and change.
 """

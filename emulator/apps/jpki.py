@@ -1,4 +1,4 @@
-"""公的個人認証AP (JPKI-AP): certificates, keys and PINs (card-spec §3, §7, §8)."""
+"""公的個人認証AP (JPKI-AP): certificates, keys and PINs (docs/card-spec.md §3, §7, §8)."""
 
 from __future__ import annotations
 
@@ -21,13 +21,14 @@ PIN_AUTH = 0x0018
 KEY_SIGN = 0x001A
 PIN_SIGN = 0x001B
 
-CERT_EF_SIZE = 3808  # measured allocation of the certificate EFs (card-spec §9)
+CERT_EF_SIZE = 3808  # measured allocation of the certificate EFs (docs/card-spec.md §9)
 TOKEN_LABEL = b"JPKIAPICCTOKEN2"
 _CERT_PRESENT = 0x8F
 
 
 def token_info() -> bytes:
-    """EF 0006: a serialised PKCS#11 CK_TOKEN_INFO, 160 bytes (card-spec §3.1, SOL fixture)."""
+    """EF 0006: a serialised PKCS#11 CK_TOKEN_INFO, 160 bytes (docs/card-spec.md §3.1, SOL
+    fixture)."""
     return b"".join(
         (
             TOKEN_LABEL.ljust(32, b" "),

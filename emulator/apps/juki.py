@@ -1,4 +1,5 @@
-"""住基AP (D392…0401): one record EF and a 4-digit PIN changed by CHANGE KEY (card-spec §6)."""
+"""住基AP (D392…0401): one record EF and a 4-digit PIN changed by CHANGE KEY
+(docs/card-spec.md §6)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def key_reference_record() -> bytes:
 
 
 def build(profile: Profile) -> Application:
-    """The 住基AP: EF 0002 read freely (decisions.md #28), PIN 001C "juki" (#13, #17)."""
+    """The 住基AP: EF 0002 read freely (docs/decisions.md #28), PIN 001C "juki" (#13, #17)."""
     return Application(
         AID,
         "住基AP",

@@ -1,4 +1,5 @@
-"""券面事項入力補助AP (text AP): My Number, 基本4情報 and their signed digests (card-spec §4)."""
+"""券面事項入力補助AP (text AP): My Number, 基本4情報 and their signed digests
+(docs/card-spec.md §4)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ TAG_SIGNED_KEY = 0xFF50
 TAG_CARD_KEY = 0xDF51
 TAG_CARD_KEY_SIGNATURE = 0xDF52
 
-BASIC_INFO_SIZE = 256  # MYNA-GO reads exactly 256 bytes (decisions.md #30)
+BASIC_INFO_SIZE = 256  # MYNA-GO reads exactly 256 bytes (docs/decisions.md #30)
 UNKNOWN_EF_SIZE = 16
 # DF41 as seen on cards: spec version, extended Lc/Le supported, vendor id, vendor byte.
 AP_IDENTIFICATION = bytes.fromhex("01030E01")
@@ -54,7 +55,7 @@ BASIC_INFO_KEY_ID = key_id("6000034", "001")
 
 
 def my_number_file(my_number: str, filler: int) -> bytes:
-    """EF 0001: FF 10 0C + 12 digits + two filler bytes, 17 bytes (decisions.md #27)."""
+    """EF 0001: FF 10 0C + 12 digits + two filler bytes, 17 bytes (docs/decisions.md #27)."""
     return tlv(TAG_MY_NUMBER, my_number.encode("ascii")) + bytes((filler, filler))
 
 
@@ -147,7 +148,7 @@ def build(profile: Profile) -> Application:
         Pin(CODE_A, "text.code_a", "code_a", PIN_MAX_TRIES["code_a"], r"[0-9]{12}"),
         Pin(CODE_B, "text.code_b", "code_b", PIN_MAX_TRIES["code_b"], r"[0-9]{14}"),
     ]
-    # SET SESSION KEY needs the PIN (card-spec §4); secure messaging itself is not emulated,
+    # SET SESSION KEY needs the PIN (docs/card-spec.md §4); secure messaging itself is not emulated,
     # so after the PIN it is refused with 6985 (an assumption: a real card opens SM).
     return Application(
         AID,

@@ -1,4 +1,5 @@
-"""券面事項確認AP (visual AP, 券面AP): the card face as signed data and images (card-spec §5)."""
+"""券面事項確認AP (visual AP, 券面AP): the card face as signed data and images
+(docs/card-spec.md §5)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ TAG_BASIC_INFO = 0xFF30
 TAG_MY_NUMBER_IMAGE = 0xFF40
 
 UNKNOWN_EF_SIZE = 16
-MAX_EF_SIZE = 0x7FFF  # READ BINARY offsets are 15 bits (decisions.md #30)
+MAX_EF_SIZE = 0x7FFF  # READ BINARY offsets are 15 bits (docs/decisions.md #30)
 # DF31 as seen on cards; DF33 (version) 00 and DF32 6000024/001 measured on a test card.
 AP_IDENTIFICATION = bytes.fromhex("06030E01")
 AP_VERSION = b"\x00"
@@ -71,10 +72,10 @@ def card_face(
     card_key: rsa.RSAPublicKey,
     signer: rsa.RSAPrivateKey,
 ) -> bytes:
-    """EF 0002: FF 20 { DF21 offsets, DF22 ... DF2A } (card-spec §5).
+    """EF 0002: FF 20 { DF21 offsets, DF22 ... DF2A } (docs/card-spec.md §5).
 
     DF28 signs a SHA-256 DigestInfo whose digest is the 96 bytes of the three group digests
-    (decisions.md #26); DF29 (expiry) and DF2A (security code image) come after it, unsigned.
+    (docs/decisions.md #26); DF29 (expiry) and DF2A (security code image) come after it, unsigned.
     """
     signed = [
         tlv(0xDF22, _yyyymmdd(holder.birth_date)),

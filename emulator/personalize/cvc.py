@@ -1,6 +1,6 @@
 """Card-verifiable certificates (7F21) of the 券面 APs, their key identifiers and test roots.
 
-Layout (card-spec §4, SOL data.rs), 568 bytes:
+Layout (docs/card-spec.md §4, SOL data.rs), 568 bytes:
 
     7F21 82 0233
       5F4E 82 0129   16-byte issuer key id, 16-byte subject key id, 90 03 010001, 91 82 0100 n
@@ -26,8 +26,8 @@ from typing import Literal
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from emulator.personalize.rsakeys import PUBLIC_EXPONENT, new_rsa_key
-from emulator.personalize.tlv import (
+from mynacard.personalize.rsakeys import PUBLIC_EXPONENT, new_rsa_key
+from mynacard.personalize.tlv import (
     RSA_2048_BYTES,
     parse_object,
     parse_objects,
@@ -65,7 +65,7 @@ def municipality_key_id(municipality_code: str, kind: ApKind) -> bytes:
 
     Measured on a test card: visual AP subject 1322121/000 for municipality 13221, i.e. the
     5-digit code + "21". The text AP's form is not public; "31" follows the issuer ids
-    (visual 6000023, text 6000033). An assumption (README, "The national applications").
+    (visual 6000023, text 6000033). An assumption (docs/card.md, "The national applications").
     """
     return key_id(municipality_code + ("31" if kind == "text" else "21"), "000")
 
@@ -83,7 +83,7 @@ class CvcRoot:
 
 
 # The public halves of `cvc_root_private_key(kind)`: what a verifier holds. Ids as on JPKI
-# test cards (card-spec §4, §5); tests check these moduli against the fixed-seed keys.
+# test cards (docs/card-spec.md §4, §5); tests check these moduli against the fixed-seed keys.
 CVC_ROOTS: dict[ApKind, CvcRoot] = {
     "text": CvcRoot(
         "text",

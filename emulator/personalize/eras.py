@@ -13,7 +13,7 @@ class Era:
     start: date  # first day of 元年
 
 
-# decisions.md #34
+# docs/decisions.md #34
 ERAS = (
     Era(5, "令和", date(2019, 5, 1)),
     Era(4, "平成", date(1989, 1, 8)),

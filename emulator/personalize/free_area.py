@@ -19,7 +19,7 @@ for `mynacard freearea install`:
 
 Access rules per operation: "always", "never", "pin:<FID>" (that PIN verified), "key:<id>"
 (EXTERNAL AUTHENTICATE with that key done), or a list of rules of which any one opens it.
-This module only reads and writes the declarations; `emulator.apps.free_area` builds them.
+This module only reads and writes the declarations; `mynacard.apps.free_area` builds them.
 """
 
 from __future__ import annotations

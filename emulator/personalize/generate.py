@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
+import PIL
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import (
@@ -20,10 +21,10 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
 )
 
-from emulator.personalize.free_area import EXAMPLES, example_app, render_free_area
-from emulator.personalize.national_sections import national_sections
-from emulator.personalize.persona import JST, SIGN_CERT_MIN_AGE, Persona, make_persona
-from emulator.personalize.profile import (
+from mynacard.personalize.free_area import EXAMPLES, example_app, render_free_area
+from mynacard.personalize.national_sections import national_sections
+from mynacard.personalize.persona import JST, SIGN_CERT_MIN_AGE, Persona, make_persona
+from mynacard.personalize.profile import (
     DEFAULT_ATR,
     PIN_MAX_TRIES,
     PROFILE_NAME,
@@ -32,8 +33,8 @@ from emulator.personalize.profile import (
     Quirks,
     parse_profile,
 )
-from emulator.personalize.rsakeys import new_rsa_key
-from emulator.personalize.testca import (
+from mynacard.personalize.rsakeys import new_rsa_key
+from mynacard.personalize.testca import (
     CardholderCert,
     CertKind,
     TestCa,
@@ -86,7 +87,7 @@ def new_profile(
     common; `counters` sets initial remaining tries; `free_area` names example free-area
     applications to install (free_area.EXAMPLES); `holder_name` replaces the made-up
     name (family name, U+3000, given name); `unified_pin` gives the JPKI auth, text, 住基
-    and 共通 PINs one value (decisions.md #14), else they differ. Raises ProfileError for a
+    and 共通 PINs one value (docs/decisions.md #14), else they differ. Raises ProfileError for a
     bad argument or an existing file (unless `overwrite`); nothing is written then.
     """
     if path.suffix != ".toml" or not PROFILE_NAME.fullmatch(path.stem):
@@ -237,6 +238,8 @@ def render_profile(
         made_by,
         *_command_comment(command),
         "#",
+        f"# Pillow {PIL.__version__} drew the images: another release draws the same pixels",
+        "# in other bytes.",
         "# TEST KEYS: the private keys and certificates in [keys] are test keys made by",
         "# `mynacard profile new` under a test CA (O=JPKI-TEST). They are worthless outside",
         "# testing: nothing trusts them, and seeded keys can be re-made by anyone.",
@@ -245,7 +248,7 @@ def render_profile(
         "[profile]",
         f"name = {_toml_string(name)}",
         f"description = {_toml_string(description)}",
-        "# hex bytes, or a name from card-spec §1: jpki, jpki-02 ... jpki-09",
+        "# hex bytes, or a name from docs/card-spec.md §1: jpki, jpki-02 ... jpki-09",
         f"atr = {_toml_string(atr)}",
         f"variant = {_toml_string(variant)}",
         "",
@@ -278,7 +281,7 @@ def render_profile(
         *(f"{pin} = {counters[pin]}" for pin in counters),
         "",
         "[quirks]",
-        "# Behaviours where sources disagree (decisions.md); the values below are the defaults.",
+        "# Behaviours where sources disagree (docs/decisions.md); these are the defaults.",
         f"blocked_sw = 0x{quirks.blocked_sw:04X}  # or 0x6983",
         f"reselect_clears_state = {_toml_bool(quirks.reselect_clears_state)}",
         "# verified_query_sw = 0x9000  # answer 9000 to a retry query on a verified PIN",

@@ -1,9 +1,9 @@
 """Card-face images of the 券面事項確認AP, made at personalisation (`profile new`).
 
 Text fields are 1-bit PNGs rendered with a real Japanese font; the face photo is a synthetic
-greyscale face in a JPEG 2000 (JP2) file (card-spec §5, SOL data.rs). Sizes follow the two
+greyscale face in a JPEG 2000 (JP2) file (docs/card-spec.md §5, SOL data.rs). Sizes follow the two
 measured ones (security code 24×12, My Number 72×12, i.e. about 150 dpi); the name, address
-and photo sizes are chosen at that scale (README, "The national applications").
+and photo sizes are chosen at that scale (docs/card.md, "The national applications").
 """
 
 from __future__ import annotations
@@ -16,15 +16,12 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, features
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-JP2_SIGNATURE = bytes.fromhex("0000000C6A5020200D0A870A")  # JP2 signature box (ISO 15444-1)
-
 NAME_IMAGE_WIDTH = 336
 NAME_FONT_SIZE = 24
 ADDRESS_IMAGE_WIDTH = 336
 ADDRESS_FONT_SIZE = 18
-SECURITY_CODE_SIZE = (24, 12)  # measured (card-spec §5)
-MY_NUMBER_SIZE = (72, 12)  # measured (card-spec §5)
+SECURITY_CODE_SIZE = (24, 12)  # measured (docs/card-spec.md §5)
+MY_NUMBER_SIZE = (72, 12)  # measured (docs/card-spec.md §5)
 PHOTO_SIZE = (120, 150)
 
 # Fonts tried first (Debian fonts-ipaexfont-gothic, then other common Japanese fonts).
@@ -203,19 +200,3 @@ def synthetic_face(rng: random.Random, size: tuple[int, int] = PHOTO_SIZE) -> by
     buffer = io.BytesIO()
     portrait.save(buffer, "JPEG2000", irreversible=True, quality_mode="rates", quality_layers=[6])
     return buffer.getvalue()
-
-
-def image_problem(data: bytes, kind: str) -> str | None:
-    """Why `data` is not a valid image of `kind` ("png" or "jp2"), or None if it is."""
-    signature = PNG_SIGNATURE if kind == "png" else JP2_SIGNATURE
-    if not data.startswith(signature):
-        return f"not a {kind.upper()} file (bad signature)"
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            expected = "PNG" if kind == "png" else "JPEG2000"
-            if image.format != expected:
-                return f"Pillow reads it as {image.format}, not {expected}"
-            image.load()
-    except Exception as exc:  # Pillow's decoders raise many kinds of error on corrupt data
-        return f"Pillow cannot decode it ({type(exc).__name__}: {exc})"
-    return None

@@ -19,11 +19,11 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_public_key,
 )
 
-from emulator.personalize.cvc import CVC_ROOTS, ApKind, parse_cvc
-from emulator.personalize.images import image_problem
+from mynacard.personalize.cvc import CVC_ROOTS, ApKind, parse_cvc
+from mynacard.personalize.image_check import image_problem
 
 # Largest image per field: together they keep visual EF 0002 under 32,767 bytes (the
-# 15-bit READ BINARY offset, decisions.md #30) with about 1 KB to spare for the rest.
+# 15-bit READ BINARY offset, docs/decisions.md #30) with about 1 KB to spare for the rest.
 MAX_IMAGE_SIZES = {
     "name_image": 4096,
     "address_image": 8192,

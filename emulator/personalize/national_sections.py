@@ -14,14 +14,14 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from emulator.personalize.cvc import (
+from mynacard.personalize.cvc import (
     CVC_ROOTS,
     ApKind,
     cvc_root_private_key,
     issue_cvc,
     municipality_key_id,
 )
-from emulator.personalize.images import (
+from mynacard.personalize.images import (
     ADDRESS_FONT_SIZE,
     ADDRESS_IMAGE_WIDTH,
     MY_NUMBER_SIZE,
@@ -34,9 +34,9 @@ from emulator.personalize.images import (
     render_text,
     synthetic_face,
 )
-from emulator.personalize.persona import Persona
-from emulator.personalize.profile import ProfileError
-from emulator.personalize.rsakeys import new_rsa_key
+from mynacard.personalize.persona import Persona
+from mynacard.personalize.profile import ProfileError
+from mynacard.personalize.rsakeys import new_rsa_key
 
 
 def national_sections(seed: int | None, persona: Persona, municipality_code: str) -> list[str]:
@@ -66,7 +66,7 @@ def national_sections(seed: int | None, persona: Persona, municipality_code: str
     except ImageError as exc:
         raise ProfileError(f"card-face images: {exc}") from None
 
-    lines = ["", "[text_ap]", "# 券面事項入力補助AP (README, 'The national applications')."]
+    lines = ["", "[text_ap]", "# 券面事項入力補助AP (docs/card.md, 'The national applications')."]
     lines += _ap_keys(
         "text",
         card_key=key(f"mynacard/{seed}/text-card-key"),
@@ -80,7 +80,7 @@ def national_sections(seed: int | None, persona: Persona, municipality_code: str
         f"session_key = '''\n{session_pem.decode('ascii')}'''",
         "",
         "[visual_ap]",
-        "# 券面事項確認AP (README, 'The national applications').",
+        "# 券面事項確認AP (docs/card.md, 'The national applications').",
     ]
     lines += _ap_keys(
         "visual",

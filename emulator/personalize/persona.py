@@ -7,8 +7,8 @@ import string
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
-from emulator.personalize.mynumber import my_number_check_digit
-from emulator.personalize.profile import Holder
+from mynacard.personalize.mynumber import my_number_check_digit
+from mynacard.personalize.profile import Holder
 
 JST = timezone(timedelta(hours=9), "JST")
 ADULT_AGE = 18  # from this age at issue the card runs to the 10th birthday, else the 5th
@@ -65,7 +65,7 @@ class Persona:
     issued_at: datetime  # JST
     card_expiry: date
     cert_expiry: date  # the certificates end at 23:59:59 JST on this day
-    pin: str  # one 4-digit PIN for auth, text, juki and common (decisions.md #14)
+    pin: str  # one 4-digit PIN for auth, text, juki and common (docs/decisions.md #14)
     sign_password: str
 
 

@@ -10,6 +10,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from importlib import resources
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,10 +20,10 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 
-from emulator.personalize.eras import FIRST_ERA_DAY, era_yymmdd
-from emulator.personalize.free_area import FreeAreaSpec, free_area_as_json, read_free_area
-from emulator.personalize.mynumber import my_number_check_digit
-from emulator.personalize.national import (
+from mynacard.personalize.eras import FIRST_ERA_DAY, era_yymmdd
+from mynacard.personalize.free_area import FreeAreaSpec, free_area_as_json, read_free_area
+from mynacard.personalize.mynumber import my_number_check_digit
+from mynacard.personalize.national import (
     SectionError,
     TextApData,
     VisualApData,
@@ -33,7 +34,7 @@ from emulator.personalize.national import (
 # PIN names as used in profiles, `profile show --json` and the state store.
 PIN_NAMES = ("auth", "sign", "text", "juki", "common", "code_a", "code_b", "birth")
 
-# Retry counter maximum per PIN name (card-spec §7, decisions.md #12, #24).
+# Retry counter maximum per PIN name (docs/card-spec.md §7, docs/decisions.md #12, #24).
 PIN_MAX_TRIES: dict[str, int] = {
     "auth": 3,
     "sign": 5,
@@ -48,7 +49,7 @@ PIN_MAX_TRIES: dict[str, int] = {
 # PINs a profile sets in [pins]; the others are derived from the card data.
 SET_PIN_NAMES = ("auth", "sign", "text", "juki", "common")
 
-# ATRs by the names of card-spec §1.
+# ATRs by the names of docs/card-spec.md §1.
 KNOWN_ATRS: dict[str, bytes] = {
     "jpki": bytes.fromhex("3BE000FF8131FE4514"),
     "jpki-02": bytes.fromhex("3BDA13FF8131FB468012392F31C173C601C03B"),
@@ -62,12 +63,13 @@ KNOWN_ATRS: dict[str, bytes] = {
 }
 DEFAULT_ATR = KNOWN_ATRS["jpki"]
 
-# Largest DER certificate that fits the certificate EFs (3808 bytes, card-spec §3.1).
+# Largest DER certificate that fits the certificate EFs (3808 bytes, docs/card-spec.md §3.1).
 MAX_CERT_SIZE = 3808
 
 PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
-PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
+# The shipped profiles: package data of `mynacard.profiles` (profiles/ in the repository).
+PROFILES_DIR = Path(str(resources.files("mynacard.profiles")))
 
 
 class ProfileError(ValueError):
@@ -84,7 +86,7 @@ class Holder:
 
 @dataclass(frozen=True)
 class Quirks:
-    """Per-profile switches for behaviours where sources disagree (decisions.md)."""
+    """Per-profile switches for behaviours where sources disagree (docs/decisions.md)."""
 
     blocked_sw: int = 0x6984
     reselect_clears_state: bool = False
@@ -149,7 +151,7 @@ def derived_pins(
 
 
 def shipped_profile_names() -> list[str]:
-    """Names of the profiles shipped in the repository's profiles/ directory."""
+    """Names of the profiles shipped with mynacard."""
     return sorted(path.stem for path in PROFILES_DIR.glob("*.toml"))
 
 
@@ -385,7 +387,7 @@ class _ProfileReader:
         )
 
     def national_ap(self, read: Callable[[dict[str, object]], _T], name: str) -> _T:
-        """A [text_ap] / [visual_ap] section, read by emulator.personalize.national."""
+        """A [text_ap] / [visual_ap] section, read by mynacard.personalize.national."""
         try:
             return read(self.section(name))
         except SectionError as exc:

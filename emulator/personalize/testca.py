@@ -1,4 +1,4 @@
-"""A test JPKI hierarchy: CAs and certificates shaped like the real ones (card-spec §11)."""
+"""A test JPKI hierarchy: CAs and certificates shaped like the real ones (docs/card-spec.md §11)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
-from emulator.personalize.eras import era_coded_date
-from emulator.personalize.profile import Holder
-from emulator.personalize.rsakeys import new_rsa_key
+from mynacard.personalize.eras import era_coded_date
+from mynacard.personalize.profile import Holder
+from mynacard.personalize.rsakeys import new_rsa_key
 
 CertKind = Literal["auth", "sign"]
 

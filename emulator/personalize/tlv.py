@@ -12,10 +12,10 @@ RSA_2048_BYTES = 256
 
 
 def encode_length(length: int, octets: int | None = None) -> bytes:
-    """A BER length: minimal DER form (decisions.md #29), or the long form in `octets` bytes.
+    """A BER length: minimal DER form (docs/decisions.md #29), or the long form in `octets` bytes.
 
     The long form with a fixed size is how some measured objects are written, e.g. the
-    text AP's `FF 40 82 00 9F` (card-spec §4).
+    text AP's `FF 40 82 00 9F` (docs/card-spec.md §4).
     """
     if length < 0:
         raise ValueError("a length cannot be negative")
@@ -40,7 +40,8 @@ def tlv(tag: int, value: bytes, *, length_octets: int | None = None) -> bytes:
 
 def with_offset_table(tag: int, table_tag: int, fields: list[bytes]) -> bytes:
     """`tag` { `table_tag` offsets, fields }: each offset the 2-byte position of a field's tag
-    counted from the first byte of the file, as in the 券面 APs' EF 0002 (card-spec §4, §5)."""
+    counted from the first byte of the file, as in the 券面 APs' EF 0002 (docs/card-spec.md §4,
+    §5)."""
     table_size = len(tag_bytes(table_tag)) + 1 + 2 * len(fields)
     content_size = table_size + sum(map(len, fields))
     position = len(tag_bytes(tag)) + len(encode_length(content_size)) + table_size

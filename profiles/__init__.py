@@ -1,0 +1,1 @@
+"""The shipped card profiles (package data, read with importlib.resources)."""
