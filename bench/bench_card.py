@@ -129,7 +129,7 @@ def through_pcscd(rounds: int) -> tuple[float, float, float]:
             card_cmd = [
                 sys.executable,
                 "-m",
-                "emulator",
+                "mynacard",
                 "serve",
                 "--state",
                 state,

@@ -23,7 +23,7 @@ from .files import (
     encode_records,
     key_access,
 )
-from .layers import T0Chaining
+from .layers import CardInterface, T0Chaining, masked
 from .personalize import profile as _profiles
 from .personalize.profile import Profile, Quirks
 from .store import CardStore, PinRecord, PinState, StateLockedError
@@ -86,9 +86,6 @@ class Card:
             INS.CHANGE_KEY: self._change_key,
             INS.SET_SESSION_KEY: self._set_session_key,
         }
-        self._exchange: Callable[[bytes], bytes] = (
-            T0Chaining(self._process).exchange if quirks.t0_chaining else self._process
-        )
 
     # -- power ------------------------------------------------------------------------------
 
@@ -127,8 +124,6 @@ class Card:
         self._ef = None
         self._verified.clear()
         self._challenge = b""
-        if isinstance(self._exchange, T0Chaining):
-            self._exchange.clear()
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -136,9 +131,6 @@ class Card:
         """Process one command APDU and return the response APDU (data + SW)."""
         if not self._powered:
             self.power_on()
-        return self._exchange(capdu)
-
-    def _process(self, capdu: bytes) -> bytes:
         try:
             apdu = CommandApdu.parse(capdu)
             cla = apdu.cla
@@ -157,7 +149,7 @@ class Card:
         except StatusError as error:
             return _sw(error.sw)
         except Exception:
-            log.exception("internal error on APDU %s", capdu.hex())
+            log.exception("internal error on APDU %s", masked(capdu))
             return _sw(SW.NO_PRECISE_DIAGNOSIS)
 
     @staticmethod
@@ -568,11 +560,12 @@ class Card:
         raise StatusError(SW.CONDITIONS_NOT_SATISFIED)
 
 
-def open_card(profile: str | Path | Profile, state_dir: str | Path) -> Card:
+def open_card(profile: str | Path | Profile, state_dir: str | Path) -> CardInterface:
     """Open the card personalised from `profile`, keeping its live state in `state_dir`.
 
     `profile` is a shipped profile name, a path to a profile file, or a loaded Profile.
     `state_dir` is created (0700) if missing; a live card holding it raises StateLockedError.
+    The card comes inside the layers its profile asks for (T=0 chaining).
     """
     loaded = profile if isinstance(profile, Profile) else _profiles.load_profile(profile)
     applications = [
@@ -595,7 +588,10 @@ def open_card(profile: str | Path | Profile, state_dir: str | Path) -> Card:
     except BaseException:
         store.close()
         raise
-    return Card(applications, store, loaded.atr, loaded.quirks)
+    card: CardInterface = Card(applications, store, loaded.atr, loaded.quirks)
+    if loaded.quirks.t0_chaining:
+        card = T0Chaining(card)
+    return card
 
 
 def _personalised(pin: Pin, profile: Profile) -> PinRecord:

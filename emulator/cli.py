@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from .layers import ApduLog
 from .vpcd import VPCD_HOST, VpcdClient, configured_readers, reader_name, reader_port
 
 PROG = "mynacard"
@@ -70,11 +71,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from . import open_card
     from .personalize.profile import load_profile
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format=f"{PROG}: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    project = logging.getLogger(PROG)  # -v sets only mynacard's own loggers
+    project.addHandler(handler)
+    project.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     readers = configured_readers()
     if args.vpcd is None and args.reader not in readers:
         raise UserError(
@@ -88,6 +89,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     state_dir = Path(args.state) if args.state else default_state_dir(profile.name)
     card = open_card(profile, state_dir)
+    if args.verbose:
+        card = ApduLog(card, logging.getLogger(f"{PROG}.apdu"))
     try:
         name = reader_name(port)
         where = f"reader {name!r} via vpcd" if name else "vpcd"

@@ -22,12 +22,12 @@ import struct
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Protocol
+
+from .layers import CardInterface, masked
 
 __all__ = [
     "VPCD_BASE_PORT",
     "VPCD_HOST",
-    "CardLike",
     "VpcdClient",
     "configured_readers",
     "reader_name",
@@ -51,21 +51,6 @@ SW_NO_PRECISE_DIAGNOSIS = b"\x6f\x00"
 _LEN = struct.Struct("!H")
 _SOL_TCP = socket.IPPROTO_TCP
 _QUICKACK = socket.TCP_QUICKACK
-
-
-class CardLike(Protocol):
-    """What the transport needs from a card (``mynacard.card`` implements it)."""
-
-    @property
-    def atr(self) -> bytes: ...
-
-    def power_on(self) -> bytes: ...
-
-    def power_off(self) -> None: ...
-
-    def reset(self) -> bytes: ...
-
-    def transmit(self, capdu: bytes) -> bytes: ...
 
 
 READER_CONF_DIR = Path("/etc/reader.conf.d")
@@ -148,7 +133,7 @@ class VpcdClient:
 
     def __init__(
         self,
-        card: CardLike,
+        card: CardInterface,
         host: str = VPCD_HOST,
         port: int = VPCD_BASE_PORT,
         *,
@@ -233,7 +218,6 @@ class VpcdClient:
         except (_Closed, OSError):
             return False
         card = self.card
-        debug = log.isEnabledFor(logging.DEBUG)
         try:
             while True:
                 (size,) = _LEN.unpack(header)
@@ -241,12 +225,10 @@ class VpcdClient:
                 if size == 1:
                     self._control(sock, payload[0])
                 else:
-                    if debug:
-                        log.debug("C-APDU %s", payload.hex(" "))
                     try:
                         rapdu = card.transmit(payload)
                     except Exception:
-                        log.exception("card failed on C-APDU %s", payload.hex(" "))
+                        log.exception("card failed on C-APDU %s", masked(payload))
                         rapdu = SW_NO_PRECISE_DIAGNOSIS
                     if len(rapdu) > MAX_MESSAGE:
                         log.error(
@@ -254,8 +236,6 @@ class VpcdClient:
                             len(rapdu),
                         )
                         rapdu = SW_NO_PRECISE_DIAGNOSIS
-                    if debug:
-                        log.debug("R-APDU %s", rapdu.hex(" "))
                     sock.sendall(_LEN.pack(len(rapdu)) + rapdu)
                 if self._stopping:
                     break
@@ -289,13 +269,10 @@ class VpcdClient:
             return
         try:
             if code == CTRL_POWER_ON:
-                log.debug("power on")
                 card.power_on()
             elif code == CTRL_POWER_OFF:
-                log.debug("power off")
                 card.power_off()
             elif code == CTRL_RESET:
-                log.debug("reset")
                 card.reset()
             else:
                 log.warning("ignoring unknown vpcd control code %d", code)

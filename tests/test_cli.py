@@ -295,7 +295,7 @@ def test_serve_without_pcscd_says_how_to_start_it(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "emulator",
+            "mynacard",
             "serve",
             "--state",
             str(tmp_path / "state"),

@@ -263,12 +263,39 @@ def test_stop_while_idle(vpcd: FakeVpcd) -> None:
         assert time.monotonic() - started < 0.5
 
 
-def test_verbose_logs_apdus_in_hex(vpcd: FakeVpcd, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="mynacard.vpcd")
-    with running(VpcdClient(FakeCard(), "127.0.0.1", vpcd.port)):
-        vpcd.accept().apdu(SELECT_UNKNOWN)
-    assert "C-APDU 00 a4 04 0c 07 a0 00 00 00 00 00 01" in caplog.text
-    assert "R-APDU 6a 82" in caplog.text
+def serve_verbose(vpcd: FakeVpcd, state: Path, *commands: bytes) -> str:
+    """Run `mynacard serve --verbose` against the fake vpcd, send `commands`; its stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mynacard", "serve", "--verbose", "--state", str(state)]
+        + ["--vpcd", f"127.0.0.1:{vpcd.port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    try:
+        conn = vpcd.accept_from(proc)
+        conn.control(1)
+        for command in commands:
+            conn.apdu(command)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return err
+
+
+def test_verbose_logs_apdus_with_secrets_masked(vpcd: FakeVpcd, tmp_path: Path) -> None:
+    verify = bytes.fromhex("00200080063132333435FF")[:5] + b"ABC123"
+    err = serve_verbose(
+        vpcd, tmp_path / "state", SELECT_JPKI, bytes.fromhex("00A4020C02001B"), verify
+    )
+    assert "C-APDU 00 A4 04 0C 0A D3 92 F0 00 26 01 00 00 00 01" in err
+    assert "R-APDU 90 00" in err and "power on" in err
+    assert "C-APDU 00 20 00 80 06 ** ** ** ** ** **" in err
+    assert "41 42 43" not in err and "ABC123" not in err
+    assert "PIL" not in err and "STREAM" not in err  # -v sets only mynacard's loggers
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -283,7 +310,7 @@ def test_serve_exits_cleanly_on_signal(
         [
             sys.executable,
             "-m",
-            "emulator",
+            "mynacard",
             "serve",
             "--state",
             str(state),
