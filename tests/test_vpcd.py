@@ -265,9 +265,9 @@ def test_stop_while_idle(vpcd: FakeVpcd) -> None:
 
 def serve_verbose(vpcd: FakeVpcd, state: Path, *commands: bytes) -> str:
     """Run `mynacard serve --verbose` against the fake vpcd, send `commands`; its stderr."""
+    address = f"127.0.0.1:{vpcd.port}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mynacard", "serve", "--verbose", "--state", str(state)]
-        + ["--vpcd", f"127.0.0.1:{vpcd.port}"],
+        [sys.executable, "-m", "mynacard", "serve", "-v", "--state", str(state), "--vpcd", address],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
