@@ -9,16 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from mynacard import Card, open_card
+from mynacard import commands, open_card
+from mynacard.apdu import INS, CommandApdu
+from mynacard.commands.files import binary_file, read_binary
+from mynacard.commands.select import select
 from mynacard.conformance.bench import Bench
 from mynacard.conformance.profile import read_profile
 from mynacard.conformance.replay import replay
 from mynacard.conformance.runner import RunConfig, make_link, run_bench
 from mynacard.conformance.targets import CardLike, EmulatorTarget
 from mynacard.files import ALWAYS
+from mynacard.layers import CardInterface, Layer
+from mynacard.session import Context, Handler
+from mynacard.store import CardStore, PinState
 
 PROFILE = "default"
 JPKI_AID = bytes.fromhex("D392F000260100000001")
@@ -35,77 +42,91 @@ FULL_NAMES = {
 }
 
 
-class Rewritten:
+class Rewritten(Layer):
     """A card whose answers pass through `rewrite(command, answer)`."""
 
-    def __init__(self, card: Card, rewrite: Callable[[bytes, bytes], bytes]) -> None:
-        self.card = card
+    def __init__(self, card: CardInterface, rewrite: Callable[[bytes, bytes], bytes]) -> None:
+        super().__init__(card)
         self.rewrite = rewrite
 
-    def transmit(self, command: bytes) -> bytes:
-        return self.rewrite(command, self.card.transmit(command))
+    def transmit(self, capdu: bytes) -> bytes:
+        return self.rewrite(capdu, self.inner.transmit(capdu))
 
-    def power_on(self) -> bytes:
-        return self.card.power_on()
 
-    def power_off(self) -> None:
-        self.card.power_off()
+class NoDecrement(CardStore):
+    """A store that never lowers a counter."""
 
-    def reset(self) -> bytes:
-        return self.card.reset()
-
-    def close(self) -> None:
-        self.card.close()
+    def set_remaining(self, pin: PinState, remaining: int) -> None:
+        if remaining >= pin.remaining:
+            super().set_remaining(pin, remaining)
 
 
 def counter_not_decremented(state: Path) -> CardLike:
-    card = open_card(PROFILE, state)
-    store = card._store
-    write = store.set_remaining
-    store.set_remaining = lambda pin, n: None if n < pin.remaining else write(pin, n)  # type: ignore[method-assign]
-    return card
+    return open_card(PROFILE, state, store_type=NoDecrement)
+
+
+class CountersResetByPowerCycle(Layer):
+    """Full counters again whenever the card is powered on after a power-off."""
+
+    def __init__(self, inner: CardInterface, store: CardStore) -> None:
+        super().__init__(inner)
+        self.store = store
+        self.was_off = False
+
+    def power_off(self) -> None:
+        self.was_off = True
+        super().power_off()
+
+    def power_on(self) -> bytes:
+        if self.was_off:
+            for pin in self.store.pins.values():
+                self.store.set_remaining(pin, pin.max_tries)
+        self.was_off = False
+        return super().power_on()
 
 
 def counter_reset_by_power_cycle(state: Path) -> CardLike:
-    card = open_card(PROFILE, state)
-    power_on, power_off = card.power_on, card.power_off
-    was_off = [False]
+    opened: list[CardStore] = []
 
-    def off() -> None:
-        was_off[0] = True
-        power_off()
+    class Remembered(CardStore):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            opened.append(self)
 
-    def on() -> bytes:
-        if was_off[0]:
-            for pin in card._store.pins.values():
-                card._store.set_remaining(pin, pin.max_tries)
-        was_off[0] = False
-        return power_on()
+    card = open_card(PROFILE, state, store_type=Remembered)
+    return CountersResetByPowerCycle(card, opened[0])
 
-    card.power_off, card.power_on = off, on  # type: ignore[method-assign]
-    return card
+
+def with_handler(cla: int, ins: int, handler: Handler) -> dict[int, dict[int, Handler]]:
+    """The card's dispatch table with one handler replaced."""
+    table = {c: dict(t) for c, t in commands.DISPATCH.items()}
+    table[cla][ins] = handler
+    return table
+
+
+def read_sign_cert_freely(ctx: Context, apdu: CommandApdu) -> bytes:
+    ef, _ = binary_file(ctx, apdu)
+    if ctx.app.aid == JPKI_AID and ef.fid == 0x0001:
+        ef.read = ALWAYS
+    return read_binary(ctx, apdu)
 
 
 def sign_cert_readable_without_pin(state: Path) -> CardLike:
-    card = open_card(PROFILE, state)
-    jpki = next(app for app in card._applications if app.aid == JPKI_AID)
-    jpki.objects[0x0001].read = ALWAYS  # type: ignore[union-attr]
-    return card
+    handlers = with_handler(0x00, INS.READ_BINARY, read_sign_cert_freely)
+    return open_card(PROFILE, state, handlers=handlers)
+
+
+def select_keeping_verified(ctx: Context, apdu: CommandApdu) -> bytes:
+    before, kept = ctx.session.app, set(ctx.session.verified)
+    answer = select(ctx, apdu)
+    if ctx.session.app not in (None, before):
+        ctx.session.verified |= kept
+    return answer
 
 
 def verified_state_kept_after_changing_application(state: Path) -> CardLike:
-    card = open_card(PROFILE, state)
-    select = card._select_application
-
-    def keep_verified(apdu: object) -> bytes:
-        before, kept = card._app, set(card._verified)
-        answer = select(apdu)  # type: ignore[arg-type]
-        if card._app is not None and card._app is not before:
-            card._verified |= kept
-        return answer
-
-    card._select_application = keep_verified  # type: ignore[method-assign]
-    return card
+    handlers = with_handler(0x00, INS.SELECT, select_keeping_verified)
+    return open_card(PROFILE, state, handlers=handlers)
 
 
 def answers_6983_instead_of_6984(state: Path) -> CardLike:
