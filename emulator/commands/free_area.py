@@ -10,6 +10,7 @@ from ..apdu import SW, CommandApdu, StatusError
 from ..files import CounterEF, key_access
 from ..session import OK, Context, sw
 from .files import record_file, record_index, store_records
+from .pins import spend_try
 
 _CMAC_LENGTH = 16
 _CHALLENGE_LENGTHS = (8, 16)  # what EXTERNAL AUTHENTICATE accepts from GET CHALLENGE
@@ -74,13 +75,15 @@ def external_authenticate(ctx: Context, apdu: CommandApdu) -> bytes:
     if len(challenge) not in _CHALLENGE_LENGTHS:
         raise StatusError(SW.CONDITIONS_NOT_SATISFIED)
     opened = key_access(key.number)
-    if hmac.compare_digest(apdu.data, key.mac(challenge)):
-        if state is not None and state.remaining != state.max_tries:
-            ctx.store.set_remaining(state, state.max_tries)
+
+    def compare() -> bool:
+        return hmac.compare_digest(apdu.data, key.mac(challenge))
+
+    right = compare() if state is None else spend_try(ctx, state, compare)
+    if right:
         session.verified.add(opened)
         return OK
     session.verified.discard(opened)
     if state is None:
         raise StatusError(SW.AUTHENTICATION_FAILED)
-    ctx.store.set_remaining(state, state.remaining - 1)  # durable before the answer
     return sw(SW.VERIFY_FAILED | state.remaining)

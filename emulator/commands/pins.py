@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 
 from ..apdu import SW, CommandApdu, StatusError
 from ..files import MAX_PIN_LENGTH, Pin
@@ -40,14 +41,22 @@ def verify(ctx: Context, apdu: CommandApdu) -> bytes:
         return sw(SW.VERIFY_FAILED | state.remaining)
     if state.remaining == 0:
         raise ctx.blocked()
-    if hmac.compare_digest(value, state.value):
-        if state.remaining != state.max_tries:
-            ctx.store.set_remaining(state, state.max_tries)
+    if spend_try(ctx, state, lambda: hmac.compare_digest(value, state.value)):
         verified.add(pin.fid)
         return OK
     verified.discard(pin.fid)
-    ctx.store.set_remaining(state, state.remaining - 1)  # durable before the answer
     return sw(SW.VERIFY_FAILED | state.remaining)
+
+
+def spend_try(ctx: Context, state: PinState, compare: Callable[[], bool]) -> bool:
+    """Decrement the counter durably, then `compare`, then restore the counter if the value
+    was right, as a real card does: cutting the power at any point never gives a free try,
+    and the first write comes at the same time whether the value is right or wrong."""
+    ctx.store.set_remaining(state, state.remaining - 1)
+    right = compare()
+    if right:
+        ctx.store.set_remaining(state, state.max_tries)
+    return right
 
 
 def _change(ctx: Context, apdu: CommandApdu, p1: int) -> bytes:
