@@ -61,10 +61,19 @@ def worker_tree(root: Path, n: int) -> Path:
     return tree
 
 
-def keep_only(session: Path, jobs: set[str]) -> None:
+def mutations(session: Path) -> dict[tuple[str, str, int], str]:
+    """Job ids by mutation (module, operator, occurrence): the same in every worker's session."""
     with sqlite3.connect(session) as db:
-        for (job,) in db.execute("SELECT job_id FROM work_items").fetchall():
-            if job not in jobs:
+        rows = db.execute(
+            "SELECT job_id, module_path, operator_name, occurrence FROM mutation_specs"
+        )
+        return {(module, operator, occurrence): job for job, module, operator, occurrence in rows}
+
+
+def keep_only(session: Path, keep: set[tuple[str, str, int]]) -> None:
+    with sqlite3.connect(session) as db:
+        for mutation, job in mutations(session).items():
+            if mutation not in keep:
                 db.execute("DELETE FROM mutation_specs WHERE job_id = ?", (job,))
                 db.execute("DELETE FROM work_items WHERE job_id = ?", (job,))
 
@@ -102,8 +111,7 @@ def main() -> int:
         for tree in trees:
             (tree / "cr.toml").write_text(config(args.mode, args.timeout))
             run([".venv/bin/cosmic-ray", "init", "cr.toml", "session.sqlite"], tree)
-        with sqlite3.connect(trees[0] / "session.sqlite") as db:
-            jobs = sorted(job for (job,) in db.execute("SELECT job_id FROM work_items"))
+        jobs = sorted(mutations(trees[0] / "session.sqlite"))
         total = len(jobs)
         if args.sample:
             jobs = sorted(random.Random(args.seed).sample(jobs, min(args.sample, total)))
