@@ -18,9 +18,10 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TextIO
 
 from .layers import ApduLog
+from .trace import Trace
 from .vpcd import VPCD_HOST, VpcdClient, configured_readers, reader_name, reader_port
 
 PROG = "mynacard"
@@ -88,11 +89,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(signum, _exit_on_signal)
     profile = load_profile(args.profile)
     state_dir = Path(args.state) if args.state else default_state_dir(profile.name)
+    trace_file = _open_trace(args.trace) if args.trace else None
+    name = reader_name(port)
     card = open_card(profile, state_dir)
     if args.verbose:
         card = ApduLog(card, logging.getLogger(f"{PROG}.apdu"))
+    if trace_file is not None:
+        card = Trace(
+            card, trace_file, reader=name or f"{host}:{port}", fmt=args.trace_format,
+            secrets=args.trace_secrets,
+        )  # fmt: skip
     try:
-        name = reader_name(port)
         where = f"reader {name!r} via vpcd" if name else "vpcd"
         print(
             f"serving profile {profile.name!r} (state {state_dir}) on {where} {host}:{port}",
@@ -103,7 +110,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_IGN)  # let the state be written and released
         card.close()
+        if trace_file is not None:
+            trace_file.close()
     return 0
+
+
+def _open_trace(path: str) -> TextIO:
+    """The trace file, created readable by its owner only (it may hold APDUs with secrets)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as error:
+        raise UserError(f"--trace {path}: {error.strerror or error}") from None
+    return os.fdopen(fd, "w", encoding="utf-8")
 
 
 # -- profile --------------------------------------------------------------------------------
@@ -278,6 +296,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     target.add_argument("--vpcd", metavar="HOST:PORT", help="vpcd address instead of --reader")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every APDU in hex")
+    serve.add_argument("--trace", metavar="FILE", help="write every exchange to FILE")
+    serve.add_argument(
+        "--trace-format",
+        choices=("json", "scriptor"),
+        default="json",
+        help="JSON lines (default) or a scriptor / opensc-tool -s script",
+    )
+    serve.add_argument(
+        "--trace-secrets",
+        action="store_true",
+        help="write PINs, passwords and cryptograms in the trace (masked otherwise)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     profile = sub.add_parser("profile", help="list, show or create card profiles")

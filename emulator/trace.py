@@ -1,0 +1,96 @@
+"""APDU traces: a layer writing every exchange and power event as it leaves the card.
+
+Two formats: JSON lines (one object per exchange or event: time, reader, command, response,
+duration in µs, and what other layers noted, such as an injected fault) and a script for
+pcsc-tools' `scriptor` and `opensc-tool -s` (commands and `reset`, answers as comments).
+Secret data (PINs, passwords, cryptograms) is masked unless `secrets` is true.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Literal, TextIO
+
+from .layers import CardInterface, Layer, masked
+
+TraceFormat = Literal["json", "scriptor"]
+_MASK = "**"
+
+
+class Trace(Layer):
+    """Writes each exchange to `out` (flushed line by line) in `fmt`."""
+
+    def __init__(
+        self,
+        inner: CardInterface,
+        out: TextIO,
+        *,
+        reader: str = "",
+        fmt: TraceFormat = "json",
+        secrets: bool = False,
+    ) -> None:
+        super().__init__(inner)
+        self._out = out
+        self._reader = reader
+        self._fmt = fmt
+        self._secrets = secrets
+        self._notes: list[str] = []
+
+    def note(self, event: str) -> None:
+        """Attach what another layer did (e.g. an injected fault) to the next line."""
+        self._notes.append(event)
+
+    def power_on(self) -> bytes:
+        atr = super().power_on()
+        self._event("power on", atr)
+        return atr
+
+    def reset(self) -> bytes:
+        atr = super().reset()
+        self._event("reset", atr)
+        return atr
+
+    def power_off(self) -> None:
+        super().power_off()
+        self._event("power off", b"")
+
+    def transmit(self, capdu: bytes) -> bytes:
+        start = time.perf_counter_ns()
+        response = self.inner.transmit(capdu)
+        micros = (time.perf_counter_ns() - start) // 1000
+        command = capdu.hex(" ").upper() if self._secrets else masked(capdu)
+        if self._fmt == "json":
+            self._json(command=command, response=response.hex(" ").upper(), us=micros)
+        else:
+            hidden = _MASK in command
+            self._line(f"{'# ' if hidden else ''}{command}{'  (masked)' if hidden else ''}")
+            self._line(f"# > {response.hex(' ').upper()}  ({micros} µs)")
+        return response
+
+    def _event(self, event: str, atr: bytes) -> None:
+        if self._fmt == "json":
+            self._json(event=event, **({"atr": atr.hex(" ").upper()} if atr else {}))
+        elif event == "reset":
+            self._line("reset")
+        else:
+            self._line(f"# {event}")
+
+    def _json(self, **fields: object) -> None:
+        record: dict[str, object] = {
+            "time": datetime.now(UTC).isoformat(timespec="microseconds"),
+            "reader": self._reader,
+            **fields,
+        }
+        if self._notes:
+            record["events"], self._notes = self._notes, []
+        self._out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._out.flush()
+
+    def _line(self, text: str) -> None:
+        for event in self._notes:
+            self._out.write(f"# {event}\n")
+        self._notes = []
+        self._out.write(text + "\n")
+        self._out.flush()
