@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from .faults import FaultPlanError, read_plan, stack_faults
 from .layers import ApduLog
 from .trace import Trace
 from .vpcd import VPCD_HOST, VpcdClient, configured_readers, reader_name, reader_port
@@ -91,11 +92,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     state_dir = Path(args.state) if args.state else default_state_dir(profile.name)
     trace_file = _open_trace(args.trace) if args.trace else None
     name = reader_name(port)
+    faults, seed = read_plan(Path(args.fault)) if args.fault else ([], 0)
     card = open_card(profile, state_dir)
+    trace: Trace | None = None
+
+    def note(event: str) -> None:
+        if trace is not None:
+            trace.note(event)
+
+    card = stack_faults(card, faults, seed, note)
     if args.verbose:
         card = ApduLog(card, logging.getLogger(f"{PROG}.apdu"))
     if trace_file is not None:
-        card = Trace(
+        card = trace = Trace(
             card, trace_file, reader=name or f"{host}:{port}", fmt=args.trace_format,
             secrets=args.trace_secrets,
         )  # fmt: skip
@@ -296,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     target.add_argument("--vpcd", metavar="HOST:PORT", help="vpcd address instead of --reader")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every APDU in hex")
+    serve.add_argument("--fault", metavar="FILE", help="a fault plan (TOML): see docs/faults.md")
     serve.add_argument("--trace", metavar="FILE", help="write every exchange to FILE")
     serve.add_argument(
         "--trace-format",
@@ -405,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `mynacard profile show default | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_USAGE
-    except (UserError, ProfileError, StateError) as err:
+    except (UserError, ProfileError, StateError, FaultPlanError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as err:

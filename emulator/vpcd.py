@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from .faults import CardRemoved
 from .layers import CardInterface, masked
 
 __all__ = [
@@ -227,6 +228,9 @@ class VpcdClient:
                 else:
                     try:
                         rapdu = card.transmit(payload)
+                    except CardRemoved:
+                        log.info("the card was removed in the middle of a command")
+                        return True
                     except Exception:
                         log.exception("card failed on C-APDU %s", masked(payload))
                         rapdu = SW_NO_PRECISE_DIAGNOSIS

@@ -1,0 +1,213 @@
+"""Faulty-card modes for testing middleware: layers that break how answers travel, chosen by
+a fault plan (a small TOML file), each off unless the plan names it.
+
+    seed = 7                      # for faults with a probability
+    [[fault]]
+    kind = "delay"                # see KINDS
+    ins = ["B0", "2A"]            # the commands it hits (INS, hex); absent: every command
+    every = 3                     # every Nth command it hits (default 1)
+    after = 10                    # not before the 10th command (default 0)
+    probability = 0.5             # of hitting a chosen command (default 1)
+    ms = 200                      # delay: how long
+    atr = "3B8880..."             # atr: the ATR the card presents
+
+Kinds: `delay` (answer late), `wrong-le` (6Cxx for an Le that is not the data's length, the
+right answer on the retry, as a T=0 card does), `chain` (answers over 256 bytes as 61xx +
+GET RESPONSE), `truncate` (the answer loses its last byte), `corrupt` (one byte of the answer
+flipped), `reset` (the card resets after answering), `power-loss` (the card loses power and
+goes mute instead of answering), `remove` (the card is pulled out in the middle of the
+command: no answer, the reader is empty), `atr` (another ATR).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .layers import CardInterface, Layer, T0Chaining
+
+KINDS = (
+    "delay",
+    "wrong-le",
+    "chain",
+    "truncate",
+    "corrupt",
+    "reset",
+    "power-loss",
+    "remove",
+    "atr",
+)
+
+
+class CardRemoved(Exception):
+    """The card left the reader in the middle of a command: the transport must drop the
+    connection without answering (vpcd then reports the reader empty)."""
+
+
+class FaultPlanError(ValueError):
+    """A fault plan that cannot be used; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One entry of a plan: which commands it hits, and how."""
+
+    kind: str
+    ins: frozenset[int] = frozenset()  # empty: every command
+    every: int = 1
+    after: int = 0
+    probability: float = 1.0
+    ms: int = 0
+    atr: bytes = b""
+
+
+@dataclass
+class _Selector:
+    """Decides, command by command, whether a fault hits."""
+
+    fault: Fault
+    rng: random.Random
+    seen: int = field(default=0)
+    matched: int = field(default=0)
+
+    def hits(self, capdu: bytes) -> bool:
+        self.seen += 1
+        f = self.fault
+        if self.seen <= f.after or (f.ins and (len(capdu) < 2 or capdu[1] not in f.ins)):
+            return False
+        self.matched += 1
+        return self.matched % f.every == 0 and self.rng.random() < f.probability
+
+
+class FaultLayer(Layer):
+    """One fault, applied to the commands its selector picks; `note` tells a trace."""
+
+    def __init__(
+        self,
+        inner: CardInterface,
+        fault: Fault,
+        rng: random.Random,
+        note: Callable[[str], None] = lambda event: None,
+    ) -> None:
+        super().__init__(inner)
+        self.fault = fault
+        self._selector = _Selector(fault, rng)
+        self._rng = rng
+        self._note = note
+        self._retry: tuple[bytes, bytes] | None = None  # wrong-le: (command, right answer)
+
+    @property
+    def atr(self) -> bytes:
+        return self.fault.atr if self.fault.kind == "atr" else self.inner.atr
+
+    def power_on(self) -> bytes:
+        self.inner.power_on()
+        return self.atr
+
+    def reset(self) -> bytes:
+        self.inner.reset()
+        return self.atr
+
+    def clear(self) -> None:
+        self._retry = None
+
+    def transmit(self, capdu: bytes) -> bytes:
+        kind = self.fault.kind
+        if kind == "wrong-le" and self._retry is not None:
+            expected, answer = self._retry
+            self._retry = None
+            if capdu == expected:
+                return answer
+        if not self._selector.hits(capdu):
+            return self.inner.transmit(capdu)
+        self._note(f"fault {kind}")
+        if kind == "remove":
+            raise CardRemoved
+        if kind == "power-loss":
+            self.inner.power_off()
+            raise CardRemoved
+        if kind == "delay":
+            time.sleep(self.fault.ms / 1000)
+        answer = self.inner.transmit(capdu)
+        if kind == "reset":
+            self.inner.reset()
+        elif kind == "truncate" and answer:
+            answer = answer[:-1]
+        elif kind == "corrupt" and answer:
+            at = self._rng.randrange(len(answer))
+            answer = answer[:at] + bytes((answer[at] ^ 0xFF,)) + answer[at + 1 :]
+        elif kind == "wrong-le":
+            answer = self._wrong_le(capdu, answer)
+        return answer
+
+    def _wrong_le(self, capdu: bytes, answer: bytes) -> bytes:
+        """6Cxx when a short case-2 command's Le is not the data's length."""
+        data = answer[:-2]
+        if len(capdu) != 5 or not data or len(data) > 256 or len(data) == (capdu[4] or 256):
+            return answer
+        right = capdu[:4] + bytes((len(data) & 0xFF,))
+        self._retry = (right, answer)
+        return bytes((0x6C, len(data) & 0xFF))
+
+
+def stack_faults(
+    card: CardInterface, plan: list[Fault], seed: int, note: Callable[[str], None]
+) -> CardInterface:
+    """`card` inside one layer per fault of `plan` (the first fault outermost)."""
+    for number, fault in reversed(list(enumerate(plan))):
+        if fault.kind == "chain":
+            card = T0Chaining(card)
+        else:
+            card = FaultLayer(card, fault, random.Random(f"{seed}:{number}"), note)
+    return card
+
+
+def read_plan(path: Path) -> tuple[list[Fault], int]:
+    """The faults and the seed of a fault plan file; FaultPlanError naming the field."""
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise FaultPlanError(f"{path}: cannot read: {error.strerror or error}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise FaultPlanError(f"{path}: not a TOML fault plan ({error})") from None
+    seed = document.pop("seed", 0)
+    entries = document.pop("fault", [])
+    if document:
+        raise FaultPlanError(f"{path}: {sorted(document)[0]}: unknown field (seed, [[fault]])")
+    if not isinstance(seed, int) or not isinstance(entries, list):
+        raise FaultPlanError(f"{path}: seed must be an integer and [[fault]] tables")
+    return [_fault(path, n, entry) for n, entry in enumerate(entries)], seed
+
+
+def _fault(path: Path, n: int, entry: object) -> Fault:
+    where = f"{path}: fault[{n}]"
+    if not isinstance(entry, dict):
+        raise FaultPlanError(f"{where}: expected a table")
+    known = {"kind", "ins", "every", "after", "probability", "ms", "atr"}
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise FaultPlanError(f"{where}.{unknown[0]}: unknown field ({', '.join(sorted(known))})")
+    kind = entry.get("kind")
+    if kind not in KINDS:
+        raise FaultPlanError(f"{where}.kind: expected one of {', '.join(KINDS)}, got {kind!r}")
+    try:
+        ins = frozenset(int(str(code), 16) for code in entry.get("ins", []))
+        atr = bytes.fromhex(str(entry.get("atr", "")))
+    except ValueError as error:
+        raise FaultPlanError(f"{where}: expected hex ({error})") from None
+    numbers = {key: entry.get(key, default) for key, default in (("every", 1), ("after", 0))}
+    numbers["ms"] = entry.get("ms", 0)
+    for key, value in numbers.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < (key == "every"):
+            raise FaultPlanError(f"{where}.{key}: expected a whole number, got {value!r}")
+    probability = entry.get("probability", 1.0)
+    if not isinstance(probability, int | float) or not 0 <= probability <= 1:
+        raise FaultPlanError(f"{where}.probability: expected 0 to 1, got {probability!r}")
+    if kind == "atr" and not atr:
+        raise FaultPlanError(f"{where}.atr: the ATR to present (hex)")
+    return Fault(kind, ins, numbers["every"], numbers["after"], float(probability),
+                 numbers["ms"], atr)  # fmt: skip
