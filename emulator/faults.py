@@ -8,7 +8,8 @@ a fault plan (a small TOML file), each off unless the plan names it.
     every = 3                     # every Nth command it hits (default 1)
     after = 10                    # not before the 10th command (default 0)
     probability = 0.5             # of hitting a chosen command (default 1)
-    ms = 200                      # delay: how long
+    ms = 200                      # delay: how long; remove, power-loss: how long the card
+                                  # stays out before it is inserted again (default 1000)
     atr = "3B8880..."             # atr: the ATR the card presents
 
 Kinds: `delay` (answer late), `wrong-le` (6Cxx for an Le that is not the data's length, the
@@ -45,7 +46,12 @@ KINDS = (
 
 class CardRemoved(Exception):
     """The card left the reader in the middle of a command: the transport must drop the
-    connection without answering (vpcd then reports the reader empty)."""
+    connection without answering (vpcd then reports the reader empty) and insert the card
+    again after `away` seconds."""
+
+    def __init__(self, away: float = 1.0) -> None:
+        super().__init__(f"card removed for {away} s")
+        self.away = away
 
 
 class FaultPlanError(ValueError):
@@ -125,11 +131,12 @@ class FaultLayer(Layer):
         if not self._selector.hits(capdu):
             return self.inner.transmit(capdu)
         self._note(f"fault {kind}")
+        away = (self.fault.ms or 1000) / 1000
         if kind == "remove":
-            raise CardRemoved
+            raise CardRemoved(away)
         if kind == "power-loss":
             self.inner.power_off()
-            raise CardRemoved
+            raise CardRemoved(away)
         if kind == "delay":
             time.sleep(self.fault.ms / 1000)
         answer = self.inner.transmit(capdu)

@@ -228,8 +228,10 @@ class VpcdClient:
                 else:
                     try:
                         rapdu = card.transmit(payload)
-                    except CardRemoved:
-                        log.info("the card was removed in the middle of a command")
+                    except CardRemoved as removed:
+                        log.info("card removed in the middle of a command for %s s", removed.away)
+                        sock.close()
+                        self._sleep(removed.away)
                         return True
                     except Exception:
                         log.exception("card failed on C-APDU %s", masked(payload))
