@@ -40,7 +40,8 @@ def _card_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target",
         default="emulator",
-        help="emulator (in process), pcsc, pcsc:READER or transcript:FILE (default emulator)",
+        help="emulator (in process), pcsc, pcsc:READER, transcript:FILE or python:MODULE:FACTORY "
+        "(default emulator)",
     )
     parser.add_argument(
         "--profile",

@@ -26,7 +26,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--card-target",
         metavar="TARGET",
-        help="run the conformance suite against emulator, pcsc, pcsc:READER or transcript:FILE",
+        help="run the conformance suite against emulator, pcsc, pcsc:READER, transcript:FILE "
+        "or python:MODULE:FACTORY",
     )
     group.addoption("--card-profile", metavar="P", help="profile whose exact data to expect")
     group.addoption(
