@@ -203,7 +203,7 @@ def quirk_lines(result: RunResult) -> list[str]:
 
 
 def _named(spec: str, name: str) -> str:
-    return spec if name == spec else f"{spec} ({name})"
+    return name if name.startswith(spec) else f"{spec} ({name})"
 
 
 def run_metadata(result: RunResult) -> dict[str, str]:
