@@ -129,7 +129,9 @@ def python_target(argument: str, profile: str | None = None) -> PythonTarget:
     if factory is None:
         raise TargetError(f"{spec}: {module_name} has no {label!r}")
     if not callable(factory):
-        raise TargetError(f"{spec}: {label} is a {type(factory).__name__}, not a callable")
+        kind = type(factory).__name__
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise TargetError(f"{spec}: {label} is not callable (it is {article} {kind})")
     card = _call(factory, profile, spec, label)
     missing = [name for name in REQUIRED if not callable(getattr(card, name, None))]
     if missing:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import secrets
+import signal
 import sys
 import threading
 import time
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any, TextIO
 
 from hypothesis import HealthCheck, Phase, Verbosity, seed, settings
@@ -255,53 +257,89 @@ class Progress:
             self._line(done, "" if finished else " (stopped)")
 
 
-class Instruments:
-    """Measures a bench while it runs, without changing what it checks: the time of the
-    exchanges counted in each spec section, and the answer behind each deviation."""
+class Interrupt:
+    """Ctrl-C that always stops the run: the SIGINT handler raises KeyboardInterrupt, and
+    remembers it, since an exception raised where Python ignores it (a garbage-collector
+    callback, as hypothesis installs one) would be lost; every exchange checks again.
 
-    def __init__(self, bench: Bench) -> None:
+    Only in the main thread and only over Python's own handler (a program's stays)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> Interrupt:
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+
+class Instruments:
+    """Watches a bench while it runs, without changing what it checks: the time of the
+    exchanges counted in each spec section, the answer behind each deviation, and Ctrl-C
+    before every exchange."""
+
+    def __init__(self, bench: Bench, interrupt: Interrupt) -> None:
         self.bench = bench
+        self.interrupt = interrupt
+        self.timing = True
         self.times: dict[str, float] = {}
         self.evidence: weakref.WeakKeyDictionary[Deviation, Evidence] = weakref.WeakKeyDictionary()
         self._touched: list[str] = []
-        self._clocks: list[tuple[object, str]] = []
-        self._witness: list[tuple[object, str]] = []
+        self._installed: list[tuple[object, str]] = []
         section = bench.stats.section
 
         def noting(name: str) -> Any:
             self._touched.append(name)
             return section(name)
 
-        self._install(self._clocks, bench.stats, "section", noting)
+        self._install(bench.stats, "section", noting)
         for name in ("exchange", "reset", "power_cycle"):
-            self._install(self._clocks, bench, name, self._timed(getattr(bench, name)))
-        self._install(self._witness, bench, "fail", self._witnessed(bench.fail))
+            self._install(bench, name, self._timed(getattr(bench, name)))
+        self._install(bench, "fail", self._witnessed(bench.fail))
 
-    @staticmethod
-    def _install(
-        into: list[tuple[object, str]], owner: object, name: str, wrapper: Callable[..., Any]
-    ) -> None:
+    def _install(self, owner: object, name: str, wrapper: Callable[..., Any]) -> None:
         setattr(owner, name, wrapper)
-        into.append((owner, name))
-
-    @staticmethod
-    def _remove(installed: list[tuple[object, str]]) -> None:
-        for owner, name in installed:
-            delattr(owner, name)
-        installed.clear()
+        self._installed.append((owner, name))
 
     def stop_clocks(self) -> None:
-        """No more timing (the deviations are still witnessed)."""
-        self._remove(self._clocks)
+        """No more timing (Ctrl-C and the deviations are still watched)."""
+        self.timing = False
+        if (self.bench.stats, "section") in self._installed:
+            self._installed.remove((self.bench.stats, "section"))
+            del self.bench.stats.section
 
     def remove(self) -> None:
-        self._remove(self._clocks)
-        self._remove(self._witness)
+        for owner, name in self._installed:
+            delattr(owner, name)
+        self._installed.clear()
 
     def _timed(self, method: Callable[..., Any]) -> Callable[..., Any]:
-        touched, times, clock = self._touched, self.times, time.perf_counter
+        touched, times, clock, check = (
+            self._touched,
+            self.times,
+            time.perf_counter,
+            self.interrupt.check,
+        )
 
         def timed(*args: Any) -> Any:
+            check()
+            if not self.timing:
+                return method(*args)
             mark, started = len(touched), clock()
             try:
                 return method(*args)
@@ -438,11 +476,12 @@ def _run_bench(bench: Bench, config: RunConfig, recorder: Recorder | None) -> Ru
     if config.seed is None:
         config = replace(config, seed=choose_seed())
     started = datetime.now(UTC)
-    instruments = Instruments(bench)
+    interrupt = Interrupt()
+    instruments = Instruments(bench, interrupt)
     progress = Progress(config.max_examples, bench.stats) if config.progress else None
     finished = False
     try:
-        with hypothesis_home():
+        with hypothesis_home(), interrupt:
             clock = time.perf_counter()
             try:
                 found = _explore(bench, config, progress)
