@@ -1,28 +1,54 @@
-"""Benchmark of the conformance bench: stateful steps per second, in process and via pcscd.
+"""Benchmarks of the conformance bench; each figure is printed beside its baseline.
 
-1. In process: `mynacard conformance --target emulator --profile default`, target >= 1,000
-   steps/s (a step is one rule of the state machine: one to five APDUs).
-2. Through pcscd + vpcd + `mynacard serve` (the PIN guard on, as for any PC/SC target).
+1. In process: stateful steps per second of `mynacard conformance --target emulator
+   --profile default`, beside a no-op hypothesis RuleBasedStateMachine (three rules that do
+   nothing, one small argument each) run with the same settings in the same process;
+   rounds alternate and the median per-round ratio is printed (target >= 50%).  A step is
+   one rule of the state machine: one to five APDUs, each checked against the model.
+2. Time to detection of each deliberately broken emulator of
+   tests/test_conformance_mutants.py with the default budget: the median over 5 seeds of
+   the time from the start of the run (target opened, survey included) to the first
+   deviation (target <= 10 s each), and of the whole run with the minimal transcript.
+3. Through pcscd + vpcd + `mynacard serve` (the PIN guard on, as for any PC/SC target).
 
-    .venv/bin/python bench/bench_conformance.py [--examples N] [--skip-pcsc]
+    .venv/bin/python bench/bench_conformance.py [--examples N] [--rounds N] [--seeds N]
+                                                [--skip-mutants] [--skip-pcsc]
 
-Part 2 needs pcscd with the vsmartcard vpcd driver (`sudo ./setup.sh test` installs them);
+Part 3 needs pcscd with the vsmartcard vpcd driver (`sudo ./setup.sh test` installs them);
 it starts pcscd when it is not running and stops it again afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 import pcsc  # noqa: E402  (the tests' pcscd helpers)
+from hypothesis import seed, strategies  # noqa: E402
+from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test  # noqa: E402
+from test_conformance_mutants import MUTANTS, PROFILE  # noqa: E402  (the mutants themselves)
 
-from mynacard.conformance.runner import RunConfig, RunResult, run  # noqa: E402
+from mynacard.conformance.bench import Bench  # noqa: E402
+from mynacard.conformance.profile import read_profile  # noqa: E402
+from mynacard.conformance.runner import (  # noqa: E402
+    RunConfig,
+    RunResult,
+    hypothesis_home,
+    hypothesis_settings,
+    make_link,
+    run,
+    run_bench,
+)
+from mynacard.conformance.targets import EmulatorTarget  # noqa: E402
 
 
 def figures(label: str, result: RunResult) -> str:
@@ -35,8 +61,108 @@ def figures(label: str, result: RunResult) -> str:
     )
 
 
-def in_process(examples: int) -> RunResult:
-    return run(RunConfig(target="emulator", profile="default", max_examples=examples, seed=1))
+# -- 1. in process, beside a machine that does nothing -------------------------------------
+
+
+class NoOp(RuleBasedStateMachine):
+    """The cheapest stateful test hypothesis runs: rules that only count themselves."""
+
+    steps = 0
+
+    @rule(index=strategies.integers(0, 15))
+    def first(self, index: int) -> None:
+        NoOp.steps += 1
+
+    @rule(index=strategies.integers(0, 15))
+    def second(self, index: int) -> None:
+        NoOp.steps += 1
+
+    @rule(flag=strategies.booleans())
+    def third(self, flag: bool) -> None:
+        NoOp.steps += 1
+
+
+def no_op(config: RunConfig) -> float:
+    """Steps per second of the no-op machine with the bench's settings."""
+    NoOp.steps = 0
+    started = time.perf_counter()
+    with hypothesis_home():
+        run_state_machine_as_test(seed(config.seed)(NoOp), settings=hypothesis_settings(config))
+    return NoOp.steps / (time.perf_counter() - started)
+
+
+def in_process(examples: int, rounds: int) -> bool:
+    config = RunConfig(target="emulator", profile="default", max_examples=examples, seed=1)
+    ratios, bench_speeds, no_op_speeds = [], [], []
+    result = None
+    for number in range(1, rounds + 1):
+        result = run(config)
+        baseline = no_op(config)
+        bench_speeds.append(result.stats.steps_per_second)
+        no_op_speeds.append(baseline)
+        ratios.append(result.stats.steps_per_second / baseline)
+        print(
+            f"  round {number}: bench {result.stats.steps_per_second:,.0f} steps/s, "
+            f"no-op machine {baseline:,.0f} steps/s: {ratios[-1]:.0%}"
+        )
+    assert result is not None
+    ratio = statistics.median(ratios)
+    print(figures("in process (last round)", result))
+    print(
+        f"in process, median of {rounds} rounds: bench {statistics.median(bench_speeds):,.0f} "
+        f"steps/s, no-op machine {statistics.median(no_op_speeds):,.0f} steps/s; "
+        f"ratio {ratio:.0%} (target >= 50%)"
+    )
+    return result.conformant and ratio >= 0.5
+
+
+# -- 2. time to detection of the mutants ---------------------------------------------------
+
+
+def detection(opener: Callable[[Path], Any], run_seed: int) -> tuple[float | None, float]:
+    """Seconds from the start to the first deviation (None: not caught), and to the end."""
+    started = time.perf_counter()
+    target = EmulatorTarget(PROFILE, opener=opener)
+    try:
+        bench = Bench(make_link(target, read_profile(PROFILE), {}, 0))
+        first: list[float] = []
+        fail = bench.fail
+
+        def noted(*args: Any, **kwargs: Any) -> Any:
+            if not first:
+                first.append(time.perf_counter() - started)
+            return fail(*args, **kwargs)
+
+        bench.fail = noted  # type: ignore[method-assign]
+        result = run_bench(bench, RunConfig(seed=run_seed))  # the CLI's default budget
+    finally:
+        target.close()
+    caught = first[0] if first and result.deviations else None
+    return caught, time.perf_counter() - started
+
+
+def mutants(seeds: int) -> bool:
+    ok = True
+    print(f"time to detection, median over seeds 1-{seeds}, default budget (target <= 10 s):")
+    for name in sorted(MUTANTS):
+        times = [detection(MUTANTS[name], run_seed) for run_seed in range(1, seeds + 1)]
+        caught = [found for found, _ in times if found is not None]
+        whole = statistics.median(total for _, total in times)
+        if len(caught) < seeds:
+            ok = False
+        if not caught:
+            print(f"  {name}: not caught with any seed ({whole:.1f} s a run)")
+            continue
+        median = statistics.median(found if found is not None else whole for found, _ in times)
+        ok = ok and median <= 10
+        print(
+            f"  {name}: {median:.2f} s to detection (range {min(caught):.2f}-{max(caught):.2f}), "
+            f"{whole:.2f} s with the minimal transcript; caught with {len(caught)}/{seeds} seeds"
+        )
+    return ok
+
+
+# -- 3. through pcscd ----------------------------------------------------------------------
 
 
 def through_pcscd(examples: int) -> RunResult:
@@ -60,13 +186,16 @@ def through_pcscd(examples: int) -> RunResult:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--examples", type=int, default=600, help="examples per run")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of bench and no-op")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per mutant")
+    parser.add_argument("--skip-mutants", action="store_true")
     parser.add_argument("--skip-pcsc", action="store_true")
     args = parser.parse_args()
-    local = in_process(args.examples)
-    print(figures("in process", local))
-    ok = local.conformant and local.stats.steps_per_second >= 1000
+    ok = in_process(args.examples, args.rounds)
+    if not args.skip_mutants:
+        ok = mutants(args.seeds) and ok
     if not args.skip_pcsc:
         remote = through_pcscd(max(args.examples // 4, 60))
         print(figures("through pcscd", remote))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,8 @@ def _card_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target",
         default="emulator",
-        help="emulator (in process), pcsc, pcsc:READER or transcript:FILE (default emulator)",
+        help="emulator (in process), pcsc, pcsc:READER, transcript:FILE or python:MODULE:FACTORY "
+        "(default emulator)",
     )
     parser.add_argument(
         "--profile",
@@ -74,7 +74,9 @@ def register(sub: Any) -> None:
     conformance.add_argument(
         "--steps", type=_positive, default=None, metavar="N", help="rules per example"
     )
-    conformance.add_argument("--seed", type=int, metavar="S", help="hypothesis seed")
+    conformance.add_argument(
+        "--seed", type=int, metavar="S", help="hypothesis seed (default: a new one, printed)"
+    )
     conformance.add_argument("--report", metavar="DIR", help="write junit.xml and report.html")
     conformance.add_argument(
         "--differential", metavar="TARGET", help="also drive TARGET and report the first difference"
@@ -133,18 +135,23 @@ def _pins(args: argparse.Namespace) -> dict[str, str]:
     return pins
 
 
-def _hypothesis_home() -> None:
-    """Keep hypothesis's files (its example cache) out of the working directory."""
-    from hypothesis.configuration import set_hypothesis_home_dir
-
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    set_hypothesis_home_dir(str(Path(base) / "mynacard" / "hypothesis"))
-
-
 def cmd_conformance(args: argparse.Namespace) -> int:
-    _hypothesis_home()
-    from .report import quirk_lines, speed_lines, transcript_text, write_report
-    from .runner import DEFAULT_MAX_EXAMPLES, DEFAULT_STEPS, RunConfig, run
+    from .report import (
+        conformance_command,
+        failure_text,
+        quirk_lines,
+        reproduce_command,
+        speed_lines,
+        write_report,
+    )
+    from .runner import (
+        DEFAULT_MAX_EXAMPLES,
+        DEFAULT_STEPS,
+        TRANSPORT,
+        RunConfig,
+        choose_seed,
+        run,
+    )
 
     try:
         _check_pins(args.pin)
@@ -158,30 +165,41 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         pins=dict(args.pin),
         max_examples=args.max_examples or DEFAULT_MAX_EXAMPLES,
         steps=args.steps or DEFAULT_STEPS,
-        seed=args.seed,
+        seed=args.seed if args.seed is not None else choose_seed(),
         pin_budget=args.pin_budget,
         differential=args.differential,
         record=Path(args.record) if args.record else None,
         progress=True,
     )
+    chosen = "" if args.seed is not None else " (chosen for this run; --seed repeats it)"
+    print(f"seed: {config.seed}{chosen}", flush=True)
     try:
         result = run(config)
     except (TargetError, ProfileProblem, TranscriptError, ValueError) as error:
         return _fail(str(error))
+    except KeyboardInterrupt:
+        print(f"interrupted; to run it again: {conformance_command(config)}", file=sys.stderr)
+        raise
     print(f"targets: {', '.join(result.targets)}")
     for name, value in result.capabilities.items():
         print(f"{name}: {value}")
     print("quirks: " + ", ".join(quirk_lines(result)))
     for line in speed_lines(result):
         print(line)
-    for deviation in result.deviations:
-        print()
-        print(transcript_text(deviation), end="")
     if result.recorded is not None and config.record is not None:
         save(config.record, result.recorded.exchanges, [f"recorded from {result.targets[0]}"])
-    if report is not None:
-        for path in write_report(result, report):
-            print(f"wrote {path}")
+    written = write_report(result, report) if report is not None else []
+    for number, deviation in enumerate(result.deviations):
+        print()
+        print(failure_text(result, deviation), end="")
+        print(f"replay: {reproduce_command(result, number, report)}")
+    if written:
+        print()
+    for path in written:
+        print(f"wrote {path}")
+    if result.target_failed:
+        failed = next(d for d in result.deviations if d.section == TRANSPORT)
+        return _fail(f"the target failed: {failed.message}")
     print(
         "conformant"
         if result.conformant

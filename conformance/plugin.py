@@ -26,7 +26,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--card-target",
         metavar="TARGET",
-        help="run the conformance suite against emulator, pcsc, pcsc:READER or transcript:FILE",
+        help="run the conformance suite against emulator, pcsc, pcsc:READER, transcript:FILE "
+        "or python:MODULE:FACTORY",
     )
     group.addoption("--card-profile", metavar="P", help="profile whose exact data to expect")
     group.addoption(
@@ -42,12 +43,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     if not config.getoption("card_target"):
         return
+    if config.getoption("card_seed") is None:  # every run can be repeated: say its seed
+        from .runner import choose_seed
+
+        config.option.card_seed = choose_seed()
     suite = str(SUITE)
     if config.args_source == pytest.Config.ArgsSource.ARGS:
         if suite not in config.args:
             config.args.append(suite)
     else:
         config.args[:] = [suite]
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    target = config.getoption("card_target")
+    if not target:
+        return None
+    seed = config.getoption("card_seed")
+    return f"mynacard conformance: target {target}, seed {seed} (--card-seed {seed} repeats it)"
 
 
 class _Suite(pytest.Module):

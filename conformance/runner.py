@@ -2,26 +2,38 @@
 
 from __future__ import annotations
 
+import copy
+import os
+import secrets
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
 
 from hypothesis import HealthCheck, Phase, Verbosity, seed, settings
 from hypothesis.errors import Flaky
 from hypothesis.stateful import run_state_machine_as_test
 
-from .bench import Bench, Deviation, Link, Stats
+from .bench import Bench, Deviation, Divergence, Link, Stats
 from .guard import GuardRefusal, PinGuard
 from .machine import INVARIANT_SECTIONS, build_machine
 from .model import CardFacts
 from .profile import ProfileFacts, Quirks, read_profile
-from .targets import ChainedResponses, RecordingTarget, Target, open_target
+from .targets import ChainedResponses, RecordingTarget, Target, TargetLayer, open_target
 from .transcript import Action, Exchange, Recorder
 
 DEFAULT_MAX_EXAMPLES = 200
 DEFAULT_STEPS = 40
+HEARTBEAT_SECONDS = 5.0
+TRANSPORT = "transport"  # the section of a deviation that is the target failing (bench.py)
 
 
 @dataclass
@@ -33,15 +45,26 @@ class RunConfig:
     pins: dict[str, str] = field(default_factory=dict)
     max_examples: int = DEFAULT_MAX_EXAMPLES
     steps: int = DEFAULT_STEPS
-    seed: int | None = None
+    seed: int | None = None  # None: `run` chooses one (and the result says which)
     pin_budget: int = 0
     differential: str | None = None
     record: Path | None = None
     progress: bool = False
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What a deviating target answered: `answer`; in differential mode `reference` is the
+    other target's answer to the same command."""
+
+    answer: bytes
+    reference: bytes | None = None
+
+
 @dataclass
 class RunResult:
+    """A run's outcome; `config.seed` is the seed it ran with (chosen when none was given)."""
+
     config: RunConfig
     stats: Stats
     deviations: list[Deviation]
@@ -49,10 +72,55 @@ class RunResult:
     quirks: Quirks
     targets: list[str]
     recorded: Recorder | None = None
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    section_times: dict[str, float] = field(default_factory=dict)
+    evidence: dict[int, Evidence] = field(default_factory=dict)  # by deviation index
 
     @property
     def conformant(self) -> bool:
         return not self.deviations
+
+    @property
+    def seed(self) -> int:
+        assert self.config.seed is not None
+        return self.config.seed
+
+    @property
+    def target_failed(self) -> bool:
+        """The run ended because the target (or its transport) failed: an error, not a
+        verdict on the card."""
+        return any(deviation.section == TRANSPORT for deviation in self.deviations)
+
+
+def choose_seed() -> int:
+    """A fresh seed for a run that was given none (printed, so that it can be repeated)."""
+    return secrets.randbelow(1 << 32)
+
+
+def hypothesis_home_dir() -> Path:
+    """Where the bench keeps hypothesis's files: ``$XDG_CACHE_HOME/mynacard/hypothesis``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mynacard" / "hypothesis"
+
+
+@contextmanager
+def hypothesis_home() -> Iterator[None]:
+    """Keep hypothesis's files (its caches) out of the working directory during a run, and
+    give the process its own setting back afterwards (a test suite may use hypothesis too).
+
+    An explicit HYPOTHESIS_STORAGE_DIRECTORY is left alone."""
+    from hypothesis import configuration
+
+    if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+        yield
+        return
+    key = "__hypothesis_home_directory"  # module-level, not name-mangled
+    before = configuration.__dict__.get(key)
+    configuration.set_hypothesis_home_dir(hypothesis_home_dir())
+    try:
+        yield
+    finally:
+        configuration.set_hypothesis_home_dir(before)
 
 
 TargetOpener = Callable[[str, str | None], Target]
@@ -64,12 +132,34 @@ def make_facts(profile: ProfileFacts | None, pins: dict[str, str]) -> CardFacts:
     return CardFacts.learning(pins)
 
 
+class LastAnswer(TargetLayer):
+    """Remembers the target's last answer (a response or an ATR), for failure reports."""
+
+    def __init__(self, inner: Target) -> None:
+        super().__init__(inner)
+        self.last = b""
+
+    def transmit(self, command: bytes) -> bytes:
+        self.last = self.inner.transmit(command)
+        return self.last
+
+    def reset(self) -> bytes:
+        self.last = self.inner.reset()
+        return self.last
+
+    def power_cycle(self) -> bytes | None:
+        atr = self.inner.power_cycle()
+        if atr is not None:
+            self.last = atr
+        return atr
+
+
 def make_link(
     target: Target, profile: ProfileFacts | None, pins: dict[str, str], budget: int
 ) -> Link:
-    """A target with its own facts, its answers reassembled from 61xx pieces, and behind the
-    PIN guard unless it is disposable."""
-    target = ChainedResponses(target)
+    """A target with its own facts, its answers reassembled from 61xx pieces (and the last
+    one remembered), and behind the PIN guard unless it is disposable."""
+    target = LastAnswer(ChainedResponses(target))
     facts = make_facts(profile, pins)
     guard = None
     if not target.disposable:
@@ -103,25 +193,182 @@ def _deviations_in(error: BaseException) -> list[Deviation]:
     return []
 
 
-class ProgressBar:
-    """A one-line progress bar on stderr, drawn only on a terminal."""
+class Progress:
+    """Progress on stderr: a one-line bar on a terminal; elsewhere (a log, CI) a heartbeat
+    line every `interval` seconds.  Both end at the total when the run went to its end."""
 
-    def __init__(self, total: int) -> None:
+    WIDTH = 30
+
+    def __init__(
+        self,
+        total: int,
+        stats: Stats,
+        stream: TextIO | None = None,
+        interval: float = HEARTBEAT_SECONDS,
+    ) -> None:
         self.total = total
-        self.enabled = sys.stderr.isatty()
+        self.stats = stats
+        self.stream = stream if stream is not None else sys.stderr
+        self.bar = self.stream.isatty()
+        self.interval = interval
+        self.started = time.monotonic()
+        self.done = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if not self.bar:
+            self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+            self._thread.start()
 
     def __call__(self, done: int) -> None:
-        if not self.enabled:
-            return
-        width = 30
-        filled = min(width, width * done // max(self.total, 1))
-        bar = "#" * filled + "." * (width - filled)
-        sys.stderr.write(f"\r[{bar}] {done}/{self.total} examples")
-        sys.stderr.flush()
+        self.done = min(done, self.total)
+        if self.bar:
+            self._draw(self.done)
 
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
+    def _draw(self, done: int) -> None:
+        filled = self.WIDTH * done // max(self.total, 1)
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        self.stream.write(f"\r[{bar}] {done}/{self.total} examples")
+        self.stream.flush()
+
+    def _line(self, done: int, note: str = "") -> None:
+        elapsed = time.monotonic() - self.started
+        self.stream.write(
+            f"progress: {done}/{self.total} examples, {self.stats.rule_steps} steps, "
+            f"{elapsed:.0f} s{note}\n"
+        )
+        self.stream.flush()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._line(self.done)
+
+    def close(self, finished: bool) -> None:
+        """`finished`: the run spent its budget (the count ends at the total); otherwise it
+        stopped early (a deviation, an error, Ctrl-C) and says where."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1)
+        done = self.total if finished else self.done
+        if self.bar:
+            self._draw(done)
+            self.stream.write("\n" if finished else " (stopped)\n")
+            self.stream.flush()
+        else:
+            self._line(done, "" if finished else " (stopped)")
+
+
+class Interrupt:
+    """Ctrl-C that always stops the run: the SIGINT handler raises KeyboardInterrupt, and
+    remembers it, since an exception raised where Python ignores it (a garbage-collector
+    callback, as hypothesis installs one) would be lost; every exchange checks again.
+
+    Only in the main thread and only over Python's own handler (a program's stays)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> Interrupt:
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+
+class Instruments:
+    """Watches a bench while it runs, without changing what it checks: the time of the
+    exchanges counted in each spec section, the answer behind each deviation, and Ctrl-C
+    before every exchange."""
+
+    def __init__(self, bench: Bench, interrupt: Interrupt) -> None:
+        self.bench = bench
+        self.interrupt = interrupt
+        self.timing = True
+        self.times: dict[str, float] = {}
+        self.evidence: weakref.WeakKeyDictionary[Deviation, Evidence] = weakref.WeakKeyDictionary()
+        self._touched: list[str] = []
+        self._installed: list[tuple[object, str]] = []
+        section = bench.stats.section
+
+        def noting(name: str) -> Any:
+            self._touched.append(name)
+            return section(name)
+
+        self._install(bench.stats, "section", noting)
+        for name in ("exchange", "reset", "power_cycle"):
+            self._install(bench, name, self._timed(getattr(bench, name)))
+        self._install(bench, "fail", self._witnessed(bench.fail))
+
+    def _install(self, owner: object, name: str, wrapper: Callable[..., Any]) -> None:
+        setattr(owner, name, wrapper)
+        self._installed.append((owner, name))
+
+    def stop_clocks(self) -> None:
+        """No more timing (Ctrl-C and the deviations are still watched)."""
+        self.timing = False
+        if (self.bench.stats, "section") in self._installed:
+            self._installed.remove((self.bench.stats, "section"))
+            del self.bench.stats.section
+
+    def remove(self) -> None:
+        for owner, name in self._installed:
+            delattr(owner, name)
+        self._installed.clear()
+
+    def _timed(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        touched, times, clock, check = (
+            self._touched,
+            self.times,
+            time.perf_counter,
+            self.interrupt.check,
+        )
+
+        def timed(*args: Any) -> Any:
+            check()
+            if not self.timing:
+                return method(*args)
+            mark, started = len(touched), clock()
+            try:
+                return method(*args)
+            finally:
+                spent = clock() - started
+                for name in set(touched[mark:]):
+                    times[name] = times.get(name, 0.0) + spent
+                del touched[mark:]
+
+        return timed
+
+    def _witnessed(self, fail: Callable[..., Deviation]) -> Callable[..., Deviation]:
+        def witnessed(*args: Any, **kwargs: Any) -> Deviation:
+            deviation = fail(*args, **kwargs)
+            primary = self._last(self.bench.primary)
+            secondary = self._last(self.bench.secondary)
+            if isinstance(deviation, Divergence) and secondary is not None:
+                self.evidence[deviation] = Evidence(secondary, primary)
+            elif primary is not None:
+                self.evidence[deviation] = Evidence(primary)
+            return deviation
+
+        return witnessed
+
+    @staticmethod
+    def _last(link: Link | None) -> bytes | None:
+        if link is None or not isinstance(link.target, LastAnswer):
+            return None
+        return link.target.last
 
 
 def run(config: RunConfig, opener: TargetOpener = open_target) -> RunResult:
@@ -200,40 +447,68 @@ def run_bench(bench: Bench, config: RunConfig) -> RunResult:
     return _run_bench(bench, config, None)
 
 
-def _run_bench(bench: Bench, config: RunConfig, recorder: Recorder | None) -> RunResult:
-    deviations: list[Deviation] = []
+def _explore(bench: Bench, config: RunConfig, progress: Progress | None) -> list[Deviation]:
+    """The survey, then the state machine; the deviations found (not yet minimized)."""
     try:
         bench.survey()
     except Deviation as deviation:
-        deviations.append(minimize(bench, deviation))
-    if not deviations:
-        machine = build_machine(bench)
-        if config.seed is not None:
-            machine = seed(config.seed)(machine)
-        progress = ProgressBar(config.max_examples) if config.progress else None
-        bench.on_example = progress
-        started = time.perf_counter()
-        try:
-            run_state_machine_as_test(machine, settings=hypothesis_settings(config))
-        except (Deviation, Flaky, BaseExceptionGroup) as error:
-            # Flaky: a replay of the failing example went differently (a card that keeps
-            # its state, or one that misbehaves by chance); the deviation seen stands.
-            found = _deviations_in(error)
-            if not found and bench.last_deviation is not None:
-                found = [bench.last_deviation]
-            if not found:
-                raise
-            deviations += [minimize(bench, deviation) for deviation in found]
-        finally:
-            bench.stats.elapsed = time.perf_counter() - started
-            if progress is not None:
-                progress.close()
+        return [deviation]
+    assert config.seed is not None
+    machine = seed(config.seed)(build_machine(bench))
+    bench.on_example = progress
+    try:
+        run_state_machine_as_test(machine, settings=hypothesis_settings(config))
+    except (Deviation, Flaky, BaseExceptionGroup) as error:
+        # Flaky: a replay of the failing example went differently (a card that keeps
+        # its state, or one that misbehaves by chance); the deviation seen stands.
+        found = _deviations_in(error)
+        if not found and bench.last_deviation is not None:
+            found = [bench.last_deviation]
+        if not found:
+            raise
+        return found
+    finally:
+        bench.on_example = None
+    return []
+
+
+def _run_bench(bench: Bench, config: RunConfig, recorder: Recorder | None) -> RunResult:
+    if config.seed is None:
+        config = replace(config, seed=choose_seed())
+    started = datetime.now(UTC)
+    interrupt = Interrupt()
+    instruments = Instruments(bench, interrupt)
+    progress = Progress(config.max_examples, bench.stats) if config.progress else None
+    finished = False
+    try:
+        with hypothesis_home(), interrupt:
+            clock = time.perf_counter()
+            try:
+                found = _explore(bench, config, progress)
+                finished = not found
+            finally:
+                bench.stats.elapsed = time.perf_counter() - clock
+                if progress is not None:
+                    progress.close(finished)
+            # Cutting failures down replays them: that is not part of the run's figures.
+            instruments.stop_clocks()
+            counted = copy.deepcopy(bench.stats)
+            times = dict(instruments.times)
+            deviations = [minimize(bench, deviation) for deviation in found]
+            bench.stats = counted
         for link in bench.links:
             if link.guard is not None:
                 link.guard.settle()
                 bench.stats.refusals = link.guard.refusals
-    for deviation_found in deviations:
-        bench.stats.section(deviation_found.section).failures.append(deviation_found)
+        for deviation in deviations:
+            bench.stats.section(deviation.section).failures.append(deviation)
+        evidence = {
+            number: instruments.evidence[deviation]
+            for number, deviation in enumerate(deviations)
+            if deviation in instruments.evidence
+        }
+    finally:
+        instruments.remove()
     return RunResult(
         config=config,
         stats=bench.stats,
@@ -242,4 +517,7 @@ def _run_bench(bench: Bench, config: RunConfig, recorder: Recorder | None) -> Ru
         quirks=bench.primary.facts.quirks,
         targets=[link.target.name for link in bench.links],
         recorded=recorder,
+        started=started,
+        section_times=times,
+        evidence=evidence,
     )

@@ -2,30 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from .flows import FLOWS, GOLDEN_DIR
 from .profile import read_profile
 from .replay import replay
-from .report import SECTIONS, transcript_text
+from .report import SECTIONS, failure_text, run_metadata
 from .runner import RunConfig, RunResult, run
 from .targets import open_target
 from .transcript import load
 
 
 @pytest.fixture(scope="session")
-def card_result(card_run_config: RunConfig) -> RunResult:
-    """One property-based run, shared by the per-section tests."""
-    return run(card_run_config)
+def card_result(
+    card_run_config: RunConfig, record_testsuite_property: Callable[[str, object], None]
+) -> RunResult:
+    """One property-based run, shared by the per-section tests; its metadata goes into
+    pytest's JUnit report (--junitxml) as properties."""
+    result = run(card_run_config)
+    for name, value in run_metadata(result).items():
+        record_testsuite_property(name, value)
+    return result
 
 
 @pytest.mark.parametrize("section", SECTIONS)
 def test_spec_section(card_result: RunResult, section: str) -> None:
     stats = card_result.stats.section(section)
     if stats.failures:
-        pytest.fail("\n".join(transcript_text(d) for d in stats.failures), pytrace=False)
+        text = "\n".join(failure_text(card_result, d) for d in stats.failures)
+        pytest.fail(f"{text}\nseed {card_result.seed} (--card-seed repeats the run)", pytrace=False)
     if not stats.steps:
-        pytest.skip(f"no step of {section} ran (application not on the card?)")
+        pytest.skip(f"not run: no step of {section} ran (application not on the card?)")
 
 
 @pytest.mark.parametrize("flow", sorted(FLOWS))

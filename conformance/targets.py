@@ -353,8 +353,9 @@ class ChainedResponses(TargetLayer):
 
 
 def open_target(spec: str, profile: str | None = None) -> Target:
-    """A target from its command-line name: ``emulator``, ``pcsc``, ``pcsc:READER`` or
-    ``transcript:FILE``.  The emulator opens `profile` (default ``default``)."""
+    """A target from its command-line name: ``emulator``, ``pcsc``, ``pcsc:READER``,
+    ``transcript:FILE`` or ``python:MODULE:FACTORY`` (`custom`).  The emulator opens
+    `profile` (default ``default``); a factory may take it."""
     kind, _, argument = spec.partition(":")
     if kind == "emulator" and not argument:
         return EmulatorTarget(profile or "default")
@@ -364,6 +365,11 @@ def open_target(spec: str, profile: str | None = None) -> Target:
         from .transcript import load
 
         return TranscriptTarget(load(Path(argument)), name=spec)
+    if kind == "python":
+        from .custom import python_target
+
+        return python_target(argument, profile)
     raise TargetError(
-        f"unknown target {spec!r}: use emulator, pcsc, pcsc:READER or transcript:FILE"
+        f"unknown target {spec!r}: use emulator, pcsc, pcsc:READER, transcript:FILE "
+        "or python:MODULE:FACTORY"
     )

@@ -60,6 +60,16 @@ class Pattern:
     def __str__(self) -> str:
         return self.text
 
+    def first_difference(self, response: bytes) -> int | None:
+        """The offset of the first byte of `response` that no alternative can match, or
+        ``len(response)`` if the response ends where more is wanted; None if it matches."""
+        digits = response.hex().upper()
+        if self._regex.fullmatch(digits) is not None:
+            return None
+        return (
+            max(_Walk(alternative).departure(digits) for alternative in self.text.split("|")) // 2
+        )
+
     @classmethod
     def exact(cls, response: bytes) -> Pattern:
         return cls(response.hex().upper() or "[0]")
@@ -94,6 +104,96 @@ def _compile(text: str) -> str:
                 parts.append("".join("[0-9A-F]" if c == "." else c for c in word.upper()))
         alternatives.append("".join(parts))
     return "|".join(f"(?:{alternative})" for alternative in alternatives)
+
+
+Element = tuple[str, int, int]  # (digit or "." or "*", low, high): "*" is low..high bytes
+State = tuple[int, int]  # (element, hex digits taken inside it)
+
+
+def _elements(alternative: str) -> list[Element]:
+    """An alternative as hex-digit elements: ``(digit, 1, 1)`` for one digit (``.`` for
+    any) and ``("*", low, high)`` for `low` to `high` bytes (high -1: no limit)."""
+    elements: list[Element] = []
+    for token in _TOKEN.finditer(alternative.replace(" ", "")):
+        if token.group(1) is None:
+            elements += [(digit, 1, 1) for digit in token.group(0).upper()]
+        elif token.group(1) == "*":
+            elements.append(("*", 0, -1))
+        else:
+            low, _, high = token.group(1).partition("-")
+            elements.append(("*", int(low), int(high or low)))
+    return elements
+
+
+class _Walk:
+    """The positions of one alternative that a prefix of a response can reach, and which
+    response lengths each position can still end at."""
+
+    def __init__(self, alternative: str) -> None:
+        self.elements = _elements(alternative)
+        # digits the elements from i on take, at least and at most (-1: no limit)
+        self.least, self.most = [0], [0]
+        for kind, low, high in reversed(self.elements):
+            size_low, size_high = (2 * low, 2 * high) if kind == "*" else (1, 1)
+            most = -1 if self.most[0] < 0 or size_high < 0 else self.most[0] + size_high
+            self.least.insert(0, self.least[0] + size_low)
+            self.most.insert(0, most)
+
+    def closure(self, states: set[State]) -> set[State]:
+        """A byte wildcard may end on any whole byte within its bounds."""
+        pending, seen = list(states), set(states)
+        while pending:
+            index, taken = pending.pop()
+            if index < len(self.elements) and self.elements[index][0] == "*":
+                low = self.elements[index][1]
+                if taken % 2 == 0 and taken >= 2 * low and (index + 1, 0) not in seen:
+                    seen.add((index + 1, 0))
+                    pending.append((index + 1, 0))
+        return seen
+
+    def step(self, states: set[State], digit: str) -> set[State]:
+        following: set[State] = set()
+        for index, taken in states:
+            if index >= len(self.elements):
+                continue
+            kind, _low, high = self.elements[index]
+            if kind == "*":
+                if high < 0 or taken < 2 * high:
+                    following.add((index, taken + 1))
+            elif kind in (".", digit):
+                following.add((index + 1, 0))
+        return self.closure(following)
+
+    def may_end_after(self, state: State, remaining: int) -> bool:
+        """Whether `remaining` more digits (any) can complete the match from `state`."""
+        index, taken = state
+        if index >= len(self.elements):
+            return remaining == 0
+        kind, low, high = self.elements[index]
+        if kind != "*":
+            least, most = self.least[index], self.most[index]
+        else:  # the rest of this wildcard (back on a whole byte), then what follows it
+            least = max(2 * low - taken, taken % 2) + self.least[index + 1]
+            rest = self.most[index + 1]
+            most = -1 if high < 0 or rest < 0 else 2 * high - taken + rest
+        return (
+            least <= remaining
+            and (most < 0 or remaining <= most)
+            and ((remaining - least) % 2 == 0)
+        )
+
+    def departure(self, digits: str) -> int:
+        """The first hex digit of `digits` after which no match of its length remains;
+        for a length the alternative cannot have, the first digit no match can start with
+        (``len(digits)`` if the response is a prefix of a match)."""
+        states = self.closure({(0, 0)})
+        whole = any(self.may_end_after(state, len(digits)) for state in states)
+        for position, digit in enumerate(digits):
+            states = self.step(states, digit)
+            left = len(digits) - position - 1
+            if not states or (whole and not any(self.may_end_after(s, left) for s in states)):
+                return position
+        return len(digits)
 
 
 @dataclass(frozen=True)
