@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 
 from mynacard.personalize.eras import FIRST_ERA_DAY, era_yymmdd
+from mynacard.personalize.fields import ProfileError as ProfileError  # re-exported
 from mynacard.personalize.free_area import FreeAreaSpec, free_area_as_json, read_free_area
 from mynacard.personalize.mynumber import my_number_check_digit
 from mynacard.personalize.national import (
@@ -70,10 +71,6 @@ PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 # The shipped profiles: package data of `mynacard.profiles` (profiles/ in the repository).
 PROFILES_DIR = Path(str(resources.files("mynacard.profiles")))
-
-
-class ProfileError(ValueError):
-    """A profile that cannot be used; the message names the offending field."""
 
 
 @dataclass(frozen=True)
