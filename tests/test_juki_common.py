@@ -200,7 +200,7 @@ def _common_key_pem() -> str:
         ("municipality_code = ", "municipality = ", "card.municipality: unknown field"),
         ("common_auth_key = '''", "common_key = '''", "keys.common_key: unknown field"),
         (_common_key_pem()[40:80], "A" * 40, "keys.common_auth_key: not a PEM private key"),
-        ("\n[keys]\n", "\n[free_area]\ncapacity = -1\n\n[keys]\n", "free_area.capacity: must be"),
+        ("\n[keys]\n", "\n[free_area]\ncapacity = -1\n\n[keys]\n", "free_area.capacity: expected"),
     ],
     ids=["serial", "municipality", "municipality-renamed", "key-renamed", "key-garbage", "area"],
 )
