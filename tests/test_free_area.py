@@ -434,30 +434,30 @@ def app(aid: str, name: str = "x") -> str:
         (app("A0000001510000FF"), "GlobalPlatform ISD"),
         (app("F0AABBCC"), "5 to 16 bytes"),
         (app("F0AABBCCDD", "X Y"), "free_area.apps[0].name"),
-        (APP + APP, "used twice"),
+        (APP + APP, "apps[1].name: expected a name no other application has"),
         (APP + app("F0AABBCCDDEE", "y"), "clashes with 'x'"),
-        (APP + 'colour = "red"', "free_area.apps[0].colour: unknown field"),
+        (APP + 'colour = "red"', "free_area.apps[0].colour: expected one of the fields name, aid"),
         (FILE.replace("0001", "0020") + 'type = "transparent"\nsize = 4', "0001 to 001E"),
-        (FILE + 'type = "blob"', "must be one of"),
-        (FILE + 'type = "transparent"', "size: missing"),
-        (BLOB + 'content = "AABBCC"', "do not fit"),
-        (BLOB + 'read = "pin:0011"', "no PIN 0011"),
-        (BLOB + 'update = "key:3"', "no key 3"),
-        (BLOB + 'read = ["always", "key:1"]', "stand alone"),
-        (BLOB + 'read = "everyone"', "rules are"),
-        (BLOB + 'append = "always"', "files[0].append: unknown field"),
-        (FILE + 'type = "counter"\nwidth = 1\nvalues = [256]', "values[0]: must be 0 to 255"),
+        (FILE + 'type = "blob"', "type: expected 'transparent', 'record', 'counter' or 'rsa_key'"),
+        (FILE + 'type = "transparent"', "size: expected an integer 1 to 32767, got nothing"),
+        (BLOB + 'content = "AABBCC"', "content: expected at most 2 bytes in hex, got 'AABBCC'"),
+        (BLOB + 'read = "pin:0011"', "PIN or key of this application, got 'pin:0011'"),
+        (BLOB + 'update = "key:3"', "PIN or key of this application, got 'key:3'"),
+        (BLOB + 'read = ["always", "key:1"]', 'read: expected "always" and "never" alone'),
+        (BLOB + 'read = "everyone"', "read: expected a rule: "),
+        (BLOB + 'append = "always"', "files[0].append: expected one of the fields fid, type"),
+        (FILE + 'type = "counter"\nwidth = 1\nvalues = [256]', "[0]: expected an integer 0 to 255"),
         (
             FILE + 'type = "record"\nrecord_size = 2\nmax_records = 1\nrecords = ["AA", "BB"]',
-            "≤ 1 records",
+            "records: expected an array of at most 1 item",
         ),
         (FILE + 'type = "rsa_key"\nprivate_key = "nope"', "RSA-2048 PEM"),
-        (APP + '[[free_area.apps.pins]]\nfid = "0011"\nvalue = "12"', "does not match format"),
+        (APP + '[[free_area.apps.pins]]\nfid = "0011"\nvalue = "12"', "value of format '[0-9]{4}'"),
         (APP + '[[free_area.apps.pins]]\nfid = "0011"\nvalue = "1"\nformat = "["', "regular"),
-        (APP + '[[free_area.apps.keys]]\nid = 1\naes = "0011"', "16 bytes"),
+        (APP + '[[free_area.apps.keys]]\nid = 1\naes = "0011"', "aes: expected 16 bytes in hex"),
         (
             "[free_area]\ncapacity = 100\n" + FILE + 'type = "transparent"\nsize = 101',
-            "the applications take 101 bytes",
+            "capacity: expected at least 101 (the bytes the applications take), got 100",
         ),
     ],
 )
@@ -569,7 +569,7 @@ def test_install_is_bounded_by_capacity_and_clashes(default: Profile, tmp_path: 
     result = mynacard("freearea", "install", "--state", state, clash)
     assert result.returncode == 2 and "clashes with 'a'" in result.stderr
     result = mynacard("freearea", "install", "--state", state, bad)
-    assert result.returncode == 2 and "d.toml: app.files[0].size: missing" in result.stderr
+    assert result.returncode == 2 and "d.toml: app.files[0].size: expected" in result.stderr
     assert snapshot(state) == before
     assert mynacard("freearea", "remove", "--state", state, "a").returncode == 0
     assert mynacard("freearea", "install", "--state", state, second).returncode == 0

@@ -195,12 +195,12 @@ def _common_key_pem() -> str:
 @pytest.mark.parametrize(
     ("old", "new", "fragment"),
     [
-        ('serial_number = "', 'serial_number = "1', "card.serial_number: must be 15 digits"),
+        ('serial_number = "', 'serial_number = "1', "card.serial_number: expected a string of 15"),
         ('municipality_code = "', 'municipality_code = "X', "card.municipality_code"),
-        ("municipality_code = ", "municipality = ", "card.municipality: unknown field"),
-        ("common_auth_key = '''", "common_key = '''", "keys.common_key: unknown field"),
-        (_common_key_pem()[40:80], "A" * 40, "keys.common_auth_key: not a PEM private key"),
-        ("\n[keys]\n", "\n[free_area]\ncapacity = -1\n\n[keys]\n", "free_area.capacity: must be"),
+        ("municipality_code = ", "municipality = ", "card.municipality: expected one of"),
+        ("common_auth_key = '''", "common_key = '''", "keys.common_key: expected one of"),
+        (_common_key_pem()[40:80], "A" * 40, "keys.common_auth_key: expected an unencrypted"),
+        ("\n[keys]\n", "\n[free_area]\ncapacity = -1\n\n[keys]\n", "free_area.capacity: expected"),
     ],
     ids=["serial", "municipality", "municipality-renamed", "key-renamed", "key-garbage", "area"],
 )

@@ -169,54 +169,54 @@ _PHOTO = base64.b64decode("".join(_field("visual_ap", "photo").split()))
 @pytest.mark.parametrize(
     ("section", "key", "value", "fragment"),
     [
-        ("text_ap", "card_key", '"x"', "text_ap.card_key: not a PEM RSA private key"),
-        ("text_ap", "cv_certificate", "'''@@@'''", "text_ap.cv_certificate: not base64"),
-        ("text_ap", "cv_certificate", _b64(_CVC[:-1]), "text_ap.cv_certificate: not a CV"),
+        ("text_ap", "card_key", '"x"', "text_ap.card_key: expected an unencrypted RSA-2048"),
+        ("text_ap", "cv_certificate", "'''@@@'''", "text_ap.cv_certificate: expected base64 ("),
+        ("text_ap", "cv_certificate", _b64(_CVC[:-1]), "text_ap.cv_certificate: expected a CV"),
         (
             "text_ap",
             "cv_certificate",
             _b64(_CVC[:-1] + bytes((_CVC[-1] ^ 1,))),
-            "text_ap.cv_certificate: its signature does not verify",
+            "text_ap.cv_certificate: expected a CV certificate whose signature verifies",
         ),
         (
             "visual_ap",
             "cv_certificate",
             "'''\n" + _field("text_ap", "cv_certificate") + "'''",
-            "visual_ap.cv_certificate: not issued by the test root of this AP",
+            "visual_ap.cv_certificate: expected a CV certificate issued by the test root",
         ),
         (
             "text_ap",
             "municipality_key",
             "'''\n" + _field("visual_ap", "municipality_key") + "'''",
-            "text_ap.cv_certificate: does not certify municipality_key",
+            "text_ap.cv_certificate: expected a CV certificate of municipality_key",
         ),
         (
             "text_ap",
             "municipality_key",
             "'''\n" + _field("text_ap", "card_key") + "'''",
-            "text_ap.municipality_key: must differ from the card key",
+            "text_ap.municipality_key: expected a key other than card_key",
         ),
-        ("text_ap", "session_key", '"-----BEGIN"', "text_ap.session_key: not a PEM public key"),
-        ("visual_ap", "photo", _b64(b"\x89PNG\r\n\x1a\n"), "visual_ap.photo: not a JP2 file"),
+        ("text_ap", "session_key", '"-----BEGIN"', "text_ap.session_key: expected an RSA-2048 PEM"),
+        ("visual_ap", "photo", _b64(b"\x89PNG\r\n\x1a\n"), "visual_ap.photo: expected a JP2 image"),
         (
             "visual_ap",
             "photo",
             _b64(_PHOTO[:12] + bytes(100)),
-            "visual_ap.photo: damaged JP2 file",
+            "visual_ap.photo: expected a JP2 image of at most 16384 bytes, got a damaged JP2 file",
         ),
         (
             "visual_ap",
             "name_image",
             _b64(_PHOTO),
-            "visual_ap.name_image: not a PNG file",
+            "visual_ap.name_image: expected a PNG image of at most 4096 bytes, got a file",
         ),
         (
             "visual_ap",
             "photo",
             _b64(_PHOTO + bytes(16384)),
-            "visual_ap.photo: ",
+            "visual_ap.photo: expected a JP2 image of at most 16384 bytes, got ",
         ),
-        ("visual_ap", "address_image", "1", "visual_ap.address_image: must be a string"),
+        ("visual_ap", "address_image", "1", "visual_ap.address_image: expected base64, got 1"),
     ],
 )
 def test_bad_sections_name_the_field(
@@ -230,10 +230,10 @@ def test_bad_sections_name_the_field(
 
 def test_missing_and_unknown_fields(tmp_path: Path) -> None:
     text = DEFAULT_TEXT.replace("\n[visual_ap]\n", "\n[visual_ap]\nkana_image = 'x'\n")
-    with pytest.raises(ProfileError, match=r"visual_ap\.kana_image: unknown field"):
+    with pytest.raises(ProfileError, match=r"visual_ap\.kana_image: expected one of the fields"):
         load_profile(_write(tmp_path, text))
     without = DEFAULT_TEXT[:NATIONAL_START] + DEFAULT_TEXT[DEFAULT_TEXT.index("\n[visual_ap]") :]
-    with pytest.raises(ProfileError, match=r"\[text_ap\]: missing section"):
+    with pytest.raises(ProfileError, match=r"text_ap: expected a table, got nothing"):
         load_profile(_write(tmp_path, without))
 
 

@@ -8,7 +8,6 @@ them from the store, where their EF contents, PIN values and counters live and c
 from __future__ import annotations
 
 import json
-import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from ..files import (
     encode_records,
     key_access,
 )
+from ..personalize.fields import ProfileError, document
 from ..personalize.free_area import (
     FILLER,
     CounterSpec,
@@ -37,9 +37,9 @@ from ..personalize.free_area import (
     RecordSpec,
     RsaKeySpec,
     TransparentSpec,
+    app_from,
     read_app,
 )
-from ..personalize.profile import ProfileError
 from ..store import (
     FreeAppRecord,
     FreeAreaStatus,
@@ -174,19 +174,11 @@ def installed(apps: Iterable[FreeAppRecord]) -> list[Application]:
 
 def load_app_file(path: Path) -> FreeAppSpec:
     """Read an application declaration file for `mynacard freearea install`."""
-
-    def fail(where: str, problem: str) -> Exception:
-        return ProfileError(f"{path}: {where}: {problem}")
-
     try:
-        document = tomllib.loads(path.read_bytes().decode("utf-8"))
+        data = path.read_bytes()
     except OSError as exc:
         raise ProfileError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ProfileError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(f"{path}: invalid TOML: {exc}") from None
-    return read_app(document, fail, "app")
+    return app_from(document(data, str(path), "app"))
 
 
 def install(state_dir: Path, path: Path) -> tuple[FreeAppSpec, FreeAreaStatus]:

@@ -24,17 +24,18 @@ This module only reads and writes the declarations; `mynacard.apps.free_area` bu
 
 from __future__ import annotations
 
-import functools
 import json
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
+from typing import TypeVar
 
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from mynacard.personalize.fields import Field, FieldError, Table
+from mynacard.personalize.rsakeys import read_rsa_key
 
 DEFAULT_CAPACITY = 4096  # bytes; the real card's free area size is not public
 MAX_CAPACITY = 1 << 20
@@ -94,9 +95,19 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
 }
 _OPEN_BY_DEFAULT = ("read", "use")  # other operations default to "never"
 
+_SHAPES = {
+    "transparent": ("size", "content"),
+    "record": ("record_size", "max_records", "records"),
+    "counter": ("width", "maximum", "values"),
+    "rsa_key": ("private_key",),
+}
+
 APP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+_FID = re.compile(r"00(0[1-9A-Fa-f]|1[0-9A-Ea-e])")  # 0001 to 001E
 _RULE = re.compile(r"always|never|pin:[0-9A-Fa-f]{4}|key:[0-9]{1,2}")
-_HEX_SPACES = re.compile(r"[\s:]")
+_RULES = 'a rule: "always", "never", "pin:<FID>" or "key:<id>"'
+_PIN_VALUE = re.compile(r"[\x00-\x7f]{1,16}")
+_T = TypeVar("_T")
 
 Fail = Callable[[str, str], Exception]
 """Makes the error for a field (`where`, `problem`); the caller raises it."""
@@ -224,236 +235,137 @@ class FreeAreaSpec:
     apps: tuple[FreeAppSpec, ...] = ()
 
 
-@functools.lru_cache(maxsize=32)
-def _load_rsa_key(pem: str) -> RSAPrivateKey | None:
-    try:
-        key = load_pem_private_key(pem.encode(), password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        return None
-    return key if isinstance(key, RSAPrivateKey) and key.key_size == 2048 else None
-
-
-class _Reader:
-    """Reads declarations, reporting problems through `fail` with the field's path."""
-
-    def __init__(self, fail: Fail) -> None:
-        self.fail = fail
-
-    def table(self, value: object, where: str) -> dict[str, object]:
-        if not isinstance(value, dict):
-            raise self.fail(where, "must be a table")
-        return value
-
-    def tables(self, value: object, where: str) -> list[dict[str, object]]:
-        if not isinstance(value, list):
-            raise self.fail(where, "must be an array of tables ([[...]])")
-        return [self.table(item, f"{where}[{n}]") for n, item in enumerate(value)]
-
-    def known(self, table: dict[str, object], where: str, keys: Sequence[str]) -> None:
-        for key in table:
-            if key not in keys:
-                raise self.fail(f"{where}.{key}", "unknown field")
-
-    def integer(
-        self,
-        table: dict[str, object],
-        where: str,
-        key: str,
-        low: int,
-        high: int,
-        default: int | None = None,
-    ) -> int:
-        value = table.get(key, default)
-        if value is None:
-            raise self.fail(f"{where}.{key}", "missing")
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise self.fail(f"{where}.{key}", f"must be an integer {low} to {high}, got {value!r}")
-        return value
-
-    def text(self, table: dict[str, object], where: str, key: str, default: str | None) -> str:
-        value = table.get(key, default)
-        if not isinstance(value, str):
-            raise self.fail(f"{where}.{key}", "missing" if value is None else "must be a string")
-        return value
-
-    def hex_bytes(self, value: object, where: str) -> bytes:
-        if not isinstance(value, str):
-            raise self.fail(where, "must be a string of hex digits")
-        try:
-            return bytes.fromhex(_HEX_SPACES.sub("", value))
-        except ValueError:
-            raise self.fail(where, f"must be hex digits, got {value!r}") from None
-
-    def fid(self, table: dict[str, object], where: str) -> int:
-        text = self.text(table, where, "fid", None)
-        if not re.fullmatch(r"[0-9A-Fa-f]{4}", text) or not 0x0001 <= int(text, 16) <= 0x001E:
-            raise self.fail(f"{where}.fid", f"must be 0001 to 001E (4 hex digits), got {text!r}")
-        return int(text, 16)
-
-    def rules(self, table: dict[str, object], where: str, operation: str) -> tuple[str, ...]:
-        value = table.get(operation, "always" if operation in _OPEN_BY_DEFAULT else "never")
-        rules = [value] if isinstance(value, str) else value
-        if not isinstance(rules, list) or not rules or not all(isinstance(r, str) for r in rules):
-            raise self.fail(f"{where}.{operation}", "must be a rule or a list of rules")
-        for rule in rules:
-            if not _RULE.fullmatch(rule):
-                raise self.fail(
-                    f"{where}.{operation}",
-                    f'rules are "always", "never", "pin:<FID>" or "key:<id>"; got {rule!r}',
+def free_area_from(field: Field) -> FreeAreaSpec:
+    """A profile's `[free_area]` table (absent: the default capacity and no applications)."""
+    area = field.table(("capacity", "apps"), optional=True)
+    capacity = area["capacity"].integer(0, MAX_CAPACITY, DEFAULT_CAPACITY)
+    tables = area["apps"].tables()
+    apps = [app_from(table) for table in tables]
+    for n, app in enumerate(apps):
+        for other in apps[:n]:
+            if app.name == other.name:
+                raise tables[n]["name"].fail("a name no other application has", repr(app.name))
+            if _aid_clash(app.aid, other.aid):
+                raise tables[n]["aid"].fail(
+                    f"an AID of its own (clashes with {other.name!r} "
+                    f"({other.aid.hex().upper()}): SELECT matches prefixes)"
                 )
-        if len(rules) > 1 and ("always" in rules or "never" in rules):
-            raise self.fail(f"{where}.{operation}", '"always" and "never" stand alone')
-        return tuple(rules)
-
-    # -- applications ------------------------------------------------------------------------
-
-    def free_area(self, value: object, where: str) -> FreeAreaSpec:
-        if value is None:
-            return FreeAreaSpec()
-        table = self.table(value, where)
-        self.known(table, where, ("capacity", "apps"))
-        capacity = self.integer(table, where, "capacity", 0, MAX_CAPACITY, DEFAULT_CAPACITY)
-        apps = tuple(
-            self.app(app, f"{where}.apps[{n}]")
-            for n, app in enumerate(self.tables(table.get("apps", []), f"{where}.apps"))
+    used = sum(app.size for app in apps)
+    if used > capacity:
+        raise area["capacity"].fail(
+            f"at least {used} (the bytes the applications take)", str(capacity)
         )
-        for n, app in enumerate(apps):
-            for other in apps[:n]:
-                if app.name == other.name:
-                    raise self.fail(f"{where}.apps[{n}].name", f"{app.name!r} is used twice")
-                if _aid_clash(app.aid, other.aid):
-                    raise self.fail(
-                        f"{where}.apps[{n}].aid",
-                        f"clashes with {other.name!r} ({other.aid.hex().upper()}): "
-                        "SELECT matches prefixes",
+    return FreeAreaSpec(capacity, tuple(apps))
+
+
+def app_from(field: Field) -> FreeAppSpec:
+    """One application declaration (a `[[free_area.apps]]` entry, or an install file)."""
+    app = field.table(("name", "aid", "description", "files", "pins", "keys"))
+    name = app["name"].text(
+        pattern=APP_NAME, expected="a name of a-z, 0-9, '-' and '_' (at most 32)"
+    )
+    aid = app["aid"].hex(5, 16)
+    problem = aid_problem(aid)
+    if problem:
+        raise app["aid"].fail(f"an AID of its own ({problem})")
+    description = app["description"].text("")
+    pins = tuple(_pin(pin) for pin in app["pins"].tables(("fid", "value", "tries", "format")))
+    keys = tuple(_key(key) for key in app["keys"].tables(("id", "aes", "tries")))
+    tables = app["files"].tables()
+    files = tuple(_file(table) for table in tables)
+    fids = [obj.fid for obj in (*files, *pins)]
+    for fid in fids:
+        if fids.count(fid) > 1:
+            raise app["files"].fail("each FID once in files and pins", f"{fid:04X} twice")
+    numbers = [key.number for key in keys]
+    if len(set(numbers)) != len(numbers):
+        raise app["keys"].fail("each key id once")
+    pin_fids = {pin.fid for pin in pins}
+    for table, spec in zip(tables, files, strict=True):
+        for operation, rules in spec.access.items():
+            for rule in rules:
+                kind, _, ref = rule.partition(":")
+                if (kind == "pin" and int(ref, 16) not in pin_fids) or (
+                    kind == "key" and int(ref) not in numbers
+                ):
+                    raise table[operation].fail(
+                        "a rule naming a PIN or key of this application", repr(rule)
                     )
-        used = sum(app.size for app in apps)
-        if used > capacity:
-            raise self.fail(f"{where}.capacity", f"the applications take {used} bytes")
-        return FreeAreaSpec(capacity, apps)
+    return FreeAppSpec(name, aid, description, files, pins, keys, app.value)
 
-    def app(self, value: object, where: str) -> FreeAppSpec:
-        table = self.table(value, where)
-        self.known(table, where, ("name", "aid", "description", "files", "pins", "keys"))
-        name = self.text(table, where, "name", None)
-        if not APP_NAME.fullmatch(name):
-            raise self.fail(f"{where}.name", f"use a-z, 0-9, '-' and '_' (≤ 32), got {name!r}")
-        aid = self.hex_bytes(table.get("aid"), f"{where}.aid")
-        problem = aid_problem(aid)
-        if problem:
-            raise self.fail(f"{where}.aid", problem)
-        description = self.text(table, where, "description", "")
-        pins = tuple(
-            self.pin(pin, f"{where}.pins[{n}]")
-            for n, pin in enumerate(self.tables(table.get("pins", []), f"{where}.pins"))
-        )
-        keys = tuple(
-            self.key(key, f"{where}.keys[{n}]")
-            for n, key in enumerate(self.tables(table.get("keys", []), f"{where}.keys"))
-        )
-        files = tuple(
-            self.file(file, f"{where}.files[{n}]")
-            for n, file in enumerate(self.tables(table.get("files", []), f"{where}.files"))
-        )
-        fids = [obj.fid for obj in (*files, *pins)]
-        for fid in fids:
-            if fids.count(fid) > 1:
-                raise self.fail(f"{where}.files", f"FID {fid:04X} is used twice")
-        numbers = [key.number for key in keys]
-        if len(set(numbers)) != len(numbers):
-            raise self.fail(f"{where}.keys", "a key id is used twice")
-        pin_fids = {pin.fid for pin in pins}
-        for n, spec in enumerate(files):
-            for operation, rules in spec.access.items():
-                for rule in rules:
-                    kind, _, ref = rule.partition(":")
-                    if kind == "pin" and int(ref, 16) not in pin_fids:
-                        raise self.fail(f"{where}.files[{n}].{operation}", f"no PIN {ref} here")
-                    if kind == "key" and int(ref) not in numbers:
-                        raise self.fail(f"{where}.files[{n}].{operation}", f"no key {ref} here")
-        return FreeAppSpec(name, aid, description, files, pins, keys, table)
 
-    def file(self, table: dict[str, object], where: str) -> FileSpec:
-        kind = self.text(table, where, "type", None)
-        if kind not in OPERATIONS:
-            raise self.fail(f"{where}.type", f"must be one of {', '.join(OPERATIONS)}")
-        shape = {
-            "transparent": ("size", "content"),
-            "record": ("record_size", "max_records", "records"),
-            "counter": ("width", "maximum", "values"),
-            "rsa_key": ("private_key",),
-        }[kind]
-        self.known(table, where, ("fid", "type", *shape, *OPERATIONS[kind]))
-        fid = self.fid(table, where)
-        access = {operation: self.rules(table, where, operation) for operation in OPERATIONS[kind]}
-        if kind == "transparent":
-            size = self.integer(table, where, "size", 1, 0x7FFF)
-            content = self.hex_bytes(table.get("content", ""), f"{where}.content")
-            if len(content) > size:
-                raise self.fail(f"{where}.content", f"{len(content)} bytes do not fit {size}")
-            return TransparentSpec(fid, access, size, content)
-        if kind == "record":
-            record_size = self.integer(table, where, "record_size", 1, 255)
-            max_records = self.integer(table, where, "max_records", 1, 254)
-            records = table.get("records", [])
-            if not isinstance(records, list) or len(records) > max_records:
-                raise self.fail(f"{where}.records", f"must be a list of ≤ {max_records} records")
-            parsed = tuple(
-                self.hex_bytes(record, f"{where}.records[{n}]") for n, record in enumerate(records)
-            )
-            for n, record in enumerate(parsed):
-                if not 1 <= len(record) <= record_size:
-                    raise self.fail(f"{where}.records[{n}]", f"must be 1 to {record_size} bytes")
-            return RecordSpec(fid, access, record_size, max_records, parsed)
-        if kind == "counter":
-            width = self.integer(table, where, "width", 1, 4, 4)
-            largest = (1 << 8 * width) - 1
-            maximum = self.integer(table, where, "maximum", 0, largest, largest)
-            values = table.get("values")
-            if not isinstance(values, list) or not 1 <= len(values) <= 254:
-                raise self.fail(f"{where}.values", "must be a list of 1 to 254 counter values")
-            for n, value in enumerate(values):
-                if type(value) is not int or not 0 <= value <= maximum:
-                    raise self.fail(f"{where}.values[{n}]", f"must be 0 to {maximum}")
-            return CounterSpec(fid, access, width, maximum, tuple(values))
-        key = _load_rsa_key(self.text(table, where, "private_key", None))
-        if key is None:
-            raise self.fail(f"{where}.private_key", "must be an unencrypted RSA-2048 PEM key")
-        return RsaKeySpec(fid, access, key)
+def _file(field: Table) -> FileSpec:
+    kind = field["type"].choice(tuple(OPERATIONS))
+    file = field.table(("fid", "type", *_SHAPES[kind], *OPERATIONS[kind]))
+    fid = _fid(file["fid"])
+    access = {operation: _rules(file[operation], operation) for operation in OPERATIONS[kind]}
+    if kind == "transparent":
+        size = file["size"].integer(1, 0x7FFF)
+        return TransparentSpec(fid, access, size, file["content"].hex(0, size, ""))
+    if kind == "record":
+        record_size = file["record_size"].integer(1, 255)
+        max_records = file["max_records"].integer(1, 254)
+        records = file["records"].items(0, max_records, [])
+        parsed = tuple(record.hex(1, record_size) for record in records)
+        return RecordSpec(fid, access, record_size, max_records, parsed)
+    if kind == "counter":
+        width = file["width"].integer(1, 4, 4)
+        largest = (1 << 8 * width) - 1
+        maximum = file["maximum"].integer(0, largest, largest)
+        values = tuple(value.integer(0, maximum) for value in file["values"].items(1, 254))
+        return CounterSpec(fid, access, width, maximum, values)
+    return RsaKeySpec(fid, access, read_rsa_key(file["private_key"]))
 
-    def pin(self, table: dict[str, object], where: str) -> PinSpec:
-        self.known(table, where, ("fid", "value", "tries", "format"))
-        fid = self.fid(table, where)
-        value_format = self.text(table, where, "format", "[0-9]{4}")
-        try:
-            re.compile(value_format)
-        except re.error as exc:
-            raise self.fail(f"{where}.format", f"not a regular expression ({exc})") from None
-        value = self.text(table, where, "value", None)
-        if not (value.isascii() and 1 <= len(value) <= 16):
-            raise self.fail(f"{where}.value", "must be 1 to 16 ASCII characters")
-        if not re.fullmatch(value_format, value):
-            raise self.fail(f"{where}.value", f"does not match format {value_format!r}")
-        return PinSpec(fid, value, self.integer(table, where, "tries", 1, 15, 3), value_format)
 
-    def key(self, table: dict[str, object], where: str) -> KeySpec:
-        self.known(table, where, ("id", "aes", "tries"))
-        number = self.integer(table, where, "id", 1, 31)
-        value = self.hex_bytes(table.get("aes"), f"{where}.aes")
-        if len(value) != 16:
-            raise self.fail(f"{where}.aes", f"must be 16 bytes (AES-128), got {len(value)}")
-        tries = None if "tries" not in table else self.integer(table, where, "tries", 1, 15)
-        return KeySpec(number, value, tries)
+def _fid(field: Field) -> int:
+    return int(field.text(pattern=_FID, expected="a 4-digit hex FID 0001 to 001E"), 16)
+
+
+def _rules(field: Field, operation: str) -> tuple[str, ...]:
+    default = "always" if operation in _OPEN_BY_DEFAULT else "never"
+    if isinstance(field.value, list):
+        rules = tuple(rule.text(pattern=_RULE, expected=_RULES) for rule in field.items(1))
+    else:
+        rules = (field.text(default, pattern=_RULE, expected=_RULES),)
+    if len(rules) > 1 and ("always" in rules or "never" in rules):
+        raise field.fail('"always" and "never" alone, not in a list')
+    return rules
+
+
+def _pin(pin: Table) -> PinSpec:
+    fid = _fid(pin["fid"])
+    value_format = pin["format"].text("[0-9]{4}")
+    try:
+        re.compile(value_format)
+    except re.error as exc:
+        raise pin["format"].fail(f"a regular expression ({exc})") from None
+    value = pin["value"].text(pattern=_PIN_VALUE, expected="1 to 16 ASCII characters")
+    if not re.fullmatch(value_format, value):
+        raise pin["value"].fail(f"a value of format {value_format!r}", repr(value))
+    return PinSpec(fid, value, pin["tries"].integer(1, 15, 3), value_format)
+
+
+def _key(key: Table) -> KeySpec:
+    tries = key["tries"].integer(1, 15) if "tries" in key else None
+    return KeySpec(key["id"].integer(1, 31), key["aes"].hex(16, 16), tries)
 
 
 def read_free_area(value: object, fail: Fail) -> FreeAreaSpec:
     """The `[free_area]` table of a profile (None: the default capacity and no applications)."""
-    return _Reader(fail).free_area(value, "free_area")
+    return _reporting(fail, free_area_from, Field(value, "", "free_area"))
 
 
 def read_app(value: object, fail: Fail, where: str = "app") -> FreeAppSpec:
     """One application declaration (a `[[free_area.apps]]` entry, or an install file)."""
-    return _Reader(fail).app(value, where)
+    return _reporting(fail, app_from, Field(value, "", where))
+
+
+def _reporting(fail: Fail, read: Callable[[Field], _T], field: Field) -> _T:
+    """`read(field)`, its FieldError made into `fail(path, problem)`."""
+    try:
+        return read(field)
+    except FieldError as exc:
+        raise fail(exc.path, exc.problem) from None
 
 
 def free_area_as_json(spec: FreeAreaSpec) -> dict[str, object]:

@@ -22,14 +22,14 @@ class _Bad(Exception):
 
 
 def image_problem(data: bytes, kind: str) -> str | None:
-    """Why `data` is not a valid image of `kind` ("png" or "jp2"), or None if it is."""
+    """What `data` is if not a valid image of `kind` ("png" or "jp2"), or None if it is one."""
     signature = PNG_SIGNATURE if kind == "png" else JP2_SIGNATURE
     if not data.startswith(signature):
-        return f"not a {kind.upper()} file (bad signature)"
+        return f"a file without the {kind.upper()} signature"
     try:
         (_check_png if kind == "png" else _check_jp2)(data)
     except _Bad as bad:
-        return f"damaged {kind.upper()} file ({bad})"
+        return f"a damaged {kind.upper()} file ({bad})"
     return None
 
 

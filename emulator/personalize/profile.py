@@ -2,34 +2,32 @@
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import hashlib
 import re
-import tomllib
 import unicodedata
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import date, datetime
+from dataclasses import dataclass
+from datetime import date
 from importlib import resources
 from pathlib import Path
-from typing import TypeVar
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from mynacard.personalize.eras import FIRST_ERA_DAY, era_yymmdd
-from mynacard.personalize.free_area import FreeAreaSpec, free_area_as_json, read_free_area
+from mynacard.personalize.fields import Field, Table, document
+from mynacard.personalize.fields import ProfileError as ProfileError  # re-exported
+from mynacard.personalize.free_area import FreeAreaSpec, free_area_as_json, free_area_from
 from mynacard.personalize.mynumber import my_number_check_digit
 from mynacard.personalize.national import (
-    SectionError,
     TextApData,
     VisualApData,
     read_text_ap,
     read_visual_ap,
 )
+from mynacard.personalize.rsakeys import read_rsa_key
 
 # PIN names as used in profiles, `profile show --json` and the state store.
 PIN_NAMES = ("auth", "sign", "text", "juki", "common", "code_a", "code_b", "birth")
@@ -70,10 +68,6 @@ PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 # The shipped profiles: package data of `mynacard.profiles` (profiles/ in the repository).
 PROFILES_DIR = Path(str(resources.files("mynacard.profiles")))
-
-
-class ProfileError(ValueError):
-    """A profile that cannot be used; the message names the offending field."""
 
 
 @dataclass(frozen=True)
@@ -119,8 +113,10 @@ class Profile:
     card_expiry: date
     security_code: str
     pins: dict[str, str]  # every name in PIN_NAMES, derived ones included
-    counters: dict[str, int] = field(default_factory=dict)  # initial remaining tries by PIN name
-    quirks: Quirks = field(default_factory=Quirks)
+    counters: dict[str, int] = dataclasses.field(
+        default_factory=dict
+    )  # initial remaining tries by PIN name
+    quirks: Quirks = dataclasses.field(default_factory=Quirks)
     jpki: JpkiCredentials | None = None
     fingerprint: str = ""  # sha256 hex of the profile file, identifies it in a state dir
     variant: str = "standard"  # free text: "standard", "no-sign-cert", "sign-blocked", ...
@@ -128,7 +124,7 @@ class Profile:
     card_serial: str = ""  # 共通カードAP EF 0001: 15 digits
     municipality_code: str = ""  # 共通カードAP EF 0001: 全国地方公共団体コード, 5 digits
     common_auth_key: RSAPrivateKey | None = None  # 共通カードAP EF 0019 (INTERNAL AUTHENTICATE)
-    free_area: FreeAreaSpec = field(default_factory=FreeAreaSpec)
+    free_area: FreeAreaSpec = dataclasses.field(default_factory=FreeAreaSpec)
     text_ap: TextApData | None = None  # [text_ap]: 券面事項入力補助AP keys
     visual_ap: VisualApData | None = None  # [visual_ap]: 券面事項確認AP keys and images
 
@@ -179,13 +175,45 @@ def load_profile(name_or_path: str | Path) -> Profile:
 
 def parse_profile(data: bytes, *, path: Path, label: str) -> Profile:
     """Build a Profile from the bytes of a profile file; `label` prefixes error messages."""
-    try:
-        document = tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ProfileError(f"{label}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(f"{label}: invalid TOML: {exc}") from None
-    return _ProfileReader(label, document).read(path, hashlib.sha256(data).hexdigest())
+    root = document(data, label).table(_SECTIONS)
+    name, description, atr, variant = _profile_section(root["profile"])
+    holder = _holder(root["holder"])
+    card = root["card"].table(_CARD_FIELDS)
+    my_number = _my_number(card["my_number"])
+    expiry = card["expiry"].date()
+    if expiry <= holder.birth_date:
+        raise card["expiry"].fail("a date after holder.birth_date", str(expiry))
+    security_code = _digits(card["security_code"], 4)
+    resident_code = _digits(card["resident_code"], 11)
+    pins = _pins(root["pins"])
+    pins.update(derived_pins(my_number, holder.birth_date, expiry, security_code))
+    counters = _counters(root["counters"])
+    quirks = _quirks(root["quirks"])
+    with_sign = _certificates(root["certificates"])
+    keys = root["keys"].table(_KEY_FIELDS)
+    return Profile(
+        name=name,
+        path=path,
+        description=description,
+        atr=atr,
+        holder=holder,
+        my_number=my_number,
+        card_expiry=expiry,
+        security_code=security_code,
+        pins=pins,
+        counters=counters,
+        quirks=quirks,
+        jpki=_jpki(keys, with_sign),
+        fingerprint=hashlib.sha256(data).hexdigest(),
+        variant=variant,
+        resident_code=resident_code,
+        card_serial=_digits(card["serial_number"], 15),
+        municipality_code=_digits(card["municipality_code"], 5),
+        common_auth_key=read_rsa_key(keys["common_auth_key"]),
+        free_area=free_area_from(root["free_area"]),
+        text_ap=read_text_ap(root["text_ap"]),
+        visual_ap=read_visual_ap(root["visual_ap"]),
+    )
 
 
 def profile_as_json(profile: Profile) -> dict[str, object]:
@@ -261,9 +289,6 @@ def atr_problem(atr: bytes) -> str | None:
     return None
 
 
-_T = TypeVar("_T")
-_MISSING = object()
-_DIGITS = re.compile(r"[0-9]+")
 _SIGN_PIN = re.compile(r"[A-Z0-9]{6,16}")
 _SECTIONS = (
     "profile",
@@ -278,18 +303,24 @@ _SECTIONS = (
     "text_ap",
     "visual_ap",
 )
-_TYPE_NAMES: dict[type, str] = {
-    str: "a string",
-    bool: "true or false",
-    int: "an integer",
-    date: "a date (YYYY-MM-DD)",
-}
-
-
-@functools.lru_cache(maxsize=64)
-def _load_private_key(pem: str) -> PrivateKeyTypes:
-    """Load (and validate, ~40 ms per RSA key) a PEM key once per process."""
-    return load_pem_private_key(pem.encode(), password=None)
+_CARD_FIELDS = (
+    "my_number",
+    "expiry",
+    "security_code",
+    "resident_code",
+    "serial_number",
+    "municipality_code",
+)
+_KEY_FIELDS = (
+    "test_only",
+    "auth_key",
+    "auth_cert",
+    "auth_ca_cert",
+    "sign_key",
+    "sign_cert",
+    "sign_ca_cert",
+    "common_auth_key",
+)
 
 
 def _is_text(value: str) -> bool:
@@ -297,353 +328,173 @@ def _is_text(value: str) -> bool:
     return not any(unicodedata.category(char).startswith("C") for char in value)
 
 
-class _ProfileReader:
-    """Reads one parsed TOML document, raising ProfileError that names the field."""
+def _digits(field: Field, count: int) -> str:
+    return field.text(pattern=f"[0-9]{{{count}}}", expected=f"a string of {count} digits 0-9")
 
-    def __init__(self, label: str, document: dict[str, object]) -> None:
-        self.label = label
-        self.document = document
 
-    def fail(self, where: str, problem: str) -> ProfileError:
-        return ProfileError(f"{self.label}: {where}: {problem}")
+def _profile_section(field: Field) -> tuple[str, str, bytes, str]:
+    table = field.table(("name", "description", "atr", "variant"))
+    name = table["name"].text(
+        pattern=PROFILE_NAME, expected="a name of letters, digits, '.', '_' and '-'"
+    )
+    description = table["description"].text("")
+    variant = table["variant"].text("standard")
+    if not variant.strip():
+        raise table["variant"].fail("a non-blank string", repr(variant))
+    return name, description, _atr(table["atr"]), variant
 
-    def section(self, name: str, *, required: bool = True) -> dict[str, object]:
-        value = self.document.get(name, _MISSING)
-        if value is _MISSING:
-            if required:
-                raise self.fail(f"[{name}]", "missing section")
-            return {}
-        if not isinstance(value, dict):
-            raise self.fail(name, "must be a table ([" + name + "])")
-        return value
 
-    def take(
-        self,
-        table: dict[str, object],
-        section: str,
-        key: str,
-        kind: type[_T],
-        default: object = _MISSING,
-    ) -> _T:
-        where = f"{section}.{key}"
-        value = table.get(key, _MISSING)
-        if value is _MISSING:
-            if default is _MISSING:
-                raise self.fail(where, "missing")
-            return default  # type: ignore[return-value]
-        wrong_type = not isinstance(value, kind)
-        if kind is int and isinstance(value, bool):
-            wrong_type = True
-        if kind is date and isinstance(value, datetime):
-            wrong_type = True
-        if wrong_type:
-            raise self.fail(where, f"must be {_TYPE_NAMES[kind]}, got {value!r}")
-        return value  # type: ignore[return-value]
+def _atr(field: Field) -> bytes:
+    text = field.text("jpki")
+    if text.lower() in KNOWN_ATRS:
+        return KNOWN_ATRS[text.lower()]
+    try:
+        atr = bytes.fromhex(text)
+    except ValueError:
+        raise field.fail(f"hex bytes or one of {', '.join(KNOWN_ATRS)}", repr(text)) from None
+    problem = atr_problem(atr)
+    if problem:
+        raise field.fail(f"a well-formed ATR ({problem})")
+    return atr
 
-    def reject_unknown(
-        self, table: dict[str, object], section: str, known: tuple[str, ...]
-    ) -> None:
-        for key in table:
-            if key not in known:
-                raise self.fail(f"{section}.{key}", "unknown field")
 
-    def digits(self, table: dict[str, object], section: str, key: str, count: int) -> str:
-        value = self.take(table, section, key, str)
-        if len(value) != count or not _DIGITS.fullmatch(value):
-            raise self.fail(f"{section}.{key}", f"must be {count} digits 0-9, got {value!r}")
-        return value
-
-    def read(self, path: Path, fingerprint: str) -> Profile:
-        for name in self.document:
-            if name not in _SECTIONS:
-                raise self.fail(f"[{name}]", "unknown section")
-        name, description, atr, variant = self.read_profile_section()
-        holder = self.read_holder()
-        my_number, expiry, security_code, resident_code = self.read_card(holder)
-        pins = self.read_pins()
-        pins.update(derived_pins(my_number, holder.birth_date, expiry, security_code))
-        return Profile(
-            name=name,
-            path=path,
-            description=description,
-            atr=atr,
-            holder=holder,
-            my_number=my_number,
-            card_expiry=expiry,
-            security_code=security_code,
-            pins=pins,
-            counters=self.read_counters(),
-            quirks=self.read_quirks(),
-            jpki=self.read_keys(self.read_certificates()),
-            fingerprint=fingerprint,
-            variant=variant,
-            resident_code=resident_code,
-            card_serial=self.digits(self.section("card"), "card", "serial_number", 15),
-            municipality_code=self.digits(self.section("card"), "card", "municipality_code", 5),
-            common_auth_key=self.read_common_auth_key(),
-            free_area=read_free_area(self.document.get("free_area"), self.fail),
-            text_ap=self.national_ap(read_text_ap, "text_ap"),
-            visual_ap=self.national_ap(read_visual_ap, "visual_ap"),
+def _holder(field: Field) -> Holder:
+    table = field.table(("name", "address", "birth_date", "sex"))
+    name = table["name"].text()
+    family, _, given = name.partition("\u3000")
+    if not family or not given or not _is_text(name):
+        raise table["name"].fail("family name, U+3000 (　), given name", repr(name))
+    address = table["address"].text()
+    if not address or not _is_text(address) or len(address) > 200:
+        raise table["address"].fail("1 to 200 characters, no control characters")
+    ascii_digit = re.search(r"[0-9]", address)
+    if ascii_digit:
+        raise table["address"].fail(
+            "full-width digits (０-９) as on the card", repr(ascii_digit[0])
         )
-
-    def national_ap(self, read: Callable[[dict[str, object]], _T], name: str) -> _T:
-        """A [text_ap] / [visual_ap] section, read by mynacard.personalize.national."""
-        try:
-            return read(self.section(name))
-        except SectionError as exc:
-            raise self.fail(exc.where, exc.problem) from None
-
-    def read_profile_section(self) -> tuple[str, str, bytes, str]:
-        table = self.section("profile")
-        self.reject_unknown(table, "profile", ("name", "description", "atr", "variant"))
-        name = self.take(table, "profile", "name", str)
-        if not PROFILE_NAME.fullmatch(name):
-            raise self.fail("profile.name", f"use letters, digits, '.', '_' and '-', got {name!r}")
-        description = self.take(table, "profile", "description", str, "")
-        variant = self.take(table, "profile", "variant", str, "standard")
-        if not variant.strip():
-            raise self.fail("profile.variant", "must not be empty")
-        return (
-            name,
-            description,
-            self.parse_atr(self.take(table, "profile", "atr", str, "jpki")),
-            variant,
+    birth_date = table["birth_date"].date()
+    if not FIRST_ERA_DAY <= birth_date <= date.today():
+        raise table["birth_date"].fail(
+            f"a date from {FIRST_ERA_DAY} (明治 1) to today", str(birth_date)
         )
+    sex = table["sex"].text(pattern="[123]", expected='"1" (male), "2" (female) or "3" (unknown)')
+    return Holder(name=name, address=address, birth_date=birth_date, sex=sex)
 
-    def parse_atr(self, text: str) -> bytes:
-        if text.lower() in KNOWN_ATRS:
-            return KNOWN_ATRS[text.lower()]
+
+def _my_number(field: Field) -> str:
+    my_number = _digits(field, 12)
+    expected = my_number_check_digit(my_number[:11])
+    if int(my_number[11]) != expected:
+        raise field.fail(f"check digit {expected}", my_number[11])
+    return my_number
+
+
+def _pins(field: Field) -> dict[str, str]:
+    table = field.table()
+    for name in PIN_NAMES:
+        if name in table and name not in SET_PIN_NAMES:
+            raise table[name].fail("no value (it is derived from the card data)")
+    table = field.table(SET_PIN_NAMES)
+    return {
+        name: (
+            table[name].text(pattern=_SIGN_PIN, expected="a string of 6-16 characters A-Z 0-9")
+            if name == "sign"
+            else _digits(table[name], 4)
+        )
+        for name in SET_PIN_NAMES
+    }
+
+
+def _counters(field: Field) -> dict[str, int]:
+    table = field.table(PIN_NAMES, optional=True)
+    return {
+        name: table[name].integer(0, PIN_MAX_TRIES[name], PIN_MAX_TRIES[name]) for name in PIN_NAMES
+    }
+
+
+def _quirks(field: Field) -> Quirks:
+    table = field.table([quirk.name for quirk in dataclasses.fields(Quirks)], optional=True)
+    default = Quirks()
+
+    def hex_int(value: int) -> str:
+        return f"0x{value:02X}"
+
+    return Quirks(
+        blocked_sw=table["blocked_sw"].choice((0x6984, 0x6983), default.blocked_sw, spell=hex_int),
+        reselect_clears_state=table["reselect_clears_state"].boolean(default.reselect_clears_state),
+        verified_query_sw=(
+            table["verified_query_sw"].choice((0x9000,), spell=hex_int)
+            if "verified_query_sw" in table
+            else None
+        ),
+        filler=table["filler"].choice((0xFF, 0x00), default.filler, spell=hex_int),
+        extended_length=table["extended_length"].boolean(default.extended_length),
+        t0_chaining=table["t0_chaining"].boolean(default.t0_chaining),
+    )
+
+
+def _certificates(field: Field) -> bool:
+    """Whether the profile has a signature certificate."""
+    table = field.table(("sign", "auth"))
+    sign = table["sign"].boolean()
+    if not table["auth"].boolean(True):
+        raise table["auth"].fail("true (every card has an auth certificate)", "false")
+    return sign
+
+
+def _jpki(keys: Table, with_sign: bool) -> JpkiCredentials:
+    if not keys["test_only"].boolean():
+        raise keys["test_only"].fail("true (profiles hold test keys only)", "false")
+    auth_ca = _certificate(keys, "auth_ca_cert")
+    auth_cert = _certificate(keys, "auth_cert", issuer=("auth_ca_cert", auth_ca))
+    auth_key = _private_key(keys, "auth_key", ("auth_cert", auth_cert))
+    sign_ca = _certificate(keys, "sign_ca_cert")
+    sign_key = sign_cert = None
+    if with_sign:
+        sign_cert = _certificate(keys, "sign_cert", issuer=("sign_ca_cert", sign_ca))
+        sign_key = _private_key(keys, "sign_key", ("sign_cert", sign_cert))
+    else:
+        for key in ("sign_key", "sign_cert"):
+            if key in keys:
+                raise keys[key].fail("no value when certificates.sign = false")
+    return JpkiCredentials(
+        auth_key=auth_key,
+        auth_cert=auth_cert.public_bytes(Encoding.DER),
+        auth_ca_cert=auth_ca.public_bytes(Encoding.DER),
+        sign_key=sign_key,
+        sign_cert=None if sign_cert is None else sign_cert.public_bytes(Encoding.DER),
+        sign_ca_cert=sign_ca.public_bytes(Encoding.DER),
+    )
+
+
+def _certificate(
+    keys: Table, key: str, issuer: tuple[str, x509.Certificate] | None = None
+) -> x509.Certificate:
+    field = keys[key]
+    pem = field.text(expected="a PEM certificate")
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError as exc:
+        raise field.fail(f"a PEM certificate ({exc})") from None
+    size = len(cert.public_bytes(Encoding.DER))
+    if size > MAX_CERT_SIZE:
+        raise field.fail(
+            f"at most {MAX_CERT_SIZE} bytes of DER (the certificate EF)", f"{size} bytes"
+        )
+    if issuer is not None:
+        issuer_key, issuer_cert = issuer
         try:
-            atr = bytes.fromhex(text)
-        except ValueError:
-            names = ", ".join(KNOWN_ATRS)
-            raise self.fail(
-                "profile.atr", f"must be hex bytes or one of {names}, got {text!r}"
+            cert.verify_directly_issued_by(issuer_cert)
+        except (ValueError, TypeError, InvalidSignature) as exc:
+            raise field.fail(
+                f"a certificate issued by keys.{issuer_key} ({str(exc) or 'bad signature'})"
             ) from None
-        problem = atr_problem(atr)
-        if problem:
-            raise self.fail("profile.atr", problem)
-        return atr
+    return cert
 
-    def read_holder(self) -> Holder:
-        table = self.section("holder")
-        self.reject_unknown(table, "holder", ("name", "address", "birth_date", "sex"))
-        name = self.take(table, "holder", "name", str)
-        family, _, given = name.partition("\u3000")
-        if not family or not given or not _is_text(name):
-            raise self.fail(
-                "holder.name", f"must be family name, U+3000 (　), given name; got {name!r}"
-            )
-        address = self.take(table, "holder", "address", str)
-        if not address or not _is_text(address) or len(address) > 200:
-            raise self.fail("holder.address", "must be 1 to 200 characters, no control characters")
-        ascii_digits = re.search(r"[0-9]", address)
-        if ascii_digits:
-            raise self.fail(
-                "holder.address",
-                f"use full-width digits (０-９) as on the card, found {ascii_digits[0]!r}",
-            )
-        birth_date = self.take(table, "holder", "birth_date", date)
-        if birth_date < FIRST_ERA_DAY:
-            raise self.fail("holder.birth_date", f"must be on or after {FIRST_ERA_DAY} (明治 1)")
-        if birth_date > date.today():
-            raise self.fail("holder.birth_date", "is in the future")
-        sex = self.take(table, "holder", "sex", str)
-        if sex not in ("1", "2", "3"):
-            raise self.fail(
-                "holder.sex", f'must be "1" (male), "2" (female) or "3" (unknown), got {sex!r}'
-            )
-        return Holder(name=name, address=address, birth_date=birth_date, sex=sex)
 
-    def read_card(self, holder: Holder) -> tuple[str, date, str, str]:
-        table = self.section("card")
-        self.reject_unknown(
-            table,
-            "card",
-            (
-                "my_number",
-                "expiry",
-                "security_code",
-                "resident_code",
-                "serial_number",
-                "municipality_code",
-            ),
-        )
-        my_number = self.digits(table, "card", "my_number", 12)
-        expected = my_number_check_digit(my_number[:11])
-        if int(my_number[11]) != expected:
-            raise self.fail(
-                "card.my_number", f"check digit should be {expected}, got {my_number[11]}"
-            )
-        expiry = self.take(table, "card", "expiry", date)
-        if expiry <= holder.birth_date:
-            raise self.fail("card.expiry", "must be after holder.birth_date")
-        security_code = self.digits(table, "card", "security_code", 4)
-        resident_code = self.digits(table, "card", "resident_code", 11)
-        return my_number, expiry, security_code, resident_code
-
-    def read_pins(self) -> dict[str, str]:
-        table = self.section("pins")
-        for key in table:
-            if key in PIN_NAMES and key not in SET_PIN_NAMES:
-                raise self.fail(f"pins.{key}", "is derived from the card data; do not set it")
-        self.reject_unknown(table, "pins", SET_PIN_NAMES)
-        pins = {
-            name: self.digits(table, "pins", name, 4) for name in SET_PIN_NAMES if name != "sign"
-        }
-        sign = self.take(table, "pins", "sign", str)
-        if not _SIGN_PIN.fullmatch(sign):
-            raise self.fail("pins.sign", f"must be 6-16 characters A-Z 0-9, got {sign!r}")
-        pins["sign"] = sign
-        return {name: pins[name] for name in SET_PIN_NAMES}
-
-    def read_counters(self) -> dict[str, int]:
-        table = self.section("counters", required=False)
-        self.reject_unknown(table, "counters", PIN_NAMES)
-        counters = {}
-        for name in PIN_NAMES:
-            most = PIN_MAX_TRIES[name]
-            value = self.take(table, "counters", name, int, most)
-            if not 0 <= value <= most:
-                raise self.fail(f"counters.{name}", f"must be 0 (blocked) to {most}, got {value}")
-            counters[name] = value
-        return counters
-
-    def read_quirks(self) -> Quirks:
-        table = self.section("quirks", required=False)
-        defaults = Quirks()
-        self.reject_unknown(
-            table,
-            "quirks",
-            (
-                "blocked_sw",
-                "reselect_clears_state",
-                "verified_query_sw",
-                "filler",
-                "extended_length",
-                "t0_chaining",
-            ),
-        )
-
-        def one_of(key: str, allowed: tuple[int, ...], default: int) -> int:
-            value = self.take(table, "quirks", key, int, default)
-            if value not in allowed:
-                choices = " or ".join(f"0x{choice:02X}" for choice in allowed)
-                raise self.fail(f"quirks.{key}", f"must be {choices}, got 0x{value:02X}")
-            return value
-
-        verified_query_sw = None
-        if "verified_query_sw" in table:
-            verified_query_sw = one_of("verified_query_sw", (0x9000,), 0x9000)
-
-        def flag(key: str, default: bool) -> bool:
-            return self.take(table, "quirks", key, bool, default)
-
-        return Quirks(
-            blocked_sw=one_of("blocked_sw", (0x6984, 0x6983), defaults.blocked_sw),
-            reselect_clears_state=flag("reselect_clears_state", defaults.reselect_clears_state),
-            verified_query_sw=verified_query_sw,
-            filler=one_of("filler", (0xFF, 0x00), defaults.filler),
-            extended_length=flag("extended_length", defaults.extended_length),
-            t0_chaining=flag("t0_chaining", defaults.t0_chaining),
-        )
-
-    def read_certificates(self) -> bool:
-        """Whether the profile has a signature certificate."""
-        table = self.section("certificates")
-        self.reject_unknown(table, "certificates", ("sign", "auth"))
-        sign = self.take(table, "certificates", "sign", bool)
-        if not self.take(table, "certificates", "auth", bool, True):
-            raise self.fail(
-                "certificates.auth", "must be true (every card has an auth certificate)"
-            )
-        return sign
-
-    def read_keys(self, with_sign: bool) -> JpkiCredentials:
-        table = self.section("keys")
-        self.reject_unknown(
-            table,
-            "keys",
-            (
-                "test_only",
-                "auth_key",
-                "auth_cert",
-                "auth_ca_cert",
-                "sign_key",
-                "sign_cert",
-                "sign_ca_cert",
-                "common_auth_key",
-            ),
-        )
-        if self.take(table, "keys", "test_only", bool) is not True:
-            raise self.fail("keys.test_only", "must be true: profiles hold test keys only")
-        auth_ca = self.certificate(table, "auth_ca_cert")
-        auth_cert = self.certificate(table, "auth_cert", issuer=("auth_ca_cert", auth_ca))
-        auth_key = self.private_key(table, "auth_key", ("auth_cert", auth_cert))
-        sign_ca = self.certificate(table, "sign_ca_cert")
-        sign_key = sign_cert = None
-        if with_sign:
-            sign_cert = self.certificate(table, "sign_cert", issuer=("sign_ca_cert", sign_ca))
-            sign_key = self.private_key(table, "sign_key", ("sign_cert", sign_cert))
-        else:
-            for key in ("sign_key", "sign_cert"):
-                if key in table:
-                    raise self.fail(f"keys.{key}", "must be absent when certificates.sign = false")
-        return JpkiCredentials(
-            auth_key=auth_key,
-            auth_cert=auth_cert.public_bytes(Encoding.DER),
-            auth_ca_cert=auth_ca.public_bytes(Encoding.DER),
-            sign_key=sign_key,
-            sign_cert=None if sign_cert is None else sign_cert.public_bytes(Encoding.DER),
-            sign_ca_cert=sign_ca.public_bytes(Encoding.DER),
-        )
-
-    def read_common_auth_key(self) -> RSAPrivateKey:
-        """共通カードAP EF 0019: an RSA-2048 key whose public half is on no certificate."""
-        pem = self.take(self.section("keys"), "keys", "common_auth_key", str)
-        try:
-            key = _load_private_key(pem)
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            raise self.fail("keys.common_auth_key", f"not a PEM private key ({exc})") from None
-        if not isinstance(key, RSAPrivateKey) or key.key_size != 2048:
-            raise self.fail("keys.common_auth_key", "must be an RSA-2048 key")
-        return key
-
-    def certificate(
-        self, table: dict[str, object], key: str, issuer: tuple[str, x509.Certificate] | None = None
-    ) -> x509.Certificate:
-        where = f"keys.{key}"
-        pem = self.take(table, "keys", key, str)
-        try:
-            cert = x509.load_pem_x509_certificate(pem.encode())
-        except ValueError as exc:
-            raise self.fail(where, f"not a PEM certificate ({exc})") from None
-        if len(cert.public_bytes(Encoding.DER)) > MAX_CERT_SIZE:
-            raise self.fail(where, f"larger than the {MAX_CERT_SIZE}-byte certificate EF")
-        if issuer is not None:
-            issuer_key, issuer_cert = issuer
-            try:
-                cert.verify_directly_issued_by(issuer_cert)
-            except (ValueError, TypeError, InvalidSignature) as exc:
-                raise self.fail(
-                    where, f"not issued by keys.{issuer_key} ({str(exc) or 'bad signature'})"
-                ) from None
-        return cert
-
-    def private_key(
-        self, table: dict[str, object], key: str, cert: tuple[str, x509.Certificate]
-    ) -> RSAPrivateKey:
-        where = f"keys.{key}"
-        pem = self.take(table, "keys", key, str)
-        try:
-            private_key = _load_private_key(pem)
-        except TypeError:
-            raise self.fail(where, "encrypted private keys are not supported") from None
-        except (ValueError, UnsupportedAlgorithm) as exc:
-            raise self.fail(where, f"not a PEM private key ({exc})") from None
-        if not isinstance(private_key, RSAPrivateKey) or private_key.key_size != 2048:
-            raise self.fail(where, "must be an RSA-2048 key")
-        cert_name, certificate = cert
-        if certificate.public_key() != private_key.public_key():
-            raise self.fail(where, f"does not match keys.{cert_name}")
-        return private_key
+def _private_key(keys: Table, key: str, cert: tuple[str, x509.Certificate]) -> RSAPrivateKey:
+    private_key = read_rsa_key(keys[key])
+    cert_name, certificate = cert
+    if certificate.public_key() != private_key.public_key():
+        raise keys[key].fail(f"the private key of keys.{cert_name}")
+    return private_key

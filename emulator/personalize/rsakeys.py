@@ -1,11 +1,17 @@
-"""RSA-2048 test keys: reproducible from a seed, or fresh from the OS."""
+"""RSA-2048 test keys: reproducible from a seed, or fresh from the OS; read from profiles."""
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from mynacard.personalize.fields import Field
 
 PUBLIC_EXPONENT = 65537
 KEY_BITS = 2048
@@ -72,3 +78,22 @@ def new_rsa_key(seed: str | None) -> rsa.RSAPrivateKey:
     if seed is None:
         return rsa.generate_private_key(public_exponent=PUBLIC_EXPONENT, key_size=KEY_BITS)
     return deterministic_rsa_key(random.Random(seed))
+
+
+def read_rsa_key(field: Field) -> rsa.RSAPrivateKey:
+    """An unencrypted RSA-2048 private key in PEM."""
+    expected = "an unencrypted RSA-2048 PEM private key"
+    pem = field.text(expected=expected)
+    try:
+        key = _load_pem(pem)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise field.fail(f"{expected} ({exc})") from None
+    if not isinstance(key, rsa.RSAPrivateKey) or key.key_size != KEY_BITS:
+        raise field.fail(expected)
+    return key
+
+
+@functools.lru_cache(maxsize=256)
+def _load_pem(pem: str) -> PrivateKeyTypes:
+    """Load (and validate, ~40 ms for RSA-2048) a PEM key once per process."""
+    return load_pem_private_key(pem.encode(), password=None)
