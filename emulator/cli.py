@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from .faults import FaultPlanError, read_plan, stack_faults
+from .faults import read_plan, stack_faults
 from .layers import ApduLog
 from .trace import Trace
 from .vpcd import VPCD_HOST, VpcdClient, configured_readers, reader_name, reader_port
@@ -71,7 +71,7 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from . import open_card
-    from .personalize.profile import load_profile
+    from .personalize.profile import load_profile, with_quirks
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
@@ -88,7 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Until the client takes over, a signal just ends the process (nothing to close yet).
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _exit_on_signal)
-    profile = load_profile(args.profile)
+    profile = with_quirks(load_profile(args.profile), args.quirk)
     state_dir = Path(args.state) if args.state else default_state_dir(profile.name)
     trace_file = _open_trace(args.trace) if args.trace else None
     name = reader_name(port)
@@ -305,6 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     target.add_argument("--vpcd", metavar="HOST:PORT", help="vpcd address instead of --reader")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every APDU in hex")
+    serve.add_argument(
+        "--quirk",
+        type=_assignment,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change a quirk switch of the profile, e.g. blocked_sw=0x6983 (repeatable)",
+    )
     serve.add_argument("--fault", metavar="FILE", help="a fault plan (TOML): see docs/faults.md")
     serve.add_argument("--trace", metavar="FILE", help="write every exchange to FILE")
     serve.add_argument(
@@ -415,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `mynacard profile show default | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_USAGE
-    except (UserError, ProfileError, StateError, FaultPlanError) as err:
+    except (UserError, ProfileError, StateError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as err:

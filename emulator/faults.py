@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import random
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .layers import CardInterface, Layer, T0Chaining
+from .personalize.fields import ProfileError, Table, document
 
 KINDS = (
     "delay",
@@ -52,10 +52,6 @@ class CardRemoved(Exception):
     def __init__(self, away: float = 1.0) -> None:
         super().__init__(f"card removed for {away} s")
         self.away = away
-
-
-class FaultPlanError(ValueError):
-    """A fault plan that cannot be used; the message names the file and the field."""
 
 
 @dataclass(frozen=True)
@@ -174,47 +170,36 @@ def stack_faults(
 
 
 def read_plan(path: Path) -> tuple[list[Fault], int]:
-    """The faults and the seed of a fault plan file; FaultPlanError naming the field."""
+    """The faults and the seed of a fault plan file; ProfileError (FieldError) naming the
+    file and the field."""
     try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
     except OSError as error:
-        raise FaultPlanError(f"{path}: cannot read: {error.strerror or error}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise FaultPlanError(f"{path}: not a TOML fault plan ({error})") from None
-    seed = document.pop("seed", 0)
-    entries = document.pop("fault", [])
-    if document:
-        raise FaultPlanError(f"{path}: {sorted(document)[0]}: unknown field (seed, [[fault]])")
-    if not isinstance(seed, int) or not isinstance(entries, list):
-        raise FaultPlanError(f"{path}: seed must be an integer and [[fault]] tables")
-    return [_fault(path, n, entry) for n, entry in enumerate(entries)], seed
+        raise ProfileError(f"{path}: cannot read: {error.strerror or error}") from None
+    plan = document(data, str(path)).table(("seed", "fault"))
+    faults = [_fault(entry) for entry in plan["fault"].tables(_FIELDS)]
+    return faults, plan["seed"].integer(0, 2**63, 0)
 
 
-def _fault(path: Path, n: int, entry: object) -> Fault:
-    where = f"{path}: fault[{n}]"
-    if not isinstance(entry, dict):
-        raise FaultPlanError(f"{where}: expected a table")
-    known = {"kind", "ins", "every", "after", "probability", "ms", "atr"}
-    unknown = sorted(set(entry) - known)
-    if unknown:
-        raise FaultPlanError(f"{where}.{unknown[0]}: unknown field ({', '.join(sorted(known))})")
-    kind = entry.get("kind")
-    if kind not in KINDS:
-        raise FaultPlanError(f"{where}.kind: expected one of {', '.join(KINDS)}, got {kind!r}")
-    try:
-        ins = frozenset(int(str(code), 16) for code in entry.get("ins", []))
-        atr = bytes.fromhex(str(entry.get("atr", "")))
-    except ValueError as error:
-        raise FaultPlanError(f"{where}: expected hex ({error})") from None
-    numbers = {key: entry.get(key, default) for key, default in (("every", 1), ("after", 0))}
-    numbers["ms"] = entry.get("ms", 0)
-    for key, value in numbers.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < (key == "every"):
-            raise FaultPlanError(f"{where}.{key}: expected a whole number, got {value!r}")
-    probability = entry.get("probability", 1.0)
-    if not isinstance(probability, int | float) or not 0 <= probability <= 1:
-        raise FaultPlanError(f"{where}.probability: expected 0 to 1, got {probability!r}")
-    if kind == "atr" and not atr:
-        raise FaultPlanError(f"{where}.atr: the ATR to present (hex)")
-    return Fault(kind, ins, numbers["every"], numbers["after"], float(probability),
-                 numbers["ms"], atr)  # fmt: skip
+_FIELDS = ("kind", "ins", "every", "after", "probability", "ms", "atr")
+
+
+def _fault(entry: Table) -> Fault:
+    kind = entry["kind"].choice(KINDS)
+    probability = entry["probability"].value
+    if probability is None:
+        probability = 1.0
+    if not isinstance(probability, int | float) or isinstance(probability, bool):
+        raise entry["probability"].fail("a number 0 to 1", repr(probability))
+    if not 0 <= probability <= 1:
+        raise entry["probability"].fail("a number 0 to 1", repr(probability))
+    atr = entry["atr"].hex(2, 33) if kind == "atr" else b""
+    return Fault(
+        kind=kind,
+        ins=frozenset(item.hex(1, 1)[0] for item in entry["ins"].items(default=[])),
+        every=entry["every"].integer(1, 2**31, 1),
+        after=entry["after"].integer(0, 2**31, 0),
+        probability=float(probability),
+        ms=entry["ms"].integer(0, 600_000, 0),
+        atr=atr,
+    )

@@ -365,3 +365,30 @@ def test_internal_errors_exit_3_with_a_traceback() -> None:
     )
     assert result.returncode == 3
     assert "Traceback" in result.stderr and "internal error" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("quirk", "words"),
+    [
+        ("nope=1", ["--quirk: nope: expected one of the fields blocked_sw, reselect_clears_state"]),
+        ("blocked_sw=0x6A82", ["--quirk: blocked_sw: expected 0x6984 or 0x6983, got 0x6A82"]),
+        ("t0_chaining=maybe", ["--quirk: t0_chaining: expected true or false, got 'maybe'"]),
+        ("filler", ["expected NAME=VALUE"]),
+    ],
+)
+def test_bad_quirk_is_one_line(tmp_path: Path, quirk: str, words: list[str]) -> None:
+    result = mynacard("serve", "--quirk", quirk, "--state", tmp_path / "s")
+    assert result.returncode == 2 and all(word in result.stderr for word in words), result
+
+
+def test_quirks_at_run_time_change_the_card() -> None:
+    from mynacard.personalize.profile import load_profile, with_quirks
+
+    profile = with_quirks(
+        load_profile("default"),
+        [("blocked_sw", "0x6983"), ("t0_chaining", "true"), ("verified_query_sw", "0x9000")],
+    )
+    quirks = profile.quirks
+    assert quirks.blocked_sw == 0x6983 and quirks.t0_chaining
+    assert quirks.verified_query_sw == 0x9000
+    assert with_quirks(profile, [("verified_query_sw", "none")]).quirks.verified_query_sw is None

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from mynacard import open_card
-from mynacard.faults import CardRemoved, Fault, FaultPlanError, read_plan, stack_faults
+from mynacard.faults import CardRemoved, Fault, read_plan, stack_faults
 from mynacard.layers import CardInterface
+from mynacard.personalize.fields import ProfileError
 
 SELECT_JPKI = bytes.fromhex("00A4040C0AD392F000260100000001")
 SELECT_TOKEN = bytes.fromhex("00A4020C020006")
@@ -111,18 +112,18 @@ def test_plan_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[[fault]]\nkind = "melt"\n', "fault[0].kind: expected one of delay"),
-        ('[[fault]]\nkind = "delay"\nevery = 0\n', "fault[0].every: expected a whole number"),
-        ('[[fault]]\nkind = "delay"\nins = ["ZZ"]\n', "fault[0]: expected hex"),
-        ('[[fault]]\nkind = "delay"\nspeed = 1\n', "fault[0].speed: unknown field"),
-        ('[[fault]]\nkind = "atr"\n', "fault[0].atr: the ATR to present"),
-        ("seed = 1\nfaults = 2\n", "faults: unknown field"),
-        ('[[fault]]\nkind = "delay"\nprobability = 2\n', "probability: expected 0 to 1"),
-        ("seed = ", "not a TOML fault plan"),
+        ('[[fault]]\nkind = "melt"\n', "fault[0].kind: expected 'delay', 'wrong-le'"),
+        ('[[fault]]\nkind = "delay"\nevery = 0\n', "fault[0].every: expected an integer 1 to"),
+        ('[[fault]]\nkind = "delay"\nins = ["ZZ"]\n', "fault[0].ins[0]: expected 1 byte in hex"),
+        ('[[fault]]\nkind = "delay"\nspeed = 1\n', "fault[0].speed: expected one of the fields"),
+        ('[[fault]]\nkind = "atr"\n', "fault[0].atr: expected 2 to 33 bytes in hex, got nothing"),
+        ("seed = 1\nfaults = 2\n", "faults: expected one of the fields seed, fault"),
+        ('[[fault]]\nkind = "delay"\nprobability = 2\n', "probability: expected a number 0 to 1"),
+        ("seed = ", "TOML"),
     ],
 )
 def test_bad_plans_name_the_field(tmp_path: Path, text: str, message: str) -> None:
     plan = tmp_path / "plan.toml"
     plan.write_text(text)
-    with pytest.raises(FaultPlanError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ProfileError, match=message.replace("[", r"\[").replace("]", r"\]")):
         read_plan(plan)

@@ -89,4 +89,4 @@ def test_bad_plan_is_one_line(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert "fault[0].kind: expected one of" in result.stderr
+    assert "fault[0].kind: expected 'delay', 'wrong-le'" in result.stderr

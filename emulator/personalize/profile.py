@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import tomllib
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from importlib import resources
@@ -188,7 +190,7 @@ def parse_profile(data: bytes, *, path: Path, label: str) -> Profile:
     pins = _pins(root["pins"])
     pins.update(derived_pins(my_number, holder.birth_date, expiry, security_code))
     counters = _counters(root["counters"])
-    quirks = _quirks(root["quirks"])
+    quirks = read_quirks(root["quirks"])
     with_sign = _certificates(root["certificates"])
     keys = root["keys"].table(_KEY_FIELDS)
     return Profile(
@@ -405,6 +407,21 @@ def _pins(field: Field) -> dict[str, str]:
     }
 
 
+def with_quirks(profile: Profile, assignments: Sequence[tuple[str, str]]) -> Profile:
+    """`profile` with quirks changed by NAME=VALUE pairs (VALUE as in TOML: 0x6983, true),
+    checked as the profile's own [quirks] are; FieldError names the bad one."""
+    table = {k: v for k, v in dataclasses.asdict(profile.quirks).items() if v is not None}
+    for name, text in assignments:
+        try:
+            table[name] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            table[name] = text
+    if any(name == "verified_query_sw" and text == "none" for name, text in assignments):
+        del table["verified_query_sw"]
+    quirks = read_quirks(Field(table, "--quirk", ""))
+    return dataclasses.replace(profile, quirks=quirks)
+
+
 def _counters(field: Field) -> dict[str, int]:
     table = field.table(PIN_NAMES, optional=True)
     return {
@@ -412,7 +429,8 @@ def _counters(field: Field) -> dict[str, int]:
     }
 
 
-def _quirks(field: Field) -> Quirks:
+def read_quirks(field: Field) -> Quirks:
+    """The [quirks] table (absent: the defaults); also `serve --quirk NAME=VALUE`."""
     table = field.table([quirk.name for quirk in dataclasses.fields(Quirks)], optional=True)
     default = Quirks()
 
