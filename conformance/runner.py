@@ -448,7 +448,8 @@ def run_bench(bench: Bench, config: RunConfig) -> RunResult:
 
 
 def _explore(bench: Bench, config: RunConfig, progress: Progress | None) -> list[Deviation]:
-    """The survey, then the state machine; the deviations found (not yet minimized)."""
+    """The survey, then the state machine (its time is the run's `elapsed`); the deviations
+    found, not yet minimized."""
     try:
         bench.survey()
     except Deviation as deviation:
@@ -456,6 +457,7 @@ def _explore(bench: Bench, config: RunConfig, progress: Progress | None) -> list
     assert config.seed is not None
     machine = seed(config.seed)(build_machine(bench))
     bench.on_example = progress
+    started = time.perf_counter()
     try:
         run_state_machine_as_test(machine, settings=hypothesis_settings(config))
     except (Deviation, Flaky, BaseExceptionGroup) as error:
@@ -468,6 +470,7 @@ def _explore(bench: Bench, config: RunConfig, progress: Progress | None) -> list
             raise
         return found
     finally:
+        bench.stats.elapsed = time.perf_counter() - started
         bench.on_example = None
     return []
 
@@ -482,12 +485,10 @@ def _run_bench(bench: Bench, config: RunConfig, recorder: Recorder | None) -> Ru
     finished = False
     try:
         with hypothesis_home(), interrupt:
-            clock = time.perf_counter()
             try:
                 found = _explore(bench, config, progress)
                 finished = not found
             finally:
-                bench.stats.elapsed = time.perf_counter() - clock
                 if progress is not None:
                     progress.close(finished)
             # Cutting failures down replays them: that is not part of the run's figures.
