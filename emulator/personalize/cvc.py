@@ -187,12 +187,22 @@ def sha256_digest_info(digest: bytes) -> bytes:
 def sign_digest_info(key: rsa.RSAPrivateKey, digest_info: bytes) -> bytes:
     """PKCS#1 v1.5 type-1 signature of `digest_info` exactly as given (no hashing)."""
     numbers = key.private_numbers()
-    size = (numbers.public_numbers.n.bit_length() + 7) // 8
+    crt = (numbers.p, numbers.q, numbers.dmp1, numbers.dmq1, numbers.iqmp)
+    return _sign_block(numbers.public_numbers.n, crt, digest_info)
+
+
+@functools.lru_cache(maxsize=64)
+def _sign_block(n: int, crt: tuple[int, int, int, int, int], digest_info: bytes) -> bytes:
+    """The private operation on the padded block, with the CRT; deterministic, so kept (a
+    card opened again from the same profile signs its card face once)."""
+    size = (n.bit_length() + 7) // 8
     if len(digest_info) > size - 11:
         raise ValueError("too long for PKCS#1 v1.5 padding")
     block = b"\x00\x01" + b"\xff" * (size - 3 - len(digest_info)) + b"\x00" + digest_info
-    signature = pow(int.from_bytes(block, "big"), numbers.d, numbers.public_numbers.n)
-    return signature.to_bytes(size, "big")
+    p, q, dp, dq, qinv = crt
+    m = int.from_bytes(block, "big")
+    m1, m2 = pow(m, dp, p), pow(m, dq, q)
+    return (m2 + q * ((qinv * (m1 - m2)) % p)).to_bytes(size, "big")
 
 
 def opaque_bytes(label: str, key: rsa.RSAPublicKey, size: int) -> bytes:
