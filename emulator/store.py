@@ -121,6 +121,29 @@ class PinStatus:
         return self.remaining == 0
 
 
+def check_private(state_dir: Path) -> None:
+    """StateError unless the state directory and its files belong to this user and no one
+    else may read or write them (they hold the PIN values)."""
+    uid = os.getuid()
+    for path in [state_dir, *sorted(state_dir.glob("card.*"))]:
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            raise StateError(f"{path}: {error.strerror or error}") from None
+        wanted = 0o700 if path == state_dir else 0o600
+        if info.st_uid != uid:
+            raise StateError(
+                f"{path} belongs to another user (uid {info.st_uid}); use a --state of your own"
+            )
+        if info.st_mode & 0o077:
+            raise StateError(
+                f"{path} can be read or written by others (mode {info.st_mode & 0o777:04o}); "
+                f"it holds PIN values: chmod {wanted:o} {path}"
+            )
+
+
 def _lock(state_dir: Path) -> int:
     fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -147,7 +170,12 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def _connect(db_path: Path) -> sqlite3.Connection:
-    """The card state database; StateError if `db_path` is not one (e.g. a damaged file)."""
+    """The card state database; StateError if `db_path` is not one (e.g. a damaged file).
+    A new one is created 0600 (sqlite gives its -wal and -shm files the same mode)."""
+    try:
+        os.close(os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600))
+    except OSError as error:
+        raise StateError(f"{db_path}: {error.strerror or error}") from None
     try:
         conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
         try:
@@ -258,6 +286,7 @@ class CardStore:
         except OSError as error:
             reason = "it is a file" if state_dir.is_file() else (error.strerror or str(error))
             raise StateError(f"cannot use {state_dir} as a state directory: {reason}") from None
+        check_private(state_dir)
         lock_fd = _lock(state_dir)
         try:
             conn = _connect(state_dir / DB_NAME)
@@ -318,6 +347,7 @@ class CardStore:
 
 
 def _existing_db(state_dir: Path) -> Path:
+    check_private(state_dir)
     db_path = state_dir / DB_NAME
     if not db_path.is_file():
         raise StateError(f"no card state in {state_dir} (it is made by the first `mynacard serve`)")
