@@ -15,8 +15,9 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
+import pytest
 from pcsc import CardServer, ScardConnection, wait_for_card
 
 from mynacard import open_card
@@ -31,6 +32,9 @@ SELECT_EF = "00A4020C02"  # + the 2-byte FID in hex: SELECT EF under the current
 
 class Transmits(Protocol):
     def transmit(self, capdu: bytes, /) -> bytes: ...
+
+
+Link = TypeVar("Link")
 
 
 # -- APDUs -------------------------------------------------------------------------------------
@@ -86,6 +90,16 @@ def read_ef(send: Send, fid: int) -> bytes:
         data += ok(response)
 
 
+class InTheApplication:
+    """Base of a test class whose tests start with `aid` selected on the `card`."""
+
+    aid: bytes
+
+    @pytest.fixture(autouse=True)
+    def in_the_application(self, card: TestedCard[object]) -> None:
+        select(card.transmit, self.aid)
+
+
 # -- which card --------------------------------------------------------------------------------
 
 
@@ -123,7 +137,7 @@ class CardProfile:
         return written
 
 
-class TestedCard:
+class TestedCard(Generic[Link]):
     """The card a test talks to: the same methods on every backend.
 
     `transmit` one APDU; `reset` (warm reset) and `power_cycle` (power off, then on) return
@@ -138,10 +152,15 @@ class TestedCard:
         self.source = source
         self.profile = profile
         self.state_dir = state_dir
+        self._link: Link | None = None  # the open card, or the connection to it
 
     @property
     def is_open(self) -> bool:
-        raise NotImplementedError
+        return self._link is not None
+
+    def _live(self) -> Link:
+        assert self._link is not None, "the card is closed"
+        return self._link
 
     @property
     def atr(self) -> bytes:
@@ -170,35 +189,23 @@ class TestedCard:
         return f"<{self.backend} card {self.source}>"
 
 
-class InProcessCard(TestedCard):
+class InProcessCard(TestedCard[CardInterface]):
     """``mynacard.open_card(profile, state_dir)`` in this process (the profile loaded from
     `source`, as the server would load it)."""
 
     backend = "inproc"
-
-    def __init__(self, source: str | Path, profile: Profile, state_dir: Path) -> None:
-        super().__init__(source, profile, state_dir)
-        self._card: CardInterface | None = None
-
-    @property
-    def is_open(self) -> bool:
-        return self._card is not None
-
-    def _live(self) -> CardInterface:
-        assert self._card is not None, "the card is closed"
-        return self._card
 
     @property
     def atr(self) -> bytes:
         return bytes(self._live().atr)
 
     def open(self) -> None:
-        assert self._card is None, "the card is open"
-        self._card = open_card(self.profile, self.state_dir)
+        assert self._link is None, "the card is open"
+        self._link = open_card(self.profile, self.state_dir)
 
     def close(self) -> None:
-        if self._card is not None:
-            card, self._card = self._card, None
+        if self._link is not None:
+            card, self._link = self._link, None
             card.close()
 
     def transmit(self, capdu: bytes) -> bytes:
@@ -213,7 +220,7 @@ class InProcessCard(TestedCard):
         return bytes(card.power_on())
 
 
-class PcscCard(TestedCard):
+class PcscCard(TestedCard[ScardConnection]):
     """``mynacard serve`` on vpcd reader `reader`, reached through pcscd with `smartcard.scard`:
     reset and power cycle are SCardReconnect with SCARD_RESET_CARD and SCARD_UNPOWER_CARD."""
 
@@ -226,32 +233,23 @@ class PcscCard(TestedCard):
         self.reader = reader
         self._server = CardServer(source, state_dir, reader)
         self.reader_name = self._server.name
-        self._connection: ScardConnection | None = None
-
-    @property
-    def is_open(self) -> bool:
-        return self._connection is not None
-
-    def _live(self) -> ScardConnection:
-        assert self._connection is not None, "the card is closed"
-        return self._connection
 
     @property
     def atr(self) -> bytes:
         return self._live().atr()
 
     def open(self) -> None:
-        assert self._connection is None, "the card is open"
+        assert self._link is None, "the card is open"
         self._server.start()
         try:
-            self._connection = ScardConnection(self.reader_name)
+            self._link = ScardConnection(self.reader_name)
         except BaseException:
             self._server.stop(check=False)
             raise
 
     def _disconnect(self) -> None:
-        if self._connection is not None:
-            connection, self._connection = self._connection, None
+        if self._link is not None:
+            connection, self._link = self._link, None
             connection.close()
 
     def close(self, *, wait_gone: bool = True) -> None:

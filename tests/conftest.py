@@ -130,7 +130,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A `backends` mark on one parameter (pytest.param(..., marks=...)) drops that case on
-    the other backends."""
+    the other backends; so does --backend for a test marked for the other backend only (its
+    empty parameter set would otherwise show as a skip)."""
     kept, dropped = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)

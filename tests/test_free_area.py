@@ -19,7 +19,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cardtest import CardProfile, PcscCard, TestedCard, apdu, ok, select, select_ef, sw, tx
+from cardtest import (
+    CardProfile,
+    InTheApplication,
+    PcscCard,
+    TestedCard,
+    apdu,
+    ok,
+    select,
+    select_ef,
+    sw,
+    tx,
+)
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
@@ -89,17 +100,6 @@ def snapshot(state_dir: Path) -> dict[str, list[tuple[object, ...]]]:
         return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall()) for t in tables}
     finally:
         conn.close()
-
-
-def mynacard(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mynacard", *map(str, args)],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        cwd=REPO_ROOT,
-        timeout=60,
-    )
 
 
 # -- the example profiles ----------------------------------------------------------------------
@@ -340,12 +340,10 @@ def test_every_shipped_free_area_application_takes_its_size(tmp_path: Path) -> N
 
 
 @pytest.mark.card_profile(BENCH)
-class TestBenchApplication:
+class TestBenchApplication(InTheApplication):
     """The test application of TEST_AREA, selected: one EF of each kind, every access rule."""
 
-    @pytest.fixture(autouse=True)
-    def in_the_app(self, card: TestedCard) -> None:
-        select(card.transmit, TEST_AID)
+    aid = TEST_AID
 
     def test_external_authenticate(self, card: TestedCard) -> None:
         challenge = bytes.fromhex(tx(card, "0084000008")[:-4])
@@ -566,6 +564,17 @@ def test_profile_with_a_bad_free_area_is_refused(tmp_path: Path) -> None:
 
 
 # -- the CLI: install, list, remove --------------------------------------------------------------
+
+
+def mynacard(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mynacard", *map(str, args)],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
 
 
 STAMP_CARD = """\

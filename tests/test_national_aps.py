@@ -8,7 +8,7 @@ import hashlib
 
 import pytest
 from ber import fields, read_tlv, rsa_public_key
-from cardtest import CardProfile, TestedCard, read_ef, select, select_ef, sw, tx
+from cardtest import CardProfile, InTheApplication, TestedCard, read_ef, select, select_ef, sw, tx
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import rsa
 from national_checks import (
@@ -129,10 +129,8 @@ def test_set_session_key_is_refused_as_measured(card: TestedCard) -> None:
 # -- the text AP --------------------------------------------------------------------------------
 
 
-class TestTextAp:
-    @pytest.fixture(autouse=True)
-    def in_the_ap(self, card: TestedCard) -> None:
-        select(card.transmit, TEXT_AID)
+class TestTextAp(InTheApplication):
+    aid = TEXT_AID
 
     def test_everything_reads_and_verifies(self, card: TestedCard) -> None:
         """The whole AP as a relying party reads it (national_checks.read_text_ap)."""
@@ -377,10 +375,8 @@ class TestTextAp:
 # -- the visual AP ------------------------------------------------------------------------------
 
 
-class TestVisualAp:
-    @pytest.fixture(autouse=True)
-    def in_the_ap(self, card: TestedCard) -> None:
-        select(card.transmit, VISUAL_AID)
+class TestVisualAp(InTheApplication):
+    aid = VISUAL_AID
 
     def test_reads_and_verifies_everything(self, card: TestedCard) -> None:
         """Every record as a relying party reads it: each signed by the certified key, each
