@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from cardtest import Send, apdu, ok, read_ef, select, sw
 from cryptography.hazmat.primitives import cmac, hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.algorithms import AES
-from juki_common_checks import Send, apdu, ok, parse_simple_tlv, select, select_ef, sw
+from juki_common_checks import parse_simple_tlv
 
 from mynacard.personalize.free_area import FreeAppSpec
 from mynacard.personalize.profile import Profile
@@ -80,17 +81,6 @@ TAXI_AID = bytes.fromhex("F0544158490001")
 ENTRY_AID = bytes.fromhex("F0454E5452590001")
 
 
-def read_binary_all(send: Send, fid: int) -> bytes:
-    """SELECT an EF and read it in 256-byte chunks until 6B00."""
-    ok(select_ef(send, fid))
-    data = b""
-    while True:
-        response = send(b"\x00\xb0" + len(data).to_bytes(2, "big") + b"\x00")
-        if sw(response) == "6B00":
-            return data
-        data += ok(response)
-
-
 def read_records(send: Send, sfi: int) -> list[bytes]:
     """Every record of the EF with this SFI, READ RECORD 1, 2, … until 6A83."""
     records = []
@@ -132,7 +122,7 @@ class Ride:
 
 def taxi_ride(send: Send, meter_key: bytes, fare: int, when: str) -> Ride:
     """A taxi meter: SELECT, authenticate with key 1, take one ticket, log the ride."""
-    ok(select(send, TAXI_AID))
+    select(send, TAXI_AID)
     assert external_authenticate(send, 1, meter_key) == "9000"
     left = int.from_bytes(ok(counter_step(send, 0x30, 1)), "big")
     entry = when.encode("ascii") + fare.to_bytes(4, "big")  # YYYYMMDDhhmm + fare in yen
@@ -142,27 +132,27 @@ def taxi_ride(send: Send, meter_key: bytes, fare: int, when: str) -> Ride:
 
 def taxi_grant(send: Send) -> dict[int, bytes]:
     """The taxi application's EF 0001 (free): 01 municipality, 02 grant, 03 valid until."""
-    ok(select(send, TAXI_AID))
-    return dict(parse_simple_tlv(read_binary_all(send, 0x0001).rstrip(b"\xff")))
+    select(send, TAXI_AID)
+    return dict(parse_simple_tlv(read_ef(send, 0x0001).rstrip(b"\xff")))
 
 
 def library_patron(send: Send) -> dict[int, bytes]:
     """A library gate: SELECT and read EF 0001 with no PIN (01 municipality, 02 patron)."""
-    ok(select(send, LIBRARY_AID))
-    return dict(parse_simple_tlv(read_binary_all(send, 0x0001).rstrip(b"\xff")))
+    select(send, LIBRARY_AID)
+    return dict(parse_simple_tlv(read_ef(send, 0x0001).rstrip(b"\xff")))
 
 
 def library_log_visit(send: Send, key: bytes, entry: bytes) -> str:
     """The library terminal authenticates with key 1 and appends a visit record to EF 0002."""
-    ok(select(send, LIBRARY_AID))
+    select(send, LIBRARY_AID)
     assert external_authenticate(send, 1, key) == "9000"
     return sw(send(apdu("00E20010", entry)))
 
 
 def enter_building(send: Send, public_key: rsa.RSAPublicKey) -> dict[int, bytes]:
     """A gate: read the employee record, then challenge key EF 0002 (SFI 2, P2 82)."""
-    ok(select(send, ENTRY_AID))
-    employee = dict(parse_simple_tlv(read_binary_all(send, 0x0001).rstrip(b"\xff")))
+    select(send, ENTRY_AID)
+    employee = dict(parse_simple_tlv(read_ef(send, 0x0001).rstrip(b"\xff")))
     challenge = os.urandom(16)
     signature = ok(send(apdu("00880082", challenge, 0)))
     public_key.verify(signature, challenge, padding.PKCS1v15(), hashes.SHA256())

@@ -1,52 +1,22 @@
 """Client-side checks of the 住基AP and the 共通カードAP, written from docs/card-spec.md §6 and §7.
 
-Each function takes `send` (C-APDU bytes -> R-APDU bytes: `Card.transmit`, or pyscard through
-pcscd) and reads, parses and verifies as a relying party would.
+Each function takes `send` (C-APDU bytes -> R-APDU bytes: the transmit of a card in process or
+through pcscd) and reads, parses and verifies as a relying party would.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 
+from cardtest import Send, apdu, ok, select, select_ef, sw
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-
-Send = Callable[[bytes], bytes]
 
 JUKI_AID = bytes.fromhex("D3921000310001010401")
 COMMON_AID = bytes.fromhex("D3921000310001010100")
 PIN_EF = 0x001C
-
-
-def sw(response: bytes) -> str:
-    return response[-2:].hex().upper()
-
-
-def ok(response: bytes) -> bytes:
-    """The data of a 9000 response; AssertionError naming the SW otherwise."""
-    assert response[-2:] == b"\x90\x00", f"SW {sw(response)}"
-    return response[:-2]
-
-
-def apdu(header: str, data: bytes = b"", le: int | None = None) -> bytes:
-    """A short APDU from a hex header (CLA INS P1 P2), data and Le."""
-    raw = bytes.fromhex(header)
-    if data:
-        raw += bytes((len(data),)) + data
-    if le is not None:
-        raw += bytes((le & 0xFF,))
-    return raw
-
-
-def select(send: Send, aid: bytes) -> bytes:
-    return send(apdu("00A4040C", aid))
-
-
-def select_ef(send: Send, fid: int) -> bytes:
-    return send(apdu("00A4020C", fid.to_bytes(2, "big")))
 
 
 def read_record(send: Send, number: int, sfi: int | None = None) -> bytes:
@@ -95,13 +65,13 @@ def parse_card_info(record: bytes) -> CardInfo:
 
 def read_card_info(send: Send) -> CardInfo:
     """What `myna unknown number` does: READ RECORD 1 by SFI 1, without selecting the EF."""
-    ok(select(send, COMMON_AID))
+    select(send, COMMON_AID)
     return parse_card_info(ok(send(bytes.fromhex("00B2010C00"))))
 
 
 def read_key_reference(send: Send, aid: bytes) -> bytes:
     """EF 0002 record 1 of the 住基AP or the 共通カードAP: one 16-byte key reference."""
-    ok(select(send, aid))
+    select(send, aid)
     ok(select_ef(send, 0x0002))
     ((_, value),) = parse_simple_tlv(ok(read_record(send, 1)))
     assert len(value) == 16
@@ -117,14 +87,14 @@ def internal_authenticate(send: Send, public_key: rsa.RSAPublicKey, p2: int = 0x
 
 def retries(send: Send, aid: bytes) -> str:
     """The retry query on PIN 001C of `aid`: 63Cx."""
-    ok(select(send, aid))
+    select(send, aid)
     ok(select_ef(send, PIN_EF))
     return sw(send(bytes.fromhex("00200080")))
 
 
 def change_pin(send: Send, aid: bytes, old: str, new: str) -> str:
     """VERIFY the old PIN, then CHANGE KEY 80 32 00 80 (the JICSAP command); the last SW."""
-    ok(select(send, aid))
+    select(send, aid)
     ok(select_ef(send, PIN_EF))
     first = verify(send, old)
     if sw(first) != "9000":

@@ -1,25 +1,25 @@
 """Client-side checks of the 券面 APs, written from docs/card-spec.md §4/§5 (not from
 mynacard/apps).
 
-Each function takes `send` (C-APDU bytes -> R-APDU bytes: `Card.transmit`, or pyscard through
-pcscd) and reads, parses and verifies as a relying party would.
+Each function takes `send` (C-APDU bytes -> R-APDU bytes: the transmit of a card in process or
+through pcscd) and reads, parses and verifies as a relying party would: with its own BER-TLV
+reader (ber.py) and its own copy of the test roots, not with the code that wrote the objects.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
+from ber import Tlv, fields, read_tlv, read_tlvs, rsa_public_key
+from cardtest import Send, ok, read_ef, select, select_ef, sw
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from PIL import Image
 
-from mynacard.personalize.cvc import CVC_ROOTS, ApKind, parse_cvc
-from mynacard.personalize.tlv import DataObject, parse_object, parse_objects, parse_rsa_public_key
-
-Send = Callable[[bytes], bytes]
+ApKind = Literal["text", "visual"]
 
 TEXT_AID = bytes.fromhex("D3921000310001010408")
 VISUAL_AID = bytes.fromhex("D3921000310001010402")
@@ -28,22 +28,49 @@ JP2_SIGNATURE_BOX = bytes.fromhex("0000000C6A5020200D0A870A")
 PKCS1 = padding.PKCS1v15()
 
 
-def ok(response: bytes) -> bytes:
-    """The data of a 9000 response; AssertionError naming the SW otherwise."""
-    assert response[-2:] == b"\x90\x00", f"SW {response[-2:].hex().upper()}"
-    return response[:-2]
+def key_id(number: str, group: str) -> bytes:
+    """A 16-byte key identifier: 7 ASCII digits, 08 05, 3 ASCII digits, four 00
+    (docs/card.md: `6000033/001` = `"6000033" 08 05 "001" 00000000`)."""
+    return number.encode("ascii") + b"\x08\x05" + group.encode("ascii") + bytes(4)
 
 
-def sw(response: bytes) -> str:
-    return response[-2:].hex().upper()
+# The test roots that issue the CV certificates in EF 0004, as a verifier holds them: key id
+# (docs/card-spec.md §4, §5) and RSA-2048 modulus with exponent 65537. A copy, so that the
+# checks do not take the emulator's word for them (test_national_aps.py compares the two).
+TEST_ROOTS: dict[ApKind, tuple[bytes, int]] = {
+    "text": (
+        key_id("6000033", "001"),
+        int(
+            "A7058BD2C55223EC099F8DC7F2B57394FD0E332175CB2503D65B49F199711CD0"
+            "F6246F6634A4818A4C3BC762B6626E4F6C98D1AF160222260D38F937522EC21B"
+            "4FD9BAC05C2529C4282B5DD5C3A21724FF5648C24A764A8BA16CBEFFFAE2E34B"
+            "AB39A1D5417A5088F0099F357B93779E169AAA406AAC8ED37D5BA3931CFDFAAA"
+            "BBF310A5F40462AC704DC61F333109086196A0101F5EDE9868EA8C7B6D682BD0"
+            "AE06F3D0CDE777D51617D225947AC35338AC9469C65C21B8E83106C2E0F10195"
+            "C29970F3D53F2DE1CC46954F3DF75DDBCCB7671634463DB49FC0002995A3C5C3"
+            "7CABABB13600B8E49F28CCAB185E5D5B7118645D73F6C4FB07C5580EFB4FF3BF",
+            16,
+        ),
+    ),
+    "visual": (
+        key_id("6000023", "001"),
+        int(
+            "BDE86DD30900CA664A06AFC364738603F9A48A30DFA2FE810A272E9DF7A2F50D"
+            "A2B702C881A65BDCBC24F0470B534FF1A065F2268FE3AC7CE07772FAF5E302BD"
+            "439718FB6F773FAD526C0373BBCBDDE551FE33951D3E613963F700397AE1BBA3"
+            "6FEDD07721FA709656E6B5B8F7057FC6F2D1B6C42B89BAA19325C030F4CBBB53"
+            "A2C0593103ECCD03DF8E7E3237EC7672D3089607BE0312189149605AB7DC48D5"
+            "4B95C842F94363F00C69BF923AD7229B4D6E50CE039E2A8D36BE073D6399865C"
+            "68C051D3BD7DF5DD1A393D55155D11D297CE39CE39EA61D0AC9B9195076CB14C"
+            "A0DD9394EB857A12D78C9797BFC4284D5C4323D6637B7F33A3353D9FE76C9B1D",
+            16,
+        ),
+    ),
+}
 
 
-def select(send: Send, aid: bytes) -> None:
-    ok(send(bytes((0x00, 0xA4, 0x04, 0x0C, len(aid))) + aid))
-
-
-def select_ef(send: Send, fid: int) -> bytes:
-    return send(b"\x00\xa4\x02\x0c\x02" + fid.to_bytes(2, "big"))
+def root_public_key(kind: ApKind) -> rsa.RSAPublicKey:
+    return rsa.RSAPublicNumbers(65537, TEST_ROOTS[kind][1]).public_key()
 
 
 def verify(send: Send, fid: int, value: str) -> bytes:
@@ -53,32 +80,12 @@ def verify(send: Send, fid: int, value: str) -> bytes:
     return send(bytes((0x00, 0x20, 0x00, 0x80, len(data))) + data)
 
 
-def read_ef(send: Send, fid: int) -> bytes:
-    """SELECT and read a whole EF in 256-byte chunks until 6B00 (how OpenSC-like clients read)."""
-    ok(select_ef(send, fid))
-    data = b""
-    while True:
-        response = send(b"\x00\xb0" + len(data).to_bytes(2, "big") + b"\x00")
-        if sw(response) == "6B00":
-            return data
-        data += ok(response)
-
-
 def read_by_sfi_extended(send: Send, sfi: int) -> bytes:
     """JSA's read: one READ BINARY with P1 = 80|SFI, offset 0 and extended Le 65536."""
     return ok(send(bytes((0x00, 0xB0, 0x80 | sfi, 0x00, 0x00, 0x00, 0x00))))
 
 
-def fields(data: bytes, outer_tag: int) -> dict[int, DataObject]:
-    """The objects inside the outer object `outer_tag` at the start of `data`, by tag."""
-    outer = parse_object(data)
-    assert outer.tag == outer_tag, f"{outer.tag:X} != {outer_tag:X}"
-    inner = parse_objects(data, outer.header_size, outer.size)
-    assert sum(obj.size for obj in inner) == len(outer.value)
-    return {obj.tag: obj for obj in inner}
-
-
-def check_offset_table(data: bytes, objects: dict[int, DataObject], tags: range) -> None:
+def check_offset_table(data: bytes, objects: dict[int, Tlv], tags: range) -> None:
     """DF21 lists the 2-byte file offsets of the objects with `tags`, in order."""
     table = objects[0xDF21].value
     assert [int.from_bytes(table[i : i + 2], "big") for i in range(0, len(table), 2)] == [
@@ -88,7 +95,7 @@ def check_offset_table(data: bytes, objects: dict[int, DataObject], tags: range)
         assert data[objects[tag].offset :].startswith(tag.to_bytes(2, "big"))
 
 
-def raw(data: bytes, obj: DataObject) -> bytes:
+def raw(data: bytes, obj: Tlv) -> bytes:
     """An object as written, header included."""
     return data[obj.offset : obj.offset + obj.size]
 
@@ -98,17 +105,25 @@ def verify_sha256(key: rsa.RSAPublicKey, signature: bytes, message: bytes) -> No
 
 
 def municipality_key(cvc: bytes, kind: ApKind) -> rsa.RSAPublicKey:
-    """Check a 568-byte EF 0004 against the test root; return the key it certifies."""
+    """Check a 568-byte EF 0004 against the test root; return the key it certifies.
+
+    7F21 { 5F4E (issuer key id 16, subject key id 16, 90/91 key), 5F37 signature }: PKCS#1
+    v1.5, SHA-256 over the 297-byte 5F4E value (docs/card.md, "The national applications").
+    """
     assert len(cvc) == 568
     assert cvc[:5] == bytes.fromhex("7F21820233")
     assert cvc[5:10] == bytes.fromhex("5F4E820129") and cvc[307:312] == bytes.fromhex("5F37820100")
-    certificate = parse_cvc(cvc)
-    root = CVC_ROOTS[kind]
-    assert certificate.issuer_key_id == root.key_id
-    root.public_key().verify(certificate.signature, cvc[10:307], PKCS1, hashes.SHA256())
-    subject = certificate.subject_key_id
+    certificate = read_tlv(cvc)
+    assert certificate.tag == 0x7F21 and certificate.size == len(cvc)
+    body, signature = read_tlvs(certificate.value)
+    assert (body.tag, len(body.value)) == (0x5F4E, 297)
+    assert (signature.tag, len(signature.value)) == (0x5F37, 256)
+    issuer, subject = body.value[:16], body.value[16:32]
+    assert issuer == TEST_ROOTS[kind][0]
+    root_public_key(kind).verify(signature.value, body.value, PKCS1, hashes.SHA256())
+    assert body.value == cvc[10:307]
     assert subject[7:9] == b"\x08\x05" and subject[:7].isdigit() and subject[12:] == bytes(4)
-    return certificate.public_key
+    return rsa_public_key(body.value[32:])
 
 
 def challenge_signature(send: Send, p2: int = 0x00) -> tuple[bytes, bytes]:
@@ -177,13 +192,13 @@ def read_text_ap(send: Send, pin: str) -> TextAp:
     verify_sha256(signer, record[0xDF33].value, signed)
 
     session = read_ef(send, 0x0006)
-    assert parse_object(session).tag == 0xA1
-    parse_rsa_public_key(parse_object(session).value)
+    assert read_tlv(session).tag == 0xA1
+    rsa_public_key(read_tlv(session).value)
     signed_key = read_ef(send, 0x0007)
     assert signed_key[:5] == bytes.fromhex("FF50820213") and len(signed_key) == 536
     key_objects = fields(signed_key, 0xFF50)
     verify_sha256(signer, key_objects[0xDF52].value, raw(signed_key, key_objects[0xDF51]))
-    card_key = parse_rsa_public_key(key_objects[0xDF51].value)
+    card_key = rsa_public_key(key_objects[0xDF51].value)
     assert card_key != signer
 
     challenge, signature = challenge_signature(send)
@@ -251,7 +266,7 @@ class CardFace:
     size: int
 
 
-def card_face_digest_info(face: bytes, objects: dict[int, DataObject]) -> bytes:
+def card_face_digest_info(face: bytes, objects: dict[int, Tlv]) -> bytes:
     """What DF28 signs: a SHA-256 DigestInfo of the three group digests (docs/decisions.md #26)."""
     groups = (
         face[objects[0xDF22].offset : objects[0xDF25].offset],
@@ -276,7 +291,7 @@ def check_card_face(face: bytes, signer: rsa.RSAPublicKey) -> tuple[CardFace, rs
         "photo": open_image(objects[0xDF27].value, "jp2"),
         "security_code": open_image(objects[0xDF2A].value, "png"),
     }
-    card_key = parse_rsa_public_key(objects[0xDF24].value)
+    card_key = rsa_public_key(objects[0xDF24].value)
     parsed = CardFace(
         birth_date=objects[0xDF22].value.decode("ascii"),
         sex=objects[0xDF23].value.decode("ascii"),
@@ -289,10 +304,10 @@ def check_card_face(face: bytes, signer: rsa.RSAPublicKey) -> tuple[CardFace, rs
 
 def check_signed_record(
     data: bytes, outer_tag: int, signature_tag: int, signer: rsa.RSAPublicKey
-) -> dict[int, DataObject]:
+) -> dict[int, Tlv]:
     """A record whose last object signs (PKCS#1 v1.5, SHA-256) every object before it."""
     objects = fields(data, outer_tag)
-    outer_header = parse_object(data).header_size
+    outer_header = read_tlv(data).header_size
     verify_sha256(
         signer, objects[signature_tag].value, data[outer_header : objects[signature_tag].offset]
     )

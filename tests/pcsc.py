@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_DIR = REPO_ROOT / ".run"
@@ -165,6 +166,83 @@ def wait_for_card(
         time.sleep(0.05)  # pcscd restarting, or the reader not there yet
 
 
+class CardServer:
+    """``mynacard serve`` as a subprocess on vpcd reader N.
+
+    `start` returns once pcscd sees the card; `stop` ends the server with SIGTERM (it must
+    exit 0, without a traceback) and `kill` with SIGKILL; both wait until the card is gone,
+    so the reader is free for the next server.
+    """
+
+    def __init__(
+        self,
+        profile: str | Path,
+        state_dir: Path,
+        reader: int = 0,
+        *,
+        extra_args: tuple[str, ...] = (),
+        python: str | Path = sys.executable,
+        cwd: Path = REPO_ROOT,
+    ) -> None:
+        self.name = reader_name(reader)
+        self.command = [str(python), "-m", "mynacard", "serve", "--profile", str(profile)]
+        self.command += ["--state", str(state_dir), "--reader", str(reader), *extra_args]
+        self.cwd = cwd
+        self._proc: subprocess.Popen[str] | None = None
+        self._output: IO[str] | None = None
+
+    def said(self) -> str:
+        """What the server printed so far."""
+        if self._output is None:
+            return ""
+        self._output.seek(0)
+        return self._output.read()
+
+    def start(self, timeout: float = 5.0) -> str:
+        """Start the server; return the reader name once the card is in it."""
+        if wait_for_card(self.name, present=True, timeout=0.0, poll=False):
+            raise RuntimeError(
+                f"{self.name!r} already holds a card (is another `mynacard serve` running?)"
+            )
+        self._output = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by stop/kill)
+        self._proc = subprocess.Popen(
+            self.command, stdout=self._output, stderr=self._output, text=True, cwd=self.cwd
+        )
+        if not wait_for_card(self.name, present=True, timeout=timeout):
+            said = self.said()
+            self.stop(check=False)
+            raise RuntimeError(f"no card in {self.name!r} after {timeout} s; server said:\n{said}")
+        return self.name
+
+    def stop(self, *, check: bool = True, wait_gone: bool = True) -> None:
+        """SIGTERM; with `check`, AssertionError unless it exited 0 without a traceback.
+        Without `wait_gone` it returns before pcscd has seen the card go (~0.3 s)."""
+        self._end(signal.SIGTERM, check, wait_gone)
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, as a crash or ``kill -9`` would end it."""
+        self._end(signal.SIGKILL, check=False, wait_gone=True)
+
+    def _end(self, signum: signal.Signals, check: bool, wait_gone: bool) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.send_signal(signum)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if wait_gone:
+            wait_for_card(self.name, present=False, timeout=5.0)
+        text = self.said()
+        if self._output is not None:
+            self._output.close()
+            self._output = None
+        if check and (proc.returncode != 0 or "Traceback" in text):
+            raise AssertionError(f"mynacard serve exited {proc.returncode}:\n{text}")
+
+
 @contextlib.contextmanager
 def serve_card(
     profile: str | Path,
@@ -181,30 +259,77 @@ def serve_card(
     On exit the server gets SIGTERM (and must exit 0) and we wait until the card is gone,
     so the next test can use the same reader.
     """
-    name = reader_name(reader)
-    if wait_for_card(name, present=True, timeout=0.0, poll=False):
-        raise RuntimeError(f"{name!r} already holds a card (is another `mynacard serve` running?)")
-    command = [str(python), "-m", "mynacard", "serve", "--profile", str(profile)]
-    command += ["--state", str(state_dir), "--reader", str(reader), *extra_args]
-    with tempfile.TemporaryFile("w+") as output:
-        proc = subprocess.Popen(command, stdout=output, stderr=output, text=True, cwd=cwd)
+    server = CardServer(profile, state_dir, reader, extra_args=extra_args, python=python, cwd=cwd)
+    name = server.start(timeout)
+    try:
+        yield name
+    except BaseException:
+        server.stop(check=False)
+        raise
+    server.stop()
 
-        def said() -> str:
-            output.seek(0)
-            return output.read()
 
-        try:
-            if not wait_for_card(name, present=True, timeout=timeout):
-                raise RuntimeError(f"no card in {name!r} after {timeout} s; server said:\n{said()}")
-            yield name
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            wait_for_card(name, present=False, timeout=5.0)
-        text = said()
-        if proc.returncode != 0 or "Traceback" in text:
-            raise AssertionError(f"mynacard serve exited {proc.returncode}:\n{text}")
+class ScardError(RuntimeError):
+    """A PC/SC call failed; `code` is its SCARD_E_/SCARD_W_ result."""
+
+    def __init__(self, call: str, code: int) -> None:
+        from smartcard import scard
+
+        super().__init__(f"{call}: {scard.SCardGetErrorMessage(code)} ({code & 0xFFFFFFFF:#010x})")
+        self.code = code
+
+
+class ScardConnection:
+    """A shared connection to a reader through pcscd, with pyscard's `smartcard.scard` (the
+    PC/SC C API as it is, so resets and power cycles are the real SCardReconnect)."""
+
+    def __init__(self, reader_name: str) -> None:
+        from smartcard import scard
+
+        self._scard = scard
+        rc, self._context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+        self._check("SCardEstablishContext", rc)
+        rc, self._handle, self._protocol = scard.SCardConnect(
+            self._context, reader_name, scard.SCARD_SHARE_SHARED, self._protocols
+        )
+        if rc != scard.SCARD_S_SUCCESS:
+            scard.SCardReleaseContext(self._context)
+            self._check("SCardConnect", rc)
+
+    @property
+    def _protocols(self) -> int:
+        return int(self._scard.SCARD_PROTOCOL_T0 | self._scard.SCARD_PROTOCOL_T1)
+
+    def _check(self, call: str, rc: int) -> None:
+        if rc != self._scard.SCARD_S_SUCCESS:
+            raise ScardError(call, rc)
+
+    def transmit(self, capdu: bytes) -> bytes:
+        """One C-APDU, its R-APDU (data + SW)."""
+        rc, response = self._scard.SCardTransmit(self._handle, self._protocol, list(capdu))
+        self._check("SCardTransmit", rc)
+        return bytes(response)
+
+    def atr(self) -> bytes:
+        rc, _, _, _, atr = self._scard.SCardStatus(self._handle)
+        self._check("SCardStatus", rc)
+        return bytes(atr)
+
+    def reconnect(self, disposition: int) -> bytes:
+        """SCardReconnect with SCARD_RESET_CARD (warm reset) or SCARD_UNPOWER_CARD (power
+        off and on); returns the ATR."""
+        rc, self._protocol = self._scard.SCardReconnect(
+            self._handle, self._scard.SCARD_SHARE_SHARED, self._protocols, disposition
+        )
+        self._check("SCardReconnect", rc)
+        return self.atr()
+
+    def reset(self) -> bytes:
+        return self.reconnect(self._scard.SCARD_RESET_CARD)
+
+    def power_cycle(self) -> bytes:
+        return self.reconnect(self._scard.SCARD_UNPOWER_CARD)
+
+    def close(self) -> None:
+        self._scard.SCardDisconnect(self._handle, self._scard.SCARD_LEAVE_CARD)
+        self._scard.SCardReleaseContext(self._context)

@@ -1,5 +1,6 @@
-"""The free storage area in process: example applications, every command's status words,
-durability, profile and CLI errors, and property tests that a refused command changes nothing."""
+"""The free storage area: the example applications and every command's status words on the card
+in process and through pcscd (the `card` fixture); then durability across `kill -9`, profile
+and CLI errors, and property tests that a refused command changes nothing."""
 
 from __future__ import annotations
 
@@ -18,10 +19,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cardtest import (
+    CardProfile,
+    InTheApplication,
+    PcscCard,
+    TestedCard,
+    apdu,
+    ok,
+    select,
+    select_ef,
+    sw,
+    tx,
+)
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from free_area_checks import (
     ENTRY_AID,
     LIBRARY_AID,
@@ -45,13 +57,15 @@ from free_area_checks import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from juki_common_checks import apdu, ok, select, select_ef, sw
 from pcsc import REPO_ROOT
 
-from mynacard import Card, StateError, open_card
+from mynacard import StateError, open_card
+from mynacard.layers import CardInterface
 from mynacard.personalize.free_area import RsaKeySpec, read_app, read_free_area
-from mynacard.personalize.profile import Profile, ProfileError, load_profile
+from mynacard.personalize.profile import PROFILES_DIR, Profile, ProfileError, load_profile
 from mynacard.store import DB_NAME, read_pin_status
+
+BENCH = CardProfile.of(append=TEST_AREA)  # the default card with the test application
 
 # -- fixtures and helpers ----------------------------------------------------------------------
 
@@ -76,21 +90,6 @@ def bench_profile(default: Profile) -> Profile:
     return with_free_area(default, TEST_AREA)
 
 
-@pytest.fixture
-def card(bench_profile: Profile, tmp_path: Path) -> Iterator[Card]:
-    with open_card(bench_profile, tmp_path / "state") as c:
-        c.transmit(b"\x00\xa4\x04\x0c\x07" + TEST_AID)
-        yield c
-
-
-def tx(card: Card, *hexes: str) -> str:
-    """Send APDUs given as hex; the last response as upper-case hex."""
-    response = b""
-    for h in hexes:
-        response = card.transmit(bytes.fromhex(h.replace(" ", "")))
-    return response.hex().upper()
-
-
 def snapshot(state_dir: Path) -> dict[str, list[tuple[object, ...]]]:
     """Every row of the card state as committed (read through a second connection)."""
     conn = sqlite3.connect(state_dir / DB_NAME)
@@ -106,82 +105,149 @@ def snapshot(state_dir: Path) -> dict[str, list[tuple[object, ...]]]:
 # -- the example profiles ----------------------------------------------------------------------
 
 
-def test_library_card_is_read_without_a_pin(tmp_path: Path) -> None:
-    profile = load_profile("library-card")
+@pytest.mark.card_profile("building-entry")
+def test_building_entry_by_internal_authenticate(card: TestedCard) -> None:
+    profile = card.profile
+    (key_spec,) = [f for f in app_spec(profile, "entry").files if isinstance(f, RsaKeySpec)]
+    public = key_spec.key.public_key()
+    employee = enter_building(card.transmit, public)
+    assert (
+        len(employee[0x01]) == 8
+        and employee[0x02] == profile.card_expiry.strftime("%Y%m%d").encode()
+    )
+    signed = tx(card, "00A4020C020002", "0088008008" + "1122334455667788" + "00")
+    assert len(signed) == 2 * 258 and signed.endswith("9000")  # P2 80: the current EF
+    assert tx(card, "00B0000004") == "6981"  # the key is not readable
+    assert tx(card, "00B0820004") == "6981"
+    assert tx(card, "00B0820000") == "6981"
+    assert tx(card, "00B2011400") == "6981"
+    assert tx(card, "0088008108" + "1122334455667788" + "00") == "6986"  # SFI 1: no key
+    assert tx(card, "0088008308" + "1122334455667788" + "00") == "6A82"
+    # another key does not verify this card's answer
+    assert profile.common_auth_key is not None
+    with pytest.raises(InvalidSignature):
+        enter_building(card.transmit, profile.common_auth_key.public_key())
+
+
+@pytest.mark.backends("pcsc")
+@pytest.mark.card_profile("taxi-tickets")
+def test_opensc_still_sees_a_jpki_card(card: PcscCard) -> None:
+    assert card.profile.free_area.apps
+    result = subprocess.run(
+        ["opensc-tool", "--reader", str(card.reader), "--name"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.strip() == "jpki", result.stdout + result.stderr
+
+
+@pytest.mark.fresh_card
+@pytest.mark.card_profile("library-card")
+def test_library_card_is_read_without_a_pin(card: TestedCard) -> None:
+    profile = card.profile
     key = app_key(profile, "library", 1)
-    with open_card(profile, tmp_path) as card:
-        patron = library_patron(card.transmit)
-        assert patron[0x01] == profile.municipality_code.encode()
-        assert len(patron[0x02]) == 10 and patron[0x02].isdigit()
-        assert patron[0x03] == profile.card_expiry.strftime("%Y%m%d").encode()
-        assert read_records(card.transmit, 2) == []
-        assert tx(card, "00E2001004" + "20250101") == "6982"  # the log needs the library key
-        visits = [f"2025010{n}-BR{n:02d}".encode().ljust(16, b" ") for n in range(1, 9)]
-        for visit in visits:
-            assert library_log_visit(card.transmit, key, visit) == "9000"
-        assert library_log_visit(card.transmit, key, b"one too many") == "6A84"  # 8 records
-        assert read_records(card.transmit, 2) == visits
-        assert tx(card, "00DC011402" + "4142") == "9000"  # UPDATE RECORD 1 (key 1 open)
-        assert read_records(card.transmit, 2)[0] == b"AB"
-        card.reset()
-        assert library_patron(card.transmit) == patron
-        assert tx(card, "00DC011402" + "4142") == "6982"  # the key's access ended
-        assert tx(card, "00E2001001" + "41") == "6982"
-    with open_card(profile, tmp_path) as card:  # durable
-        library_patron(card.transmit)
-        assert read_records(card.transmit, 2) == [b"AB", *visits[1:]]
+    patron = library_patron(card.transmit)
+    assert patron[0x01] == profile.municipality_code.encode()
+    assert len(patron[0x02]) == 10 and patron[0x02].isdigit()
+    assert patron[0x03] == profile.card_expiry.strftime("%Y%m%d").encode()
+    assert read_records(card.transmit, 2) == []
+    assert tx(card, "00E2001004" + "20250101") == "6982"  # the log needs the library key
+    assert sw(card.transmit(apdu("00E20010", b"no key"))) == "6982"
+    visits = [f"2025010{n}-BR{n:02d}".encode().ljust(16, b" ") for n in range(1, 9)]
+    for visit in visits:
+        assert library_log_visit(card.transmit, key, visit) == "9000"
+    assert library_log_visit(card.transmit, key, b"one too many") == "6A84"  # 8 records
+    assert read_records(card.transmit, 2) == visits
+    assert tx(card, "00DC011402" + "4142") == "9000"  # UPDATE RECORD 1 (key 1 open)
+    assert read_records(card.transmit, 2)[0] == b"AB"
+    card.reset()
+    assert library_patron(card.transmit) == patron
+    assert tx(card, "00DC011402" + "4142") == "6982"  # the key's access ended
+    assert tx(card, "00E2001001" + "41") == "6982"
+    card.reopen()  # durable
+    library_patron(card.transmit)
+    assert read_records(card.transmit, 2) == [b"AB", *visits[1:]]
 
 
-def test_taxi_tickets_ride_by_ride(tmp_path: Path) -> None:
-    profile = load_profile("taxi-tickets")
+@pytest.mark.fresh_card
+@pytest.mark.card_profile("taxi-tickets")
+def test_taxi_tickets_ride_by_ride(card: TestedCard) -> None:
+    profile = card.profile
     meter, office = app_key(profile, "taxi", 1), app_key(profile, "taxi", 2)
     pin = app_spec(profile, "taxi").pins[0].value
-    with open_card(profile, tmp_path) as card:
-        grant = taxi_grant(card.transmit)
-        assert grant[0x01] == profile.municipality_code.encode()
-        assert tickets(card.transmit) == 24
-        assert sw(counter_step(card.transmit, 0x30, 1)) == "6982"  # no meter key
-        rides = [taxi_ride(card.transmit, meter, 1500 + n, f"2025061{n}0930") for n in range(3)]
-        assert [ride.tickets_left for ride in rides] == [23, 22, 21]
-        assert tickets(card.transmit) == 21
-        # the ride log is the holder's: it needs the application PIN
-        assert tx(card, "00B2011C00") == "6982"
-        assert tx(card, "00A4020C020011", "00200080") == "63C3"
-        assert ok(card.transmit(apdu("00200080", pin.encode()))) == b""
-        assert read_records(card.transmit, 3) == [ride.log_entry for ride in rides]
-        # the meter key does not give tickets; the office key does, up to the maximum 48
-        assert sw(counter_step(card.transmit, 0x32, 5)) == "6982"
-        assert external_authenticate(card.transmit, 2, office) == "9000"
-        assert ok(counter_step(card.transmit, 0x32, 27)) == (48).to_bytes(4, "big")
-        assert sw(counter_step(card.transmit, 0x32, 1)) == "6985"
-        assert tickets(card.transmit) == 48
-    with open_card(profile, tmp_path) as card:
-        ok(select(card.transmit, TAXI_AID))
-        assert tickets(card.transmit) == 48
+    grant = taxi_grant(card.transmit)
+    assert grant[0x01] == profile.municipality_code.encode()
+    assert tickets(card.transmit) == 24
+    assert sw(counter_step(card.transmit, 0x30, 1)) == "6982"  # no meter key
+    rides = [taxi_ride(card.transmit, meter, 1500 + n, f"2025061{n}0930") for n in range(3)]
+    assert [ride.tickets_left for ride in rides] == [23, 22, 21]
+    assert tickets(card.transmit) == 21
+    # the ride log is the holder's: it needs the application PIN
+    assert tx(card, "00B2011C00") == "6982"
+    assert tx(card, "00A4020C020011", "00200080") == "63C3"
+    assert ok(card.transmit(apdu("00200080", pin.encode()))) == b""
+    assert read_records(card.transmit, 3) == [ride.log_entry for ride in rides]
+    # the meter key does not give tickets; the office key does, up to the maximum 48
+    assert sw(counter_step(card.transmit, 0x32, 5)) == "6982"
+    assert external_authenticate(card.transmit, 2, office) == "9000"
+    assert ok(counter_step(card.transmit, 0x32, 27)) == (48).to_bytes(4, "big")
+    assert sw(counter_step(card.transmit, 0x32, 1)) == "6985"
+    assert tickets(card.transmit) == 48
+    card.reopen()
+    select(card.transmit, TAXI_AID)
+    assert tickets(card.transmit) == 48
 
 
-def test_taxi_counter_refuses_to_go_below_zero(tmp_path: Path) -> None:
-    profile = load_profile("taxi-tickets")
-    meter = app_key(profile, "taxi", 1)
-    with open_card(profile, tmp_path) as card:
-        ok(select(card.transmit, TAXI_AID))
-        assert external_authenticate(card.transmit, 1, meter) == "9000"
-        assert ok(counter_step(card.transmit, 0x30, 24)) == bytes(4)
-        before = snapshot(tmp_path)
-        assert sw(counter_step(card.transmit, 0x30, 1)) == "6985"
-        assert snapshot(tmp_path) == before
-        assert tickets(card.transmit) == 0
-        assert tx(card, "003001140200FF00") == "6985"
-        assert tx(card, "0030011405000000000100") == "6700"  # wider than the counter
-        assert tx(card, "00300114" + "00") == "6700"  # no amount
-        assert tx(card, "00300214010100") == "6A83"  # only one counter
-        assert tx(card, "00300014010100") == "6A83"
-        assert tx(card, "003001150101") == "6A86"  # P2 mode other than 100
-        assert tx(card, "00A4020C020001", "003001040101") == "6981"  # transparent
-        assert tx(card, "00300114010100") == "6985"  # unchanged: 0
+@pytest.mark.fresh_card
+@pytest.mark.card_profile("taxi-tickets")
+def test_taxi_counter_refuses_to_go_below_zero(card: TestedCard) -> None:
+    meter = app_key(card.profile, "taxi", 1)
+    select(card.transmit, TAXI_AID)
+    assert external_authenticate(card.transmit, 1, meter) == "9000"
+    assert ok(counter_step(card.transmit, 0x30, 24)) == bytes(4)
+    before = snapshot(card.state_dir)
+    assert sw(counter_step(card.transmit, 0x30, 1)) == "6985"
+    assert snapshot(card.state_dir) == before
+    assert tickets(card.transmit) == 0
+    assert tx(card, "003001140200FF00") == "6985"
+    assert tx(card, "0030011405000000000100") == "6700"  # wider than the counter
+    assert tx(card, "00300114" + "00") == "6700"  # no amount
+    assert tx(card, "00300214010100") == "6A83"  # only one counter
+    assert tx(card, "00300014010100") == "6A83"
+    assert tx(card, "003001150101") == "6A86"  # P2 mode other than 100
+    assert tx(card, "00A4020C020001", "003001040101") == "6981"  # transparent
+    assert tx(card, "00300114010100") == "6985"  # unchanged: 0
+
+
+@pytest.mark.fresh_card
+@pytest.mark.card_profile("taxi-tickets")
+def test_external_authenticate_counter_blocks_and_persists(card: TestedCard) -> None:
+    office = app_key(card.profile, "taxi", 2)
+    select(card.transmit, TAXI_AID)
+    assert external_authenticate(card.transmit, 2, bytes(16)) == "63C2"
+    assert external_authenticate(card.transmit, 2, office) == "9000"  # resets the counter
+    assert [external_authenticate(card.transmit, 2, bytes(16)) for _ in range(3)] == [
+        "63C2",
+        "63C1",
+        "63C0",
+    ]
+    assert external_authenticate(card.transmit, 2, office) == "6984"
+    assert sw(counter_step(card.transmit, 0x32, 1)) == "6982"
+    assert external_authenticate(card.transmit, 1, bytes(16)) == "63C4"  # its own counter
+    card.close()
+    status = {p.name: (p.remaining, p.blocked) for p in read_pin_status(card.state_dir)}
+    assert status["taxi:key2"] == (0, True) and status["taxi:key1"] == (4, False)
+    assert mynacard("reset-pin", "--state", card.state_dir, "taxi:key2").returncode == 0
+    result = mynacard("reset-pin", "--state", card.state_dir, "taxi:key2", "--value", "1234")
+    assert result.returncode == 2 and "no value" in result.stderr
+    card.open()
+    select(card.transmit, TAXI_AID)
+    assert external_authenticate(card.transmit, 2, office) == "9000"
 
 
 def test_taxi_counter_survives_kill_9(tmp_path: Path) -> None:
+    """In process: the process holding the card is killed after each ride."""
     profile = load_profile("taxi-tickets")
     meter = app_key(profile, "taxi", 1).hex()
     child = textwrap.dedent(
@@ -207,31 +273,39 @@ def test_taxi_counter_survives_kill_9(tmp_path: Path) -> None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
     with open_card(profile, tmp_path) as card:
-        ok(select(card.transmit, TAXI_AID))
+        select(card.transmit, TAXI_AID)
         assert tickets(card.transmit) == 22
 
 
-def test_building_entry_by_internal_authenticate(tmp_path: Path) -> None:
-    profile = load_profile("building-entry")
-    (key_spec,) = [f for f in app_spec(profile, "entry").files if isinstance(f, RsaKeySpec)]
-    public = key_spec.key.public_key()
-    with open_card(profile, tmp_path) as card:
-        employee = enter_building(card.transmit, public)
-        assert (
-            len(employee[0x01]) == 8
-            and employee[0x02] == profile.card_expiry.strftime("%Y%m%d").encode()
-        )
-        signed = tx(card, "00A4020C020002", "0088008008" + "1122334455667788" + "00")
-        assert len(signed) == 2 * 258 and signed.endswith("9000")  # P2 80: the current EF
-        assert tx(card, "00B0000004") == "6981"  # the key is not readable
-        assert tx(card, "00B0820004") == "6981"
-        assert tx(card, "00B2011400") == "6981"
-        assert tx(card, "0088008108" + "1122334455667788" + "00") == "6986"  # SFI 1: no key
-        assert tx(card, "0088008308" + "1122334455667788" + "00") == "6A82"
-        # another key does not verify this card's answer
-        assert profile.common_auth_key is not None
-        with pytest.raises(InvalidSignature):
-            enter_building(card.transmit, profile.common_auth_key.public_key())
+@pytest.mark.backends("pcsc")
+@pytest.mark.fresh_card
+@pytest.mark.card_profile("taxi-tickets")
+def test_taxi_rides_survive_kill_9(card: PcscCard) -> None:
+    """Through pcscd: `mynacard serve` is killed after each ride, then served again."""
+    profile = card.profile
+    meter = app_key(profile, "taxi", 1)
+    pin = app_spec(profile, "taxi").pins[0].value
+    rides = []
+    for n in range(3):
+        if n:
+            card.open()
+        assert taxi_grant(card.transmit)[0x01] == profile.municipality_code.encode()
+        assert tickets(card.transmit) == 24 - n
+        rides.append(taxi_ride(card.transmit, meter, 1800 + n, f"2025070{n + 1}0800"))
+        assert rides[-1].tickets_left == 23 - n
+        card.kill()
+    card.open()
+    select(card.transmit, TAXI_AID)
+    assert tickets(card.transmit) == 21
+    assert tx(card, "00B2011C00") == "6982"  # the log needs the PIN
+    ok(select_ef(card.transmit, 0x0011))
+    ok(card.transmit(apdu("00200080", pin.encode())))
+    assert read_records(card.transmit, 3) == [ride.log_entry for ride in rides]
+    # down to zero, then refused without change
+    assert external_authenticate(card.transmit, 1, meter) == "9000"
+    assert ok(counter_step(card.transmit, 0x30, 21)) == bytes(4)
+    assert sw(counter_step(card.transmit, 0x30, 1)) == "6985"
+    assert tickets(card.transmit) == 0
 
 
 def test_every_shipped_free_area_application_takes_its_size(tmp_path: Path) -> None:
@@ -265,146 +339,162 @@ def test_every_shipped_free_area_application_takes_its_size(tmp_path: Path) -> N
 # -- commands and status words (the test application) ---------------------------------------
 
 
-def test_update_binary(card: Card, tmp_path: Path) -> None:
-    assert tx(card, "00A4020C020001", "00B0000008") == "00112233FFFFFFFF9000"
-    assert tx(card, "00D6000203AABBCC") == "9000"
-    assert tx(card, "00B0000006") == "0011AABBCCFF9000"
-    assert tx(card, "00D6812602EEEE") == "9000"  # SFI form, offset 38: the last two bytes
-    assert tx(card, "00B0002605") == "EEEE9000"  # Le past the end: the rest
-    before = snapshot(tmp_path / "state")
-    assert tx(card, "00D6002803AABBCC") == "6B00"  # offset past the end
-    assert tx(card, "00D6002603AABBCC") == "6A84"  # runs past the end
-    assert tx(card, "00D60000" + "29" + "00" * 41) == "6A84"  # larger than the EF
-    assert tx(card, "00D60000") == "6700"  # no data
-    assert tx(card, "00D6000002AABB00") == "6700"  # Le present
-    assert tx(card, "00D6E10002AABB") == "6A86"  # SFI with RFU bits
-    assert tx(card, "00D6850002AABB") == "6A82"  # no EF 0005
-    assert tx(card, "00D6820002AABB") == "6981"  # a record EF
-    assert tx(card, "00D6840002AABB") == "6982"  # EF 0004 needs PIN 0011 or key 1
-    assert snapshot(tmp_path / "state") == before
+@pytest.mark.card_profile(BENCH)
+class TestBenchApplication(InTheApplication):
+    """The test application of TEST_AREA, selected: one EF of each kind, every access rule."""
 
+    aid = TEST_AID
 
-def test_records_update_and_append(card: Card, tmp_path: Path) -> None:
-    assert tx(card, "00B2011400") == "01029000"
-    assert tx(card, "00DC011403AABBCC") == "9000"
-    assert tx(card, "00E2001001DD") == "9000"
-    assert tx(card, "00A4020C020002", "00E2000008" + "11" * 8) == "9000"  # current EF form
-    assert tx(card, "00B2030400") == "11" * 8 + "9000"
-    before = snapshot(tmp_path / "state")
-    assert tx(card, "00DC050403AABBCC") == "6A83"  # record 5 does not exist
-    assert tx(card, "00DC000403AABBCC") == "6A83"
-    assert tx(card, "00DC010409" + "00" * 9) == "6700"  # longer than a record
-    assert tx(card, "00E2000009" + "00" * 9) == "6700"
-    assert tx(card, "00E2010001AA") == "6A86"  # P1 must be 00
-    assert tx(card, "00E2000401AA") == "6A86"  # P2 mode must be 000
-    assert tx(card, "00DC010101AA") == "6A86"  # no record pointer: mode 100 only
-    assert tx(card, "00E2001801AA") == "6981"  # a counter EF takes no APPEND
-    assert tx(card, "00E2000801AA") == "6981"  # SFI 1: transparent
-    assert tx(card, "00DC010C01AA") == "6981"
-    assert tx(card, "00E2001001AA") == "9000"  # record 4 of 4
-    after_fill = snapshot(tmp_path / "state")
-    assert tx(card, "00E2001001BB") == "6A84"  # full
-    assert snapshot(tmp_path / "state") == after_fill
-    assert before != after_fill
+    def test_external_authenticate(self, card: TestedCard) -> None:
+        challenge = bytes.fromhex(tx(card, "0084000008")[:-4])
+        assert tx(card, "0082008110" + cmac_of(TEST_KEY, challenge).hex()) == "9000"  # 8 bytes
+        assert tx(card, "0082008110" + cmac_of(TEST_KEY, challenge).hex()) == "6985"  # used up
+        assert tx(card, "0082008110" + "00" * 16) == "6985"  # no challenge
+        tx(card, "0084000010")
+        assert tx(card, "0082008110" + "00" * 16) == "6300"  # wrong; key 1 has no counter
+        tx(card, "0084000020")  # 32 bytes: not a challenge EXTERNAL AUTHENTICATE takes
+        assert tx(card, "0082008110" + "00" * 16) == "6985"
+        assert tx(card, "0082008210" + "00" * 16) == "6A88"  # no key 2
+        assert tx(card, "0082000110" + "00" * 16) == "6A86"  # P2 must be 80|key
+        assert tx(card, "0082018110" + "00" * 16) == "6A86"
+        assert tx(card, "008200810F" + "00" * 15) == "6700"
+        assert tx(card, "0082008110" + "00" * 16 + "00") == "6700"
+        assert tx(card, "00A4040C0AD392F000260100000001", "0082008110" + "00" * 16) == "6A88"
 
+    def test_selection_probes_and_fci(self, card: TestedCard) -> None:
+        assert tx(card, "00A4040C05F001020304") == "9000"  # by prefix
+        assert tx(card, "00A4040005F001020304") == "6F098407" + TEST_AID.hex().upper() + "9000"
+        assert tx(card, "00A4040C07F0010203040507") == "6A82"
+        for probe in (
+            "A000000308000010000100",  # PIV
+            "D27600012401",  # OpenPGP
+            "A000000063504B43532D3135",  # PKCS#15
+            "E82B0601040181C31F0201",  # SmartCard-HSM
+        ):
+            assert tx(card, f"00A4040C{len(probe) // 2:02X}{probe}") == "6A82"
+        assert tx(card, "00A4020C020005") == "6A82"
 
-def test_counters(card: Card, tmp_path: Path) -> None:
-    assert tx(card, "00B2011C00") == "000A9000"
-    assert tx(card, "0030011C010300") == "00079000"  # DECREASE record 1 by 3
-    assert tx(card, "0032021C02000500") == "00059000"  # INCREASE record 2 by 5
-    assert tx(card, "0032021C0101") == "9000"  # no Le: no data back
-    assert tx(card, "00B2021C00") == "00069000"
-    assert tx(card, "00DC021C0201F4") == "9000"  # UPDATE RECORD to 500 (the maximum)
-    before = snapshot(tmp_path / "state")
-    assert tx(card, "0032021C010100") == "6985"  # past the maximum
-    assert tx(card, "00DC021C0201F5") == "6A80"  # 501 > maximum
-    assert tx(card, "00DC021C0101") == "6700"  # counters are 2 bytes
-    assert tx(card, "0030011C0300000100") == "6700"  # wider than the counter
-    assert tx(card, "0030031C010100") == "6A83"
-    assert tx(card, "00300114010100") == "6981"  # a record EF is no counter
-    assert snapshot(tmp_path / "state") == before
-    assert tx(card, "80320080" + "0401020304") == "6986"  # CLA 80 INS 32 is CHANGE KEY
+    # -- what changes the card's state: a card of its own --
 
+    @pytest.mark.fresh_card
+    def test_update_binary(self, card: TestedCard) -> None:
+        assert tx(card, "00A4020C020001", "00B0000008") == "00112233FFFFFFFF9000"
+        assert tx(card, "00D6000203AABBCC") == "9000"
+        assert tx(card, "00B0000006") == "0011AABBCCFF9000"
+        assert tx(card, "00D6812602EEEE") == "9000"  # SFI form, offset 38: the last two bytes
+        assert tx(card, "00B0002605") == "EEEE9000"  # Le past the end: the rest
+        before = snapshot(card.state_dir)
+        assert tx(card, "00D6002803AABBCC") == "6B00"  # offset past the end
+        assert tx(card, "00D6002603AABBCC") == "6A84"  # runs past the end
+        assert tx(card, "00D60000" + "29" + "00" * 41) == "6A84"  # larger than the EF
+        assert tx(card, "00D60000") == "6700"  # no data
+        assert tx(card, "00D6000002AABB00") == "6700"  # Le present
+        assert tx(card, "00D6E10002AABB") == "6A86"  # SFI with RFU bits
+        assert tx(card, "00D6850002AABB") == "6A82"  # no EF 0005
+        assert tx(card, "00D6820002AABB") == "6981"  # a record EF
+        assert tx(card, "00D6840002AABB") == "6982"  # EF 0004 needs PIN 0011 or key 1
+        assert snapshot(card.state_dir) == before
 
-def test_pin_and_key_access_rules(card: Card, tmp_path: Path) -> None:
-    assert tx(card, "00B0840008") == "6982"
-    assert tx(card, "00D6840002AABB") == "6982"
-    # an application PIN with its own counter, format and CHANGE REFERENCE DATA
-    assert tx(card, "00A4020C020011", "00200080") == "63C2"
-    assert tx(card, "0020008004" + b"1234".hex()) == "63C1"  # wrong format costs a try
-    assert tx(card, "0020008006" + b"123456".hex()) == "9000"
-    assert tx(card, "00B0840008") == "FF" * 8 + "9000"
-    assert tx(card, "00A4020C020011", "0024018004" + b"1234".hex()) == "6A80"  # [0-9]{6}
-    assert tx(card, "8032008006" + b"654321".hex()) == "6985"  # CHANGE KEY is for 住基/共通
-    assert tx(card, "0024018006" + b"654321".hex()) == "9000"
-    states = {p.name: (p.remaining, p.max_tries) for p in read_pin_status(tmp_path / "state")}
-    assert states["bench:0011"] == (2, 2)
-    card.reset()
-    assert tx(card, "00A4040C07" + TEST_AID.hex(), "00B0840008") == "6982"
-    # key 1 opens the update of EF 0004 but not its read
-    assert external_authenticate(card.transmit, 1, TEST_KEY) == "9000"
-    assert tx(card, "00D6840002AABB") == "9000"
-    assert tx(card, "00B0840008") == "6982"
-    tx(card, "00A4040C0AD392F000260100000001", "00A4040C07" + TEST_AID.hex())  # app change
-    assert tx(card, "00D6840002AABB") == "6982"
-    assert tx(card, "00A4020C020011", "0020008006" + b"654321".hex()) == "9000"
-    assert tx(card, "00B0840008") == "AABB" + "FF" * 6 + "9000"
+    @pytest.mark.fresh_card
+    def test_records_update_and_append(self, card: TestedCard) -> None:
+        assert tx(card, "00B2011400") == "01029000"
+        assert tx(card, "00DC011403AABBCC") == "9000"
+        assert tx(card, "00E2001001DD") == "9000"
+        assert tx(card, "00A4020C020002", "00E2000008" + "11" * 8) == "9000"  # current EF form
+        assert tx(card, "00B2030400") == "11" * 8 + "9000"
+        before = snapshot(card.state_dir)
+        assert tx(card, "00DC050403AABBCC") == "6A83"  # record 5 does not exist
+        assert tx(card, "00DC000403AABBCC") == "6A83"
+        assert tx(card, "00DC010409" + "00" * 9) == "6700"  # longer than a record
+        assert tx(card, "00E2000009" + "00" * 9) == "6700"
+        assert tx(card, "00E2010001AA") == "6A86"  # P1 must be 00
+        assert tx(card, "00E2000401AA") == "6A86"  # P2 mode must be 000
+        assert tx(card, "00DC010101AA") == "6A86"  # no record pointer: mode 100 only
+        assert tx(card, "00E2001801AA") == "6981"  # a counter EF takes no APPEND
+        assert tx(card, "00E2000801AA") == "6981"  # SFI 1: transparent
+        assert tx(card, "00DC010C01AA") == "6981"
+        assert tx(card, "00E2001001AA") == "9000"  # record 4 of 4
+        after_fill = snapshot(card.state_dir)
+        assert tx(card, "00E2001001BB") == "6A84"  # full
+        assert snapshot(card.state_dir) == after_fill
+        assert before != after_fill
 
+    @pytest.mark.fresh_card
+    def test_counters(self, card: TestedCard) -> None:
+        assert tx(card, "00B2011C00") == "000A9000"
+        assert tx(card, "0030011C010300") == "00079000"  # DECREASE record 1 by 3
+        assert tx(card, "0032021C02000500") == "00059000"  # INCREASE record 2 by 5
+        assert tx(card, "0032021C0101") == "9000"  # no Le: no data back
+        assert tx(card, "00B2021C00") == "00069000"
+        assert tx(card, "00DC021C0201F4") == "9000"  # UPDATE RECORD to 500 (the maximum)
+        before = snapshot(card.state_dir)
+        assert tx(card, "0032021C010100") == "6985"  # past the maximum
+        assert tx(card, "00DC021C0201F5") == "6A80"  # 501 > maximum
+        assert tx(card, "00DC021C0101") == "6700"  # counters are 2 bytes
+        assert tx(card, "0030011C0300000100") == "6700"  # wider than the counter
+        assert tx(card, "0030031C010100") == "6A83"
+        assert tx(card, "00300114010100") == "6981"  # a record EF is no counter
+        assert snapshot(card.state_dir) == before
+        assert tx(card, "80320080" + "0401020304") == "6986"  # CLA 80 INS 32 is CHANGE KEY
 
-def test_external_authenticate(card: Card, tmp_path: Path) -> None:
-    challenge = bytes.fromhex(tx(card, "0084000008")[:-4])
-    assert tx(card, "0082008110" + cmac_of(TEST_KEY, challenge).hex()) == "9000"  # 8 bytes
-    assert tx(card, "0082008110" + cmac_of(TEST_KEY, challenge).hex()) == "6985"  # used up
-    assert tx(card, "0082008110" + "00" * 16) == "6985"  # no challenge
-    tx(card, "0084000010")
-    assert tx(card, "0082008110" + "00" * 16) == "6300"  # wrong; key 1 has no counter
-    tx(card, "0084000020")  # 32 bytes: not a challenge EXTERNAL AUTHENTICATE takes
-    assert tx(card, "0082008110" + "00" * 16) == "6985"
-    assert tx(card, "0082008210" + "00" * 16) == "6A88"  # no key 2
-    assert tx(card, "0082000110" + "00" * 16) == "6A86"  # P2 must be 80|key
-    assert tx(card, "0082018110" + "00" * 16) == "6A86"
-    assert tx(card, "008200810F" + "00" * 15) == "6700"
-    assert tx(card, "0082008110" + "00" * 16 + "00") == "6700"
-    assert tx(card, "00A4040C0AD392F000260100000001", "0082008110" + "00" * 16) == "6A88"
+    @pytest.mark.fresh_card
+    def test_pin_and_key_access_rules(self, card: TestedCard) -> None:
+        assert tx(card, "00B0840008") == "6982"
+        assert tx(card, "00D6840002AABB") == "6982"
+        # an application PIN with its own counter, format and CHANGE REFERENCE DATA
+        assert tx(card, "00A4020C020011", "00200080") == "63C2"
+        assert tx(card, "0020008004" + b"1234".hex()) == "63C1"  # wrong format costs a try
+        assert tx(card, "0020008006" + b"123456".hex()) == "9000"
+        assert tx(card, "00B0840008") == "FF" * 8 + "9000"
+        assert tx(card, "00A4020C020011", "0024018004" + b"1234".hex()) == "6A80"  # [0-9]{6}
+        assert tx(card, "8032008006" + b"654321".hex()) == "6985"  # CHANGE KEY is for 住基/共通
+        assert tx(card, "0024018006" + b"654321".hex()) == "9000"
+        states = {p.name: (p.remaining, p.max_tries) for p in read_pin_status(card.state_dir)}
+        assert states["bench:0011"] == (2, 2)
+        card.reset()
+        assert tx(card, "00A4040C07" + TEST_AID.hex(), "00B0840008") == "6982"
+        # key 1 opens the update of EF 0004 but not its read
+        assert external_authenticate(card.transmit, 1, TEST_KEY) == "9000"
+        assert tx(card, "00D6840002AABB") == "9000"
+        assert tx(card, "00B0840008") == "6982"
+        tx(card, "00A4040C0AD392F000260100000001", "00A4040C07" + TEST_AID.hex())  # app change
+        assert tx(card, "00D6840002AABB") == "6982"
+        assert tx(card, "00A4020C020011", "0020008006" + b"654321".hex()) == "9000"
+        assert tx(card, "00B0840008") == "AABB" + "FF" * 6 + "9000"
 
-
-def test_external_authenticate_counter_blocks_and_persists(tmp_path: Path) -> None:
-    profile = load_profile("taxi-tickets")
-    office = app_key(profile, "taxi", 2)
-    with open_card(profile, tmp_path) as card:
-        ok(select(card.transmit, TAXI_AID))
-        assert external_authenticate(card.transmit, 2, bytes(16)) == "63C2"
-        assert external_authenticate(card.transmit, 2, office) == "9000"  # resets the counter
-        assert [external_authenticate(card.transmit, 2, bytes(16)) for _ in range(3)] == [
-            "63C2",
-            "63C1",
-            "63C0",
+    @pytest.mark.fresh_card
+    def test_bad_input_gets_precise_status_words(self, card: TestedCard) -> None:
+        """A client's mistakes in a row, each with its precise SW; the refused writes change
+        nothing, then the record EF fills up and the counter stays."""
+        before = ok(card.transmit(bytes.fromhex("00B0810000")))
+        cases = [
+            ("00B0812800", "6B00"),  # READ BINARY offset past the end
+            ("00B0812400", "FFFFFFFF9000"),  # Le past the end: the rest
+            ("00D6812803AABBCC", "6B00"),  # UPDATE BINARY offset past the end
+            ("00D6812603AABBCC", "6A84"),  # runs past the end
+            ("00B2051400", "6A83"),  # no record 5
+            ("00DC051401AA", "6A83"),
+            ("00DC011409" + "00" * 9, "6700"),  # longer than the records
+            ("00B0840008", "6982"),  # EF 0004: PIN 0011 or key 1
+            ("00D6840001AA", "6982"),
+            ("00300114010100", "6981"),  # DECREASE on a record EF
+            ("00300118010100", "6A86"),  # P2 mode 000: no record pointer
+            ("0030011C0300000100", "6700"),
+            ("0030011C010B00", "6985"),  # 10 - 11 < 0
+            ("00A4020C020011", "9000"),
+            ("0020008004" + b"1234".hex(), "63C1"),  # wrong format costs a try
+            ("0020008000", "6700"),
+            ("00200080", "63C1"),
         ]
-        assert external_authenticate(card.transmit, 2, office) == "6984"
-        assert sw(counter_step(card.transmit, 0x32, 1)) == "6982"
-        assert external_authenticate(card.transmit, 1, bytes(16)) == "63C4"  # its own counter
-    status = {p.name: (p.remaining, p.blocked) for p in read_pin_status(tmp_path)}
-    assert status["taxi:key2"] == (0, True) and status["taxi:key1"] == (4, False)
-    assert mynacard("reset-pin", "--state", tmp_path, "taxi:key2").returncode == 0
-    result = mynacard("reset-pin", "--state", tmp_path, "taxi:key2", "--value", "1234")
-    assert result.returncode == 2 and "no value" in result.stderr
-    with open_card(profile, tmp_path) as card:
-        ok(select(card.transmit, TAXI_AID))
-        assert external_authenticate(card.transmit, 2, office) == "9000"
-
-
-def test_selection_probes_and_fci(card: Card) -> None:
-    assert tx(card, "00A4040C05F001020304") == "9000"  # by prefix
-    assert tx(card, "00A4040005F001020304") == "6F098407" + TEST_AID.hex().upper() + "9000"
-    assert tx(card, "00A4040C07F0010203040507") == "6A82"
-    for probe in (
-        "A000000308000010000100",  # PIV
-        "D27600012401",  # OpenPGP
-        "A000000063504B43532D3135",  # PKCS#15
-        "E82B0601040181C31F0201",  # SmartCard-HSM
-    ):
-        assert tx(card, f"00A4040C{len(probe) // 2:02X}{probe}") == "6A82"
-    assert tx(card, "00A4020C020005") == "6A82"
+        for command, expected in cases:
+            assert tx(card, command) == expected, command
+        # the refused writes changed nothing
+        assert ok(card.transmit(bytes.fromhex("00B0810000"))) == before
+        for _ in range(3):
+            ok(card.transmit(apdu("00E20010", b"\x01")))
+        assert sw(card.transmit(apdu("00E20010", b"\x02"))) == "6A84"  # 4 of 4 records
+        assert read_records(card.transmit, 2) == [b"\x01\x02", b"\x01", b"\x01", b"\x01"]
+        assert ok(card.transmit(bytes.fromhex("00B2011C00"))) == b"\x00\x0a"  # unchanged counter
 
 
 # -- profiles and install files --------------------------------------------------------------
@@ -787,7 +877,7 @@ any_commands = st.one_of(
 class ExampleCard:
     """A card with all three example applications, and windows of their secrets."""
 
-    def __init__(self, card: Card, secrets: list[bytes]) -> None:
+    def __init__(self, card: CardInterface, secrets: list[bytes]) -> None:
         self.card = card
         self.secrets = secrets
 
@@ -827,31 +917,40 @@ def test_any_bytes_to_free_area_apps_get_an_answer_and_no_key(
         assert not any(window in response for window in secrets)
 
 
-def test_pin_guarded_key_and_long_pin_values(default: Profile, tmp_path: Path) -> None:
-    entry = app_spec(load_profile("building-entry"), "entry")
-    (key_spec,) = [f for f in entry.files if isinstance(f, RsaKeySpec)]
-    pem = key_spec.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
-    area = (
-        APP
-        + '[[free_area.apps.files]]\nfid = "0002"\ntype = "rsa_key"\nuse = "pin:0011"\n'
-        + f"private_key = '''\n{pem}'''\n"
-        + '[[free_area.apps.pins]]\nfid = "0011"\nvalue = "1234"\nformat = "[0-9]{4,20}"\n'
-    )
-    profile = with_free_area(default, area)
-    with open_card(profile, tmp_path) as card:
-        assert tx(card, "00A4040C05F0AABBCCDD", "0088008208" + "11" * 8 + "00") == "6982"
-        assert tx(card, "00A4020C020011", "0020008004" + b"1234".hex()) == "9000"
-        signature = bytes.fromhex(tx(card, "0088008208" + "11" * 8 + "00")[:-4])
-        key_spec.key.public_key().verify(
-            signature, b"\x11" * 8, padding.PKCS1v15(), hashes.SHA256()
-        )
-        before = snapshot(tmp_path)
-        assert tx(card, "0024018011" + (b"1" * 17).hex()) == "6700"  # VERIFY could not send it
-        assert snapshot(tmp_path) == before
-        assert tx(card, "0024018010" + (b"1" * 16).hex()) == "9000"
-        card.reset()
-        assert tx(card, "00A4040C05F0AABBCCDD", "0088008208" + "11" * 8 + "00") == "6982"
-    result = mynacard("reset-pin", "--state", tmp_path, "x:0011", "--value", "1" * 17)
+def building_entry_key_pem() -> str:
+    """The PEM of the building-entry profile's RSA key file, as shipped."""
+    text = (PROFILES_DIR / "building-entry.toml").read_text(encoding="utf-8")
+    (entry,) = tomllib.loads(text)["free_area"]["apps"]
+    (pem,) = [f["private_key"] for f in entry["files"] if f["type"] == "rsa_key"]
+    assert isinstance(pem, str)
+    return pem
+
+
+PIN_GUARDED_KEY = CardProfile.of(
+    append="\n[free_area]\n"
+    + APP
+    + '[[free_area.apps.files]]\nfid = "0002"\ntype = "rsa_key"\nuse = "pin:0011"\n'
+    + f"private_key = '''\n{building_entry_key_pem()}'''\n"
+    + '[[free_area.apps.pins]]\nfid = "0011"\nvalue = "1234"\nformat = "[0-9]{4,20}"\n'
+)
+
+
+@pytest.mark.fresh_card
+@pytest.mark.card_profile(PIN_GUARDED_KEY)
+def test_pin_guarded_key_and_long_pin_values(card: TestedCard) -> None:
+    (key_spec,) = [f for f in app_spec(card.profile, "x").files if isinstance(f, RsaKeySpec)]
+    assert tx(card, "00A4040C05F0AABBCCDD", "0088008208" + "11" * 8 + "00") == "6982"
+    assert tx(card, "00A4020C020011", "0020008004" + b"1234".hex()) == "9000"
+    signature = bytes.fromhex(tx(card, "0088008208" + "11" * 8 + "00")[:-4])
+    key_spec.key.public_key().verify(signature, b"\x11" * 8, padding.PKCS1v15(), hashes.SHA256())
+    before = snapshot(card.state_dir)
+    assert tx(card, "0024018011" + (b"1" * 17).hex()) == "6700"  # VERIFY could not send it
+    assert snapshot(card.state_dir) == before
+    assert tx(card, "0024018010" + (b"1" * 16).hex()) == "9000"
+    card.reset()
+    assert tx(card, "00A4040C05F0AABBCCDD", "0088008208" + "11" * 8 + "00") == "6982"
+    card.close()
+    result = mynacard("reset-pin", "--state", card.state_dir, "x:0011", "--value", "1" * 17)
     assert result.returncode == 2 and "at most 16" in result.stderr
 
 

@@ -1,11 +1,12 @@
-"""住基AP and 共通カードAP in process through open_card/transmit (docs/card-spec.md §6, §7)."""
+"""住基AP and 共通カードAP (docs/card-spec.md §6, §7): each behaviour on the card in process and
+through pcscd (the `card` fixture)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cardtest import TestedCard, select, select_ef, tx
 from juki_common_checks import (
     COMMON_AID,
     JUKI_AID,
@@ -16,40 +17,18 @@ from juki_common_checks import (
     read_key_reference,
     read_record,
     retries,
-    select,
-    select_ef,
     verify,
 )
 
-from mynacard import Card, open_card
-from mynacard.personalize.profile import Profile, ProfileError, load_profile
+from mynacard.personalize.profile import ProfileError, load_profile
 from mynacard.store import read_pin_status
-
-
-@pytest.fixture(scope="module")
-def profile() -> Profile:
-    return load_profile("default")
-
-
-@pytest.fixture
-def card(profile: Profile, tmp_path: Path) -> Iterator[Card]:
-    with open_card(profile, tmp_path / "state") as c:
-        yield c
-
-
-def tx(card: Card, *hexes: str) -> str:
-    """Send APDUs given as hex; the last response as upper-case hex."""
-    response = b""
-    for h in hexes:
-        response = card.transmit(bytes.fromhex(h.replace(" ", "")))
-    return response.hex().upper()
-
 
 SELECT_JUKI = "00A4040C0A" + JUKI_AID.hex()
 SELECT_COMMON = "00A4040C0A" + COMMON_AID.hex()
 
 
-def test_common_card_info_by_sfi_and_current_ef(card: Card, profile: Profile) -> None:
+def test_common_card_info_by_sfi_and_current_ef(card: TestedCard) -> None:
+    profile = card.profile
     info = read_card_info(card.transmit)
     assert info.serial == profile.card_serial and len(info.serial) == 15
     assert info.municipality_code == profile.municipality_code
@@ -62,13 +41,13 @@ def test_common_card_info_by_sfi_and_current_ef(card: Card, profile: Profile) ->
     assert by_sfi[:2] == b"\x01\x1c"
 
 
-def test_key_reference_is_the_same_in_both_aps_and_free(card: Card) -> None:
+def test_key_reference_is_the_same_in_both_aps_and_free(card: TestedCard) -> None:
     juki = read_key_reference(card.transmit, JUKI_AID)
     common = read_key_reference(card.transmit, COMMON_AID)
     assert juki == common
 
 
-def test_record_bounds_and_forms(card: Card) -> None:
+def test_record_bounds_and_forms(card: TestedCard) -> None:
     tx(card, SELECT_COMMON)
     assert tx(card, "00B2020C00") == "6A83"  # only record 1
     assert tx(card, "00B2000C00") == "6A83"  # no current record is kept
@@ -83,10 +62,10 @@ def test_record_bounds_and_forms(card: Card) -> None:
     assert tx(card, "00B2010C00") == "6A82"  # the 住基AP has no EF 0001
 
 
-def test_internal_authenticate_needs_no_pin(card: Card, profile: Profile) -> None:
-    assert profile.common_auth_key is not None
-    public = profile.common_auth_key.public_key()
-    assert select(card.transmit, COMMON_AID) == b"\x90\x00"
+def test_internal_authenticate_needs_no_pin(card: TestedCard) -> None:
+    assert card.profile.common_auth_key is not None
+    public = card.profile.common_auth_key.public_key()
+    select(card.transmit, COMMON_AID)
     internal_authenticate(card.transmit, public)  # 00 88 00 99: SFI 19
     assert select_ef(card.transmit, 0x0019) == b"\x90\x00"
     internal_authenticate(card.transmit, public, p2=0x80)  # the current EF
@@ -101,7 +80,8 @@ def test_internal_authenticate_needs_no_pin(card: Card, profile: Profile) -> Non
     assert tx(card, SELECT_JUKI, "00880099040102030400") == "6A82"  # not in the 住基AP
 
 
-def test_pins_have_separate_counters(card: Card, profile: Profile, tmp_path: Path) -> None:
+@pytest.mark.fresh_card
+def test_pins_have_separate_counters(card: TestedCard) -> None:
     assert retries(card.transmit, JUKI_AID) == "63C3"
     assert verify(card.transmit, "0000")[-2:] == b"\x63\xc2"
     assert retries(card.transmit, COMMON_AID) == "63C3"  # docs/decisions.md #13
@@ -109,67 +89,70 @@ def test_pins_have_separate_counters(card: Card, profile: Profile, tmp_path: Pat
     assert verify(card.transmit, "12")[-2:] == b"\x63\xc1"  # wrong format costs a try (#5)
     assert tx(card, "0020008011" + "31" * 17) == "6700"  # longer than 16: no try
     assert tx(card, "0020008000") == "6700"  # Le present: no try
-    assert verify(card.transmit, profile.pins["common"]) == b"\x90\x00"
+    assert verify(card.transmit, card.profile.pins["common"]) == b"\x90\x00"
     assert retries(card.transmit, COMMON_AID) == "63C3"
     assert retries(card.transmit, JUKI_AID) == "63C2"
-    counters = {p.name: p.remaining for p in read_pin_status(tmp_path / "state")}
+    counters = {p.name: p.remaining for p in read_pin_status(card.state_dir)}  # while live
     assert counters["juki"] == 2 and counters["common"] == 3
 
 
-def test_pin_blocks_after_three_wrong_tries(card: Card, profile: Profile) -> None:
+@pytest.mark.fresh_card
+def test_pin_blocks_after_three_wrong_tries(card: TestedCard) -> None:
+    juki = card.profile.pins["juki"]
     tx(card, SELECT_JUKI, "00A4020C02001C")
     assert [verify(card.transmit, "9999").hex() for _ in range(3)] == ["63c2", "63c1", "63c0"]
-    assert verify(card.transmit, profile.pins["juki"]).hex() == "6984"
+    assert verify(card.transmit, juki).hex() == "6984"
     assert tx(card, "00200080") == "63C0"
-    assert change_pin(card.transmit, JUKI_AID, profile.pins["juki"], "4321") == "6984"
+    assert change_pin(card.transmit, JUKI_AID, juki, "4321") == "6984"
     assert retries(card.transmit, COMMON_AID) == "63C3"
 
 
+@pytest.mark.fresh_card
 @pytest.mark.parametrize("aid", [JUKI_AID, COMMON_AID], ids=["juki", "common"])
-def test_change_key(profile: Profile, tmp_path: Path, aid: bytes) -> None:
-    name = "juki" if aid == JUKI_AID else "common"
-    old = profile.pins[name]
-    with open_card(profile, tmp_path) as c:
-        tx(c, "00A4040C0A" + aid.hex(), "00A4020C02001C")
-        assert tx(c, "8032008004" + b"5678".hex()) == "6982"  # not verified
-        assert (
-            tx(c, "0024018004" + b"5678".hex()) == "6985"
-        )  # JPKI's command: docs/decisions.md #31
-        assert verify(c.transmit, old) == b"\x90\x00"
-        assert tx(c, "0024018004" + b"5678".hex()) == "6985"
-        assert tx(c, "8032008005" + b"56789".hex()) == "6A80"  # new value: 4 digits only
-        assert tx(c, "8032008004" + b"12AB".hex()) == "6A80"
-        assert tx(c, "8032018004" + b"5678".hex()) == "6A86"  # P1 must be 00
-        assert tx(c, "80320080") == "6700"
-        assert change_pin(c.transmit, aid, old, "5678") == "9000"
-        assert verify(c.transmit, old).hex() == "63c2"
-        other, other_name = (COMMON_AID, "common") if aid == JUKI_AID else (JUKI_AID, "juki")
-        assert change_pin(c.transmit, other, profile.pins[other_name], "1111") == "9000"
-    with open_card(profile, tmp_path) as c:  # durable
-        tx(c, "00A4040C0A" + aid.hex(), "00A4020C02001C")
-        assert verify(c.transmit, "5678") == b"\x90\x00"
+def test_change_key(card: TestedCard, aid: bytes) -> None:
+    pins = card.profile.pins
+    old = pins["juki" if aid == JUKI_AID else "common"]
+    tx(card, "00A4040C0A" + aid.hex(), "00A4020C02001C")
+    assert tx(card, "8032008004" + b"5678".hex()) == "6982"  # not verified
+    # JPKI's command: docs/decisions.md #31
+    assert tx(card, "0024018004" + b"5678".hex()) == "6985"
+    assert verify(card.transmit, old) == b"\x90\x00"
+    assert tx(card, "0024018004" + b"5678".hex()) == "6985"
+    assert tx(card, "8032008005" + b"56789".hex()) == "6A80"  # new value: 4 digits only
+    assert tx(card, "8032008004" + b"12AB".hex()) == "6A80"
+    assert tx(card, "8032018004" + b"5678".hex()) == "6A86"  # P1 must be 00
+    assert tx(card, "80320080") == "6700"
+    assert change_pin(card.transmit, aid, old, "567") == "6A80"
+    assert change_pin(card.transmit, aid, old, "5678") == "9000"
+    assert verify(card.transmit, "5678") == b"\x90\x00"
+    assert verify(card.transmit, old).hex() == "63c2"
+    other, other_name = (COMMON_AID, "common") if aid == JUKI_AID else (JUKI_AID, "juki")
+    assert change_pin(card.transmit, other, pins[other_name], "1111") == "9000"
+    card.reopen()  # durable
+    tx(card, "00A4040C0A" + aid.hex(), "00A4020C02001C")
+    assert verify(card.transmit, "5678") == b"\x90\x00"
 
 
 @pytest.mark.parametrize(
     "leave",
     [
         lambda c: c.reset(),
-        lambda c: c.power_off(),
+        lambda c: c.power_cycle(),
         lambda c: c.transmit(bytes.fromhex("00A4040C0A" + COMMON_AID.hex())),
         lambda c: c.transmit(bytes.fromhex("00A4040C0AD392F000260100000001")),
     ],
     ids=["reset", "power-off", "other-ap", "jpki"],
 )
-def test_verified_state_ends(card: Card, profile: Profile, leave: object) -> None:
+def test_verified_state_ends(card: TestedCard, leave: object) -> None:
     assert callable(leave)
     tx(card, SELECT_JUKI, "00A4020C02001C")
-    assert verify(card.transmit, profile.pins["juki"]) == b"\x90\x00"
+    assert verify(card.transmit, card.profile.pins["juki"]) == b"\x90\x00"
     leave(card)
     tx(card, SELECT_JUKI, "00A4020C02001C")
     assert tx(card, "8032008004" + b"5678".hex()) == "6982"
 
 
-def test_writes_to_national_record_efs_are_refused(card: Card) -> None:
+def test_writes_to_national_record_efs_are_refused(card: TestedCard) -> None:
     tx(card, SELECT_COMMON, "00A4020C020001")
     before = tx(card, "00B2010400")
     assert tx(card, "00DC010402" + "0102") == "6982"  # UPDATE RECORD: no write access
