@@ -213,8 +213,9 @@ def test_status_without_state(tmp_path: Path) -> None:
 
 def test_damaged_state_is_a_clear_error(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    state.mkdir()
+    state.mkdir(mode=0o700)
     (state / "card.sqlite").write_bytes(bytes(range(256)) * 32)  # not a database
+    (state / "card.sqlite").chmod(0o600)
     vpcd = ("--vpcd", "127.0.0.1:9")
     for command in (("status",), ("reset-pin", "auth"), ("freearea", "list"), ("serve", *vpcd)):
         result = mynacard(*command, "--state", state)
