@@ -11,7 +11,7 @@ from .apdu import INS, SW, Apdu, MalformedApdu, read_binary, select_aid, select_
 from .guard import GuardRefusal, PinGuard
 from .model import CardFacts, CardModel, Expectation, ObjectKey, brief
 from .spec import JPKI, AppSpec, EfSpec, PinSpec, Structure
-from .targets import Target, TargetError
+from .targets import ChainedResponses, Target, TargetError
 from .transcript import Action, Exchange, Pattern
 
 
@@ -105,6 +105,16 @@ class Observer:
             self._violate("protected", f"{what} answered 9000 without its PIN verified")
 
 
+def restart_of(target: Target) -> Callable[[], bytes] | None:
+    """The `restart` of the card under `target` (seen through the layers that only collect
+    61xx pieces), or None when it has none: a power loss between two commands."""
+    inner: object = target
+    while isinstance(inner, ChainedResponses):
+        inner = inner.inner
+    restart = getattr(inner, "restart", None)
+    return restart if callable(restart) else None
+
+
 @dataclass
 class Link:
     """One target as the bench drives it: through the PIN guard unless it is disposable."""
@@ -121,6 +131,10 @@ class Link:
     @property
     def disposable(self) -> bool:
         return self.target.disposable
+
+    @property
+    def restart(self) -> Callable[[], bytes] | None:
+        return restart_of(self.target) if self.disposable else None
 
 
 def restore_initial_state(link: Link, model: CardModel) -> bool:
@@ -187,6 +201,8 @@ class Bench:
         self.on_example: Callable[[int], None] | None = None
         self.last_deviation: Deviation | None = None
         self._dirty = False
+        self.restarts = 0
+        self._restarted_at = 0  # the model's count of durable changes at the last restart
 
     @property
     def links(self) -> Iterator[Link]:
@@ -217,6 +233,7 @@ class Bench:
             if not (restorable and model is not None and restore_initial_state(link, model)):
                 link.port.fresh()
         self._dirty = False
+        self._restarted_at = 0
         self.model = CardModel(self.primary.facts, fresh=self.primary.disposable)
         if self.secondary is not None:
             self.secondary_model = CardModel(self.secondary.facts, fresh=self.secondary.disposable)
@@ -311,16 +328,18 @@ class Bench:
                 Divergence,
             )
 
-    def _power(self, cold: bool) -> None:
+    def _power(self, action: Action) -> None:
         expectation = self.model.expect_atr()
         answers = []
         for link in self.links:
-            port = link.port
-            atr = port.power_cycle() if cold else port.reset()
+            port, restart = link.port, link.restart
+            if action is Action.RESTART and restart is not None:
+                atr: bytes | None = restart()
+            else:
+                atr = port.power_cycle() if action is Action.POWER else port.reset()
             if atr is None:
                 atr = port.reset()
             answers.append(atr)
-        action = Action.POWER if cold else Action.RESET
         self._record(Exchange(action, b"", expectation.pattern), expectation, answers[0])
         if expectation.effect is not None:
             expectation.effect(answers[0])
@@ -331,10 +350,30 @@ class Bench:
         self.observer.power()
 
     def reset(self) -> None:
-        self._power(cold=False)
+        self._power(Action.RESET)
 
     def power_cycle(self) -> None:
-        self._power(cold=True)
+        self._power(Action.POWER)
+
+    # Reopening a card costs as much as ~100 steps: a run restarts at most this often, once
+    # per example, and only after a change that must be durable (a counter, a PIN, an EF).
+    max_restarts = 16
+
+    @property
+    def restartable(self) -> bool:
+        """Every target is disposable and has `restart`."""
+        return all(link.restart is not None for link in self.links)
+
+    def power_loss(self) -> None:
+        """A power loss between two commands: a restart (every target closed and opened
+        again from its state) where it can show something, a power cycle otherwise."""
+        worth_it = 0 <= self._restarted_at < self.model.durable_changes
+        if worth_it and self.restarts < self.max_restarts and self.restartable:
+            self.restarts += 1
+            self._restarted_at = -1
+            self._power(Action.RESTART)
+        else:
+            self._power(Action.POWER)
 
     def _observe(self, command: bytes, response: bytes) -> None:
         """Feed the invariants' observer (model-independent checks on the answers)."""

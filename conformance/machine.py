@@ -524,7 +524,7 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     @rule(cold=st.booleans(), look=st.booleans())
     @counted
-    def restart(self, cold: bool, look: bool) -> None:
+    def reset_or_power_cycle(self, cold: bool, look: bool) -> None:
         """Warm reset or power cycle: the session ends, the counters stay (half the time
         read back at once in the application the card was in)."""
         app = self.bench.model.app
@@ -535,6 +535,24 @@ class ConformanceMachine(RuleBasedStateMachine):
         if look and app is not None:
             self.send(select_aid(app.aid))
             for _app, pin in self.bench.model.pins():
+                self.send(verify(b"", 0x80 | pin.fid))
+
+    @precondition(lambda self: self.bench.restartable)
+    @rule()
+    @counted
+    def power_loss(self) -> None:
+        """A power loss or a process restart between two commands (disposable targets with
+        `restart`): once something durable has changed, the card is closed and opened again
+        from its state directory (else power-cycled); every counter is read back at once."""
+        self.bench.power_loss()
+        self.look_back()
+
+    def look_back(self) -> None:
+        """Read every PIN counter of every application (the retry query costs nothing)."""
+        model = self.bench.model
+        for app in model.present_apps():
+            self.send(select_aid(app.aid))
+            for _app, pin in model.pins():
                 self.send(verify(b"", 0x80 | pin.fid))
 
     # -- what no client sends (only where nothing real can be harmed) --------------------

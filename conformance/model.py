@@ -302,6 +302,7 @@ class CardModel:
         source = facts.initial_counters if fresh else facts.live_counters
         self.counters: dict[ObjectKey, int] = dict(source)
         self.values: dict[ObjectKey, bytes] = dict(facts.pin_values)
+        self.durable_changes = 0  # counters, PINs and EFs written: what a restart must keep
 
     # -- queries the state machine uses to pick commands ---------------------------------
 
@@ -684,6 +685,8 @@ class CardModel:
         return Expectation(pattern, SECTION_PINS, failed)
 
     def _set_counter(self, key: ObjectKey, remaining: int) -> None:
+        if self.counters.get(key) != remaining:
+            self.durable_changes += 1
         self.counters[key] = remaining
         self.facts.live_counters[key] = remaining
 
@@ -713,6 +716,7 @@ class CardModel:
 
         def changed(response: bytes) -> None:
             self.values[key] = apdu.data
+            self.durable_changes += 1
 
         return Expectation(_status(SW.OK), SECTION_PINS, changed)
 

@@ -138,6 +138,14 @@ class EmulatorTarget:
         self.card.power_off()
         return self.card.power_on()
 
+    def restart(self) -> bytes:
+        """A power loss or a new process between two commands: the card is closed and opened
+        again on the same state directory, then powered on; returns the ATR."""
+        self.card.close()
+        self._card = None
+        self._card = self._open(self.state_dir)
+        return self._card.power_on()
+
     def close(self) -> None:
         if self._card is not None:
             self._card.close()
