@@ -24,6 +24,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from .adversarial import NEAR_MISS_KINDS, near_misses, outside_format
 from .apdu import INS, SW, Apdu, select_aid, select_ef, sw_of, verify
 from .bench import Bench
 from .guard import GuardRefusal
@@ -71,6 +72,13 @@ schemes = st.one_of(st.integers(0, 5), st.integers(0, 5), st.integers(6, 255))
 
 
 Rule = TypeVar("Rule", bound=Callable[..., Any])
+
+
+def change_command(ins: int, value: bytes, p2: int = 0x80) -> bytes:
+    """CHANGE REFERENCE DATA (00 24 01 P2) or CHANGE KEY (80 32 00 P2) to `value`."""
+    if ins == INS.CHANGE_KEY:
+        return Apdu(0x80, INS.CHANGE_KEY, 0x00, p2, value).encode()
+    return Apdu(0x00, INS.CHANGE_REFERENCE_DATA, 0x01, p2, value).encode()
 
 
 def counted(rule_body: Rule) -> Rule:
@@ -126,6 +134,25 @@ class ConformanceMachine(RuleBasedStateMachine):
             self.send(select_ef(pin.fid))
         self.send(verify(b"", p2))
         return self.send(verify(value, p2))
+
+    def enter(self, app: AppSpec) -> None:
+        """SELECT `app` unless it is the selected application."""
+        if self.bench.model.app is not app:
+            self.send(select_aid(app.aid))
+
+    def known_pins(self, spare: int) -> list[tuple[AppSpec, PinSpec, bytes]]:
+        """The card's PINs, in every application, whose value the run knows and that have
+        `spare` tries left (or an unknown count)."""
+        model = self.bench.model
+        found = []
+        for app in model.present_apps():
+            for pin in app.pins:
+                value, remaining = model.value(app, pin), model.remaining(app, pin)
+                if value is None or model.facts.present(app, pin.fid) is not True:
+                    continue
+                if remaining is None or remaining >= spare:
+                    found.append((app, pin, value))
+        return found
 
     def log_in(self, app: AppSpec, pins: frozenset[int]) -> None:
         """VERIFY the first of `pins` whose value is known (nothing if none is)."""
@@ -444,11 +471,57 @@ class ConformanceMachine(RuleBasedStateMachine):
                 INS.CHANGE_KEY: INS.CHANGE_REFERENCE_DATA,
             }
             change_ins = swap[INS(change_ins)]
-        if change_ins == INS.CHANGE_KEY:
-            command = Apdu(0x80, INS.CHANGE_KEY, 0x00, 0x80, value).encode()
-        else:
-            command = Apdu(0x00, INS.CHANGE_REFERENCE_DATA, 0x01, 0x80, value).encode()
-        self.send(command)
+        self.send(change_command(change_ins, value))
+
+    @precondition(lambda self: bool(self.bench.model.facts.pin_values))
+    @rule(kind=st.sampled_from(NEAR_MISS_KINDS), pick=st.integers(0, 0xFFFF), by_sfi=st.booleans())
+    @counted
+    def verify_near_miss(self, kind: str, pick: int, by_sfi: bool) -> None:
+        """VERIFY with a value close to a PIN the run knows (a prefix, one character more or
+        changed, another case, padding, full-width digits, Lc up to 255), then the right
+        value: the near miss is a wrong try (63Cx; 6700 and no try past 16 bytes).  On a
+        card that is not disposable only within the guard's budget."""
+        targets = self.known_pins(spare=2)
+        targets = [t for t in targets if near_misses(t[2])[kind]] or targets
+        if not targets:
+            return
+        app, pin, value = targets[pick % len(targets)]
+        misses = near_misses(value)
+        choices = misses[kind] or misses["change"]
+        wrong = choices[pick // len(targets) % len(choices)]
+        self.enter(app)
+        p2 = 0x80 | pin.fid if by_sfi else 0x80
+        if self.careful:
+            guard = self.bench.primary.guard
+            allowed = guard is not None and guard.may_try_wrong((app.aid, pin.fid))
+            if allowed and self.query_then(pin, p2, wrong) is not None:
+                self.query_then(pin, p2, value)
+            return
+        if not by_sfi:
+            self.send(select_ef(pin.fid))
+        self.send(verify(wrong, p2))
+        self.send(verify(value, p2))
+
+    @precondition(lambda self: not self.careful and bool(self.bench.model.facts.pin_values))
+    @rule(pick=st.integers(0, 0xFFFF), by_sfi=st.booleans())
+    @counted
+    def change_outside_format(self, pick: int, by_sfi: bool) -> None:
+        """CHANGE REFERENCE DATA / CHANGE KEY, right after VERIFY, to a value one step outside
+        the PIN's format (a character too few or too many, one outside the alphabet, more
+        than 16 bytes): refused, and the old value still opens (disposable cards only)."""
+        targets = [t for t in self.known_pins(spare=1) if t[1].change_ins is not None]
+        if not targets:
+            return
+        app, pin, value = targets[pick % len(targets)]
+        choices = outside_format(pin.value_format, value)
+        new = choices[pick // len(targets) % len(choices)]
+        self.enter(app)
+        p2 = 0x80 | pin.fid if by_sfi else 0x80
+        if not by_sfi:
+            self.send(select_ef(pin.fid))
+        self.send(verify(value, p2))
+        self.send(change_command(INS(pin.change_ins or INS.CHANGE_REFERENCE_DATA), new, p2))
+        self.send(verify(value, p2))
 
     # -- keys ---------------------------------------------------------------------------
 
