@@ -24,12 +24,22 @@ from hypothesis.stateful import (
     rule,
 )
 
-from .adversarial import NEAR_MISS_KINDS, near_misses, outside_format
+from .adversarial import NEAR_MISS_KINDS, edges, near_misses, outside_format
 from .apdu import INS, SW, Apdu, select_aid, select_ef, sw_of, verify
 from .bench import Bench
 from .guard import GuardRefusal
 from .model import SHA256_DIGEST_INFO
-from .spec import CATALOGUE, ISD_AID, AppSpec, EfSpec, KeySpec, PinSpec, distinguishing_length
+from .spec import (
+    CATALOGUE,
+    ISD_AID,
+    AppSpec,
+    EfSpec,
+    KeySpec,
+    KeyUse,
+    PinSpec,
+    Structure,
+    distinguishing_length,
+)
 
 DIGEST_INFO_PREFIXES = {
     "sha1": bytes.fromhex("3021300906052b0e03021a05000414"),
@@ -52,13 +62,22 @@ wrong_values = st.one_of(
     st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", min_size=6, max_size=16),
     st.text("abcdefxyz0123456789", min_size=6, max_size=16),
 ).map(str.encode) | st.binary(min_size=1, max_size=16)
+# DigestInfos without the NULL parameters, as some clients send them: P1 00 must pad them as
+# they are (docs/decisions.md #21a).
+DIGEST_INFO_WITHOUT_NULL = {
+    "sha1": bytes.fromhex("301f300706052b0e03021a0414"),
+    "sha256": bytes.fromhex("302f300b06096086480165030402010420"),
+}
 payloads = st.one_of(
     st.tuples(st.sampled_from(sorted(DIGEST_INFO_PREFIXES)), st.binary(max_size=64)).map(
         lambda pair: DIGEST_INFO_PREFIXES[pair[0]] + hashlib.new(pair[0], pair[1]).digest()
     ),
+    st.tuples(st.sampled_from(sorted(DIGEST_INFO_WITHOUT_NULL)), st.binary(max_size=8)).map(
+        lambda pair: DIGEST_INFO_WITHOUT_NULL[pair[0]] + hashlib.new(pair[0], pair[1]).digest()
+    ),
     st.binary(min_size=32, max_size=32),
     st.binary(min_size=1, max_size=255),
-    st.binary(min_size=240, max_size=255),
+    st.sampled_from([1, 244, 245, 246]).map(lambda size: b"\x5a" * size),  # P1 00's limits
     st.just(b""),
 )
 INVARIANT_SECTIONS = {
@@ -67,6 +86,27 @@ INVARIANT_SECTIONS = {
     "blocked": "§7 PINs",
     "protected": "§3 JPKI-AP",
 }
+
+_MESSAGE = b"mynacard conformance"
+_HASH = hashlib.sha256(_MESSAGE).digest()
+# An input made for each P1 (docs/card-spec.md §8): P1 00 pads it as sent (DigestInfos with
+# and without NULL parameters, the shortest and longest inputs), 01/03/05 hash a message,
+# 02/04 take a 32-byte hash.
+SCHEME_INPUTS: tuple[tuple[bytes, ...], ...] = (
+    (
+        SHA256_DIGEST_INFO + _HASH,
+        DIGEST_INFO_WITHOUT_NULL["sha256"] + _HASH,
+        DIGEST_INFO_WITHOUT_NULL["sha1"] + hashlib.sha1(_MESSAGE).digest(),
+        DIGEST_INFO_PREFIXES["sha512"] + hashlib.sha512(_MESSAGE).digest(),
+        b"\x01",
+        b"\x5a" * 245,
+    ),
+    (_MESSAGE, b"\x00" * 255),
+    (_HASH,),
+    (_MESSAGE, b"\xff" * 255),
+    (_HASH,),
+    (_MESSAGE,),
+)
 
 schemes = st.one_of(st.integers(0, 5), st.integers(0, 5), st.integers(6, 255))
 
@@ -299,6 +339,36 @@ class ConformanceMachine(RuleBasedStateMachine):
             return size + delta % 16
         return delta % 256
 
+    @rule(pick=st.integers(0, 0xFFFF), by_sfi=st.booleans())
+    @counted
+    def read_at_the_edges(self, pick: int, by_sfi: bool) -> None:
+        """READ BINARY of any transparent EF of known size (after its PIN), at one of its
+        edges: offsets 0, 1, the last byte, the end and past it, with Le of 1, what is left
+        and one more or less, 256 and 65536 (by FID, or by SFI with 8-bit offsets)."""
+        model = self.bench.model
+        facts = model.facts
+        efs = [
+            (app, ef, size)
+            for app in model.present_apps()
+            for ef in app.efs
+            if ef.structure is Structure.TRANSPARENT
+            and facts.present(app, ef.fid) is True
+            and (size := facts.content(app, ef).size_max) is not None
+        ]
+        if not efs:
+            return
+        app, ef, size = efs[pick % len(efs)]
+        choices = [(o, le) for o, le in edges(size, by_sfi) if le <= 256 or self.bench.extended_ok]
+        offset, le = choices[pick // len(efs) % len(choices)]
+        self.enter(app)
+        self.log_in(app, ef.read)
+        if by_sfi:
+            p1, p2 = 0x80 | ef.fid, offset
+        else:
+            self.send(select_ef(ef.fid))
+            p1, p2 = offset >> 8, offset & 0xFF
+        self.send(Apdu(0x00, INS.READ_BINARY, p1, p2, le=le, extended=le > 256).encode())
+
     @rule(
         index=st.integers(0, 15),
         probe=st.sampled_from(["as-is", "after-reset", "after-switch"]),
@@ -524,6 +594,35 @@ class ConformanceMachine(RuleBasedStateMachine):
         self.send(verify(value, p2))
 
     # -- keys ---------------------------------------------------------------------------
+
+    @rule(
+        scheme=st.integers(0, 5),
+        pick=st.integers(0, 0xFFFF),
+        form=st.sampled_from(["select", "sfi", "default"]),
+    )
+    @counted
+    def sign_every_scheme(self, scheme: int, pick: int, form: str) -> None:
+        """Each P1 of COMPUTE DIGITAL SIGNATURE with an input made for it, by every signing
+        key of the card after its PIN: the signature must be exactly that scheme (P1 00 the
+        whole padding block around the input as sent, PSS with its salt length)."""
+        model = self.bench.model
+        keys = [
+            (app, key)
+            for app in model.present_apps()
+            for key in app.keys
+            if key.how is KeyUse.SIGN and model.facts.present(app, key.fid) is True
+        ]
+        if not keys:
+            return
+        app, key = keys[pick % len(keys)]
+        inputs = SCHEME_INPUTS[scheme]
+        payload = inputs[pick // len(keys) % len(inputs)]
+        self.enter(app)
+        self.log_in(app, key.use)
+        if form == "select" or (form == "default" and not key.default):
+            self.send(select_ef(key.fid))
+        p2 = {"sfi": 0x80 | key.fid, "default": 0x00 if key.default else 0x80}.get(form, 0x80)
+        self.send(Apdu(0x80, INS.COMPUTE_SIGNATURE, scheme, p2, payload, le=256).encode())
 
     @rule(
         index=st.integers(0, 3),

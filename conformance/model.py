@@ -44,6 +44,7 @@ CardObject = EfSpec | PinSpec | KeySpec
 SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
 TOKEN_LABEL = b"JPKIAPICCTOKEN2".ljust(32, b" ")  # docs/card-spec.md §3.1: a My Number Card
 RSA_BYTES = 256
+PSS_SALT_LENGTH = 32  # docs/card.md (an assumption: no source gives it)
 
 SECTION_CARD = "§2 card-wide commands"
 SECTION_PINS = "§7 PINs"
@@ -166,6 +167,18 @@ class CardFacts:
                     facts.initial_counters[(app.aid, pin.fid)] = start
         for free in profile.free_area:
             facts.add_free_app(free)
+        for key, data in profile.efs.items():  # the layouts of docs/card.md, filler included
+            facts.contents[key] = EfContent.exact(data)
+        for key, (size, runs) in profile.partial_efs.items():
+            content = facts.contents[key] = EfContent()
+            for offset, known in runs:
+                content.learn(offset, known)
+            content.size_min = content.size_max = size
+        for (aid, fid), records in profile.records.items():
+            for number, record in enumerate(records, 1):
+                facts.records[(aid, fid, number)] = record
+            facts.record_ends[(aid, fid)] = len(records) + 1
+        facts._public_keys.update(profile.public_keys)
         return facts
 
     def add_free_app(self, free: FreeApp) -> None:
@@ -174,10 +187,10 @@ class CardFacts:
         self.extra_apps += (app,)
         self.apps[app.aid] = True
         for ef in app.efs:
-            content = self.contents[(app.aid, ef.fid)] = EfContent()
-            if ef.size is not None:
-                content.learn(0, free.contents.get(ef.fid, b""))
-                content.size_min = content.size_max = ef.size
+            if ef.size is not None:  # the declared content, then FF to the size (free-area.md)
+                initial = free.contents.get(ef.fid, b"")
+                filled = initial + b"\xff" * (ef.size - len(initial))
+                self.contents[(app.aid, ef.fid)] = EfContent.exact(filled)
         for fid, records in free.records.items():
             for number, record in enumerate(records, 1):
                 self.records[(app.aid, fid, number)] = record
@@ -221,11 +234,10 @@ class CardFacts:
         return content
 
     def public_key(self, app: AppSpec, key: KeySpec) -> rsa.RSAPublicKey | None:
-        """The public key from the certificate EF of `key`, once its bytes are known."""
-        if key.certificate is None:
-            return None
+        """The public key of `key`: from the profile, or from its certificate EF once the
+        certificate's bytes are known."""
         cached = self._public_keys.get((app.aid, key.fid))
-        if cached is not None:
+        if cached is not None or key.certificate is None:
             return cached
         content = self.contents.get((app.aid, key.certificate))
         head = content.known(0, 4) if content else None
@@ -786,7 +798,17 @@ class CardModel:
             raise _Refused(SW.CONDITIONS_NOT_SATISFIED)
         if apdu.extended or apdu.le is None or not 1 <= len(apdu.data) <= 255:
             raise _Refused(SW.WRONG_LENGTH)
-        return Expectation(Pattern(f"[{RSA_BYTES}] 9000"), SECTION_SIGN, portable=False)
+        public, challenge = self.facts.public_key(app, key), apdu.data
+
+        def check(response: bytes) -> str | None:
+            # docs/card-spec.md §6, free-area.md: PKCS#1 v1.5 of the challenge's SHA-256
+            # DigestInfo, the whole recovered block compared.
+            if public is None:
+                return None
+            return signature_problem(public, 0x03, challenge, response[:-2])
+
+        pattern = Pattern(f"[{RSA_BYTES}] 9000")
+        return Expectation(pattern, SECTION_SIGN, check=check, portable=False)
 
     def _set_session_key(self, apdu: Apdu) -> Expectation:
         """SET SESSION KEY: refused as measured per application (docs/card-spec.md §2.4, §4)."""
@@ -860,12 +882,16 @@ def signature_problem(
 ) -> str | None:
     """Why `signature` is not what P1 `scheme` (docs/card-spec.md §8) makes of `data`, or None."""
     if scheme in (4, 5):
+        # docs/card.md: MGF1-SHA-256 and a 32-byte salt, checked exactly (not "some" salt).
         algorithm = Prehashed(hashes.SHA256()) if scheme == 4 else hashes.SHA256()
-        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO)
+        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=PSS_SALT_LENGTH)
         try:
             public.verify(signature, data, pss, algorithm)
         except InvalidSignature:
-            return f"P1 {scheme:02X}: not an RSASSA-PSS/SHA-256 signature of the input"
+            return (
+                f"P1 {scheme:02X}: not an RSASSA-PSS signature (SHA-256, MGF1-SHA-256, "
+                f"{PSS_SALT_LENGTH}-byte salt) of the input"
+            )
         return None
     numbers = public.public_numbers()
     recovered = pow(int.from_bytes(signature, "big"), numbers.e, numbers.n)
@@ -879,5 +905,9 @@ def signature_problem(
         payload = SHA256_DIGEST_INFO + digest
     expected = b"\x00\x01" + b"\xff" * (RSA_BYTES - 3 - len(payload)) + b"\x00" + payload
     if block != expected:
-        return f"P1 {scheme:02X}: the signature does not verify with the card's certificate"
+        what = ("the input as sent", "SHA-256 of the input", "a DigestInfo of the input")
+        return (
+            f"P1 {scheme:02X}: the signature is not PKCS#1 v1.5 (block type 01, FF padding) "
+            f"of {what[min(scheme, 2)]}: recovered {block.hex().upper()[:48]}…"
+        )
     return None
