@@ -3,16 +3,40 @@ PIN guard, the per-example transcript, the survey and the invariants' observer."
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from .apdu import INS, SW, Apdu, MalformedApdu, read_binary, select_aid, select_ef, sw_of, verify
 from .guard import GuardRefusal, PinGuard
 from .model import CardFacts, CardModel, Expectation, ObjectKey, brief
-from .spec import JPKI, AppSpec, EfSpec, PinSpec, Structure
+from .spec import ISD_AID, JPKI, AppSpec, EfSpec, KeyUse, PinSpec, Structure
 from .targets import ChainedResponses, Target, TargetError
 from .transcript import Action, Exchange, Pattern
+
+# What may happen between VERIFY and the use of what it opened (docs/card.md, card-wide
+# behaviour; the re-SELECT as the profile's `reselect_clears_state` says).
+SWEEP_EVENTS = ("reselect", "isd", "reset", "power", "other-app")
+CHALLENGE = bytes(range(0x10, 0x20))  # what INTERNAL AUTHENTICATE signs in access checks
+
+
+def use_commands(app: AppSpec, fid: int, by_sfi: bool) -> list[bytes]:
+    """What uses object `fid` of `app` once, by FID (SELECT first) or by SFI: a READ BINARY
+    of 8 bytes, READ RECORD 1, a signature (P1 02) or INTERNAL AUTHENTICATE."""
+    key, ef = app.key(fid), app.ef(fid)
+    p2 = 0x80 | fid if by_sfi else 0x80
+    if key is not None and key.how is KeyUse.SIGN:
+        digest = hashlib.sha256(CHALLENGE).digest()
+        command = Apdu(0x80, INS.COMPUTE_SIGNATURE, 0x02, p2, digest, le=256)
+    elif key is not None:
+        command = Apdu(0x00, INS.INTERNAL_AUTHENTICATE, 0x00, p2, CHALLENGE, le=256)
+    elif ef is not None and ef.structure is not Structure.TRANSPARENT:
+        command = Apdu(0x00, INS.READ_RECORD, 0x01, fid << 3 | 0x04 if by_sfi else 0x04, le=256)
+    else:
+        command = Apdu(0x00, INS.READ_BINARY, 0x80 | fid if by_sfi else 0x00, 0x00, le=8)
+    return [command.encode()] if by_sfi else [select_ef(fid), command.encode()]
 
 
 class Deviation(AssertionError):
@@ -260,6 +284,13 @@ class Bench:
         self._dirty = True
         return deviation
 
+    def send(self, command: bytes) -> bytes | None:
+        """`exchange`, or None if the PIN guard refused the command (nothing was sent)."""
+        try:
+            return self.exchange(command)
+        except GuardRefusal:
+            return None
+
     def exchange(self, command: bytes) -> bytes:
         """Send `command` to every target, check each answer, apply its effect.
 
@@ -407,6 +438,76 @@ class Bench:
             if key is not None:
                 self.observer.protected_answer(app, key.use, f"signature with key {key.fid:04X}")
 
+    # -- access -------------------------------------------------------------------------
+
+    def known_pins(self, spare: int) -> list[tuple[AppSpec, PinSpec, bytes]]:
+        """The card's PINs, in every application, whose value the run knows and that have
+        `spare` tries left (or an unknown count)."""
+        model = self.model
+        found = []
+        for app in model.present_apps():
+            for pin in app.pins:
+                value, remaining = model.value(app, pin), model.remaining(app, pin)
+                if value is None or model.facts.present(app, pin.fid) is not True:
+                    continue
+                if remaining is None or remaining >= spare:
+                    found.append((app, pin, value))
+        return found
+
+    def credential_states(self, app: AppSpec) -> list[tuple[tuple[PinSpec, bytes], ...]]:
+        """The PINs to verify in `app`: none, each alone and each pair, of the PINs the run
+        knows that are not blocked."""
+        pins = [(pin, value) for found, pin, value in self.known_pins(spare=1) if found is app]
+        return [(), *((one,) for one in pins), *itertools.combinations(pins, 2)]
+
+    def check_access(
+        self,
+        app: AppSpec,
+        credentials: Sequence[tuple[PinSpec, bytes]],
+        event: str,
+        by_sfi: bool,
+        pick: int = 0,
+    ) -> None:
+        """A fresh session in `app`, VERIFY of `credentials`, a session `event` (none,
+        select-ef, or one of SWEEP_EVENTS followed by a SELECT of `app`), then one use of
+        every EF and key of `app`, each answer checked by the model."""
+        model = self.model
+        self.send(select_aid(ISD_AID))
+        self.send(select_aid(app.aid))
+        for pin, value in credentials:
+            self.send(verify(b"", 0x80 | pin.fid))
+            self.send(verify(value, 0x80 | pin.fid))
+        if event == "reset":
+            self.reset()
+        elif event == "power":
+            self.power_cycle()
+        elif event in ("isd", "other-app"):
+            others = [a for a in model.present_apps() if a is not app]
+            away = others[pick % len(others)].aid if event == "other-app" and others else ISD_AID
+            self.send(select_aid(away))
+        elif event == "select-ef" and app.efs:
+            self.send(select_ef(app.efs[pick % len(app.efs)].fid))
+        if event not in ("none", "select-ef"):
+            self.send(select_aid(app.aid))
+        for fid in app.fids:
+            if app.pin(fid) is None and model.facts.present(app, fid) is True:
+                for command in use_commands(app, fid, by_sfi):
+                    self.send(command)
+
+    def access_sweep(self) -> None:
+        """The access matrix, whole: in every application, every EF and key by FID and by
+        SFI under every credential state; then under each PIN alone (and none) after each
+        session event, so the quirks the profile declares are tried too."""
+        for app in self.model.present_apps():
+            states = self.credential_states(app)
+            for credentials in states:
+                for by_sfi in (False, True):
+                    self.check_access(app, credentials, "none", by_sfi)
+            for credentials in (state for state in states if len(state) < 2):
+                for event in SWEEP_EVENTS:
+                    self.check_access(app, credentials, event, True)
+        self.reset()
+
     # -- survey -------------------------------------------------------------------------
 
     def survey(self) -> None:
@@ -430,6 +531,7 @@ class Bench:
             for key in app.keys:
                 self.exchange(select_ef(key.fid))
             self.reset()
+        self.access_sweep()
         self._probe_extended()
         self.reset()
         self.stats.examples = 0

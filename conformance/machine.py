@@ -26,8 +26,7 @@ from hypothesis.stateful import (
 
 from .adversarial import NEAR_MISS_KINDS, edges, near_misses, outside_format
 from .apdu import INS, SW, Apdu, select_aid, select_ef, sw_of, verify
-from .bench import Bench
-from .guard import GuardRefusal
+from .bench import SWEEP_EVENTS, Bench
 from .model import SHA256_DIGEST_INFO
 from .spec import (
     CATALOGUE,
@@ -108,6 +107,12 @@ SCHEME_INPUTS: tuple[tuple[bytes, ...], ...] = (
     (_MESSAGE,),
 )
 
+# An index into a table of cases (taken modulo its size): hypothesis draws integers of a
+# wide range close to uniformly, where a narrow one leans hard on its ends.
+picks = st.integers(0, 2**32 - 1)
+
+SESSION_EVENTS = ("none", "none", *SWEEP_EVENTS, "select-ef")
+
 schemes = st.one_of(st.integers(0, 5), st.integers(0, 5), st.integers(6, 255))
 
 
@@ -146,10 +151,7 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     def send(self, command: bytes) -> bytes | None:
         """Exchange one APDU; None if the PIN guard refused it (nothing was sent)."""
-        try:
-            return self.bench.exchange(command)
-        except GuardRefusal:
-            return None
+        return self.bench.send(command)
 
     @property
     def careful(self) -> bool:
@@ -175,24 +177,15 @@ class ConformanceMachine(RuleBasedStateMachine):
         self.send(verify(b"", p2))
         return self.send(verify(value, p2))
 
+    def mix(self, pick: int) -> int:
+        """`pick` stirred with how far the example has come: hypothesis copies the draws of
+        earlier examples into new ones, and the same case should not come back each time."""
+        return (pick + len(self.bench.transcript) * 0x9E3779B1) % 2**32
+
     def enter(self, app: AppSpec) -> None:
         """SELECT `app` unless it is the selected application."""
         if self.bench.model.app is not app:
             self.send(select_aid(app.aid))
-
-    def known_pins(self, spare: int) -> list[tuple[AppSpec, PinSpec, bytes]]:
-        """The card's PINs, in every application, whose value the run knows and that have
-        `spare` tries left (or an unknown count)."""
-        model = self.bench.model
-        found = []
-        for app in model.present_apps():
-            for pin in app.pins:
-                value, remaining = model.value(app, pin), model.remaining(app, pin)
-                if value is None or model.facts.present(app, pin.fid) is not True:
-                    continue
-                if remaining is None or remaining >= spare:
-                    found.append((app, pin, value))
-        return found
 
     def log_in(self, app: AppSpec, pins: frozenset[int]) -> None:
         """VERIFY the first of `pins` whose value is known (nothing if none is)."""
@@ -339,7 +332,7 @@ class ConformanceMachine(RuleBasedStateMachine):
             return size + delta % 16
         return delta % 256
 
-    @rule(pick=st.integers(0, 0xFFFF), by_sfi=st.booleans())
+    @rule(pick=picks, by_sfi=st.booleans())
     @counted
     def read_at_the_edges(self, pick: int, by_sfi: bool) -> None:
         """READ BINARY of any transparent EF of known size (after its PIN), at one of its
@@ -357,6 +350,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         ]
         if not efs:
             return
+        pick = self.mix(pick)
         app, ef, size = efs[pick % len(efs)]
         choices = [(o, le) for o, le in edges(size, by_sfi) if le <= 256 or self.bench.extended_ok]
         offset, le = choices[pick // len(efs) % len(choices)]
@@ -368,6 +362,22 @@ class ConformanceMachine(RuleBasedStateMachine):
             self.send(select_ef(ef.fid))
             p1, p2 = offset >> 8, offset & 0xFF
         self.send(Apdu(0x00, INS.READ_BINARY, p1, p2, le=le, extended=le > 256).encode())
+
+    @rule(pick=picks, event=st.sampled_from(SESSION_EVENTS), by_sfi=st.booleans())
+    @counted
+    def access_matrix(self, pick: int, event: str, by_sfi: bool) -> None:
+        """One application under one credential state (nothing, each PIN or code alone, each
+        pair), then a session event (none, a re-SELECT of the AP, the ISD, a warm reset, a
+        power cycle, another AP and back, another EF); then every EF is read and every key
+        used, by FID or by SFI: each must open exactly as its access rule and the profile's
+        quirks say (docs/card.md)."""
+        bench = self.bench
+        states = [(a, c) for a in bench.model.present_apps() for c in bench.credential_states(a)]
+        if not states:
+            return
+        pick = self.mix(pick)
+        app, credentials = states[pick % len(states)]
+        bench.check_access(app, credentials, event, by_sfi, pick)
 
     @rule(
         index=st.integers(0, 15),
@@ -544,17 +554,18 @@ class ConformanceMachine(RuleBasedStateMachine):
         self.send(change_command(change_ins, value))
 
     @precondition(lambda self: bool(self.bench.model.facts.pin_values))
-    @rule(kind=st.sampled_from(NEAR_MISS_KINDS), pick=st.integers(0, 0xFFFF), by_sfi=st.booleans())
+    @rule(kind=st.sampled_from(NEAR_MISS_KINDS), pick=picks, by_sfi=st.booleans())
     @counted
     def verify_near_miss(self, kind: str, pick: int, by_sfi: bool) -> None:
         """VERIFY with a value close to a PIN the run knows (a prefix, one character more or
         changed, another case, padding, full-width digits, Lc up to 255), then the right
         value: the near miss is a wrong try (63Cx; 6700 and no try past 16 bytes).  On a
         card that is not disposable only within the guard's budget."""
-        targets = self.known_pins(spare=2)
+        targets = self.bench.known_pins(spare=2)
         targets = [t for t in targets if near_misses(t[2])[kind]] or targets
         if not targets:
             return
+        pick = self.mix(pick)
         app, pin, value = targets[pick % len(targets)]
         misses = near_misses(value)
         choices = misses[kind] or misses["change"]
@@ -573,15 +584,16 @@ class ConformanceMachine(RuleBasedStateMachine):
         self.send(verify(value, p2))
 
     @precondition(lambda self: not self.careful and bool(self.bench.model.facts.pin_values))
-    @rule(pick=st.integers(0, 0xFFFF), by_sfi=st.booleans())
+    @rule(pick=picks, by_sfi=st.booleans())
     @counted
     def change_outside_format(self, pick: int, by_sfi: bool) -> None:
         """CHANGE REFERENCE DATA / CHANGE KEY, right after VERIFY, to a value one step outside
         the PIN's format (a character too few or too many, one outside the alphabet, more
         than 16 bytes): refused, and the old value still opens (disposable cards only)."""
-        targets = [t for t in self.known_pins(spare=1) if t[1].change_ins is not None]
+        targets = [t for t in self.bench.known_pins(spare=1) if t[1].change_ins is not None]
         if not targets:
             return
+        pick = self.mix(pick)
         app, pin, value = targets[pick % len(targets)]
         choices = outside_format(pin.value_format, value)
         new = choices[pick // len(targets) % len(choices)]
@@ -597,7 +609,7 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     @rule(
         scheme=st.integers(0, 5),
-        pick=st.integers(0, 0xFFFF),
+        pick=picks,
         form=st.sampled_from(["select", "sfi", "default"]),
     )
     @counted
@@ -614,6 +626,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         ]
         if not keys:
             return
+        pick = self.mix(pick)
         app, key = keys[pick % len(keys)]
         inputs = SCHEME_INPUTS[scheme]
         payload = inputs[pick // len(keys) % len(inputs)]
