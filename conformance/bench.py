@@ -11,8 +11,8 @@ from dataclasses import dataclass, field, replace
 
 from .apdu import INS, SW, Apdu, MalformedApdu, read_binary, select_aid, select_ef, sw_of, verify
 from .guard import GuardRefusal, PinGuard
-from .model import CardFacts, CardModel, Expectation, ObjectKey, brief
-from .spec import ISD_AID, JPKI, AppSpec, EfSpec, KeyUse, PinSpec, Structure
+from .model import CardFacts, CardModel, Expectation, ObjectKey, brief, cmac
+from .spec import ISD_AID, JPKI, AppSpec, EfSpec, KeyUse, PinSpec, Structure, key_credential
 from .targets import ChainedResponses, Target, TargetError
 from .transcript import Action, Exchange, Pattern
 
@@ -20,6 +20,35 @@ from .transcript import Action, Exchange, Pattern
 # behaviour; the re-SELECT as the profile's `reselect_clears_state` says).
 SWEEP_EVENTS = ("reselect", "isd", "reset", "power", "other-app")
 CHALLENGE = bytes(range(0x10, 0x20))  # what INTERNAL AUTHENTICATE signs in access checks
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What opens objects: a PIN with its value (VERIFY), or a free-area AES key
+    (GET CHALLENGE, then EXTERNAL AUTHENTICATE with the AES-CMAC of the challenge)."""
+
+    pin: PinSpec | None = None
+    value: bytes = b""
+    key: int = 0  # the AES key's number
+
+
+def write_commands(ef: EfSpec, operation: str, current: list[bytes] | bytes) -> list[bytes]:
+    """One ordinary use of a free-area `operation` on `ef` (by SFI), given what the EF
+    holds now: the first byte or record written again, a record appended, a step of 1."""
+    sfi = ef.fid
+    if operation == "update" and ef.structure is Structure.TRANSPARENT:
+        first = bytes(current[:1]) if isinstance(current, bytes) else b""
+        command = Apdu(0x00, INS.UPDATE_BINARY, 0x80 | sfi, 0x00, first or b"\xff")
+    elif operation == "update":
+        record = current[0] if isinstance(current, list) and current else b"\x00"
+        command = Apdu(0x00, INS.UPDATE_RECORD, 0x01, sfi << 3 | 0x04, record)
+    elif operation == "append":
+        data = bytes(range(1, (ef.record_size or 1) + 1))
+        command = Apdu(0x00, INS.APPEND_RECORD, 0x00, sfi << 3, data)
+    else:
+        ins = INS.DECREASE if operation == "decrease" else INS.INCREASE
+        command = Apdu(0x00, ins, 0x01, sfi << 3 | 0x04, b"\x01", le=256)
+    return [command.encode()]
 
 
 def use_commands(app: AppSpec, fid: int, by_sfi: bool) -> list[bytes]:
@@ -167,6 +196,8 @@ def restore_initial_state(link: Link, model: CardModel) -> bool:
     blocked go back up with the correct PIN, changed PINs are changed back.  The counters
     are then read back; any surprise returns False and the target is reopened instead.
     """
+    if model.irreversible:  # free-area writes, key counters
+        return False
     facts, port = link.facts, link.port
     initial = facts.initial_counters
     for app in model.present_apps():
@@ -454,29 +485,58 @@ class Bench:
                     found.append((app, pin, value))
         return found
 
-    def credential_states(self, app: AppSpec) -> list[tuple[tuple[PinSpec, bytes], ...]]:
-        """The PINs to verify in `app`: none, each alone and each pair, of the PINs the run
-        knows that are not blocked."""
-        pins = [(pin, value) for found, pin, value in self.known_pins(spare=1) if found is app]
-        return [(), *((one,) for one in pins), *itertools.combinations(pins, 2)]
+    def credentials(self, app: AppSpec) -> list[Credential]:
+        """What the run can open `app` with: the PINs it knows that are not blocked, and on
+        a disposable card the free area's AES keys that are not blocked."""
+        found = [Credential(pin, value) for a, pin, value in self.known_pins(1) if a is app]
+        if self.disposable:
+            for key in app.aes_keys:
+                if self.model.counters.get((app.aid, key_credential(key.number))) != 0:
+                    found.append(Credential(key=key.number))
+        return found
+
+    def credential_states(self, app: AppSpec) -> list[tuple[Credential, ...]]:
+        """What to open `app` with: nothing, each credential alone, each pair."""
+        found = self.credentials(app)
+        return [(), *((one,) for one in found), *itertools.combinations(found, 2)]
+
+    def open_with(self, app: AppSpec, credential: Credential) -> None:
+        """VERIFY the PIN (after the retry query), or EXTERNAL AUTHENTICATE with the key."""
+        if credential.pin is not None:
+            self.send(verify(b"", 0x80 | credential.pin.fid))
+            self.send(verify(credential.value, 0x80 | credential.pin.fid))
+            return
+        self.authenticate(app, credential.key, self.challenge(16))
+
+    def challenge(self, size: int) -> bytes:
+        """GET CHALLENGE of `size` bytes: the challenge, or nothing."""
+        answer = self.send(Apdu(0x00, INS.GET_CHALLENGE, 0x00, 0x00, le=size).encode())
+        return answer[:-2] if answer is not None and sw_of(answer) == SW.OK else b""
+
+    def authenticate(self, app: AppSpec, number: int, challenge: bytes, p2: int = 0) -> None:
+        """EXTERNAL AUTHENTICATE with key `number`'s AES-CMAC of `challenge`."""
+        cryptogram = cmac(self.model.facts.aes_keys.get((app.aid, number), bytes(16)), challenge)
+        command = Apdu(0x00, INS.EXTERNAL_AUTHENTICATE, 0x00, p2 or 0x80 | number, cryptogram)
+        self.send(command.encode())
 
     def check_access(
         self,
         app: AppSpec,
-        credentials: Sequence[tuple[PinSpec, bytes]],
+        credentials: Sequence[Credential],
         event: str,
         by_sfi: bool,
         pick: int = 0,
+        writes: bool = True,
     ) -> None:
-        """A fresh session in `app`, VERIFY of `credentials`, a session `event` (none,
+        """A fresh session in `app`, its `credentials` presented, a session `event` (none,
         select-ef, or one of SWEEP_EVENTS followed by a SELECT of `app`), then one use of
-        every EF and key of `app`, each answer checked by the model."""
+        every EF and key of `app` (and, on a disposable card, every free-area write), each
+        answer checked by the model."""
         model = self.model
         self.send(select_aid(ISD_AID))
         self.send(select_aid(app.aid))
-        for pin, value in credentials:
-            self.send(verify(b"", 0x80 | pin.fid))
-            self.send(verify(value, 0x80 | pin.fid))
+        for credential in credentials:
+            self.open_with(app, credential)
         if event == "reset":
             self.reset()
         elif event == "power":
@@ -493,6 +553,11 @@ class Bench:
             if app.pin(fid) is None and model.facts.present(app, fid) is True:
                 for command in use_commands(app, fid, by_sfi):
                     self.send(command)
+        if writes and app.free_area and self.disposable:
+            for ef in app.efs:
+                for operation, _rule in ef.writes:
+                    for command in write_commands(ef, operation, model.holds(app, ef)):
+                        self.send(command)
 
     def access_sweep(self) -> None:
         """The access matrix, whole: in every application, every EF and key by FID and by
@@ -502,11 +567,21 @@ class Bench:
             states = self.credential_states(app)
             for credentials in states:
                 for by_sfi in (False, True):
-                    self.check_access(app, credentials, "none", by_sfi)
+                    self._fresh_transcript()
+                    self.check_access(app, credentials, "none", by_sfi, writes=by_sfi)
             for credentials in (state for state in states if len(state) < 2):
                 for event in SWEEP_EVENTS:
-                    self.check_access(app, credentials, event, True)
+                    self._fresh_transcript()
+                    self.check_access(app, credentials, event, True, writes=False)
         self.reset()
+
+    def _fresh_transcript(self) -> None:
+        """Let the next check's transcript stand alone (short to cut down and replay): the
+        card goes back to its initial state first if anything durable changed."""
+        if self.model.durable_changes:
+            self.begin_example()
+        else:
+            self.transcript = []
 
     # -- survey -------------------------------------------------------------------------
 

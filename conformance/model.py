@@ -21,6 +21,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from cryptography.hazmat.primitives.ciphers import algorithms
+from cryptography.hazmat.primitives.cmac import CMAC
 
 from .apdu import INS, ISO_INS, PROPRIETARY_INS, SW, WRITE_INS, Apdu, MalformedApdu, sw_of
 from .profile import FreeApp, ProfileFacts, Quirks
@@ -35,6 +37,7 @@ from .spec import (
     KeyUse,
     PinSpec,
     Structure,
+    key_credential,
 )
 from .transcript import Pattern
 
@@ -51,6 +54,17 @@ SECTION_PINS = "§7 PINs"
 SECTION_SIGN = "§8 signing"
 SECTION_READ = "§9 READ BINARY"
 SECTION_POWER = "§2.2 security state, reset and power"
+SECTION_FREE = "§10 free area"
+CHALLENGE_SIZES = (8, 16)  # what EXTERNAL AUTHENTICATE answers (docs/free-area.md)
+NO_INFORMATION = 0x6300  # a wrong EXTERNAL AUTHENTICATE with a key that has no retry limit
+NOT_ENOUGH_MEMORY = 0x6A84  # data past the end of a free-area EF, or a full record EF
+
+
+def cmac(key: bytes, message: bytes) -> bytes:
+    """AES-CMAC: the host's answer to a free-area challenge (docs/free-area.md)."""
+    mac = CMAC(algorithms.AES(key))
+    mac.update(message)
+    return mac.finalize()
 
 
 class Unknown:
@@ -127,6 +141,7 @@ class CardFacts:
     initial_counters: dict[ObjectKey, int] = field(default_factory=dict)
     live_counters: dict[ObjectKey, int] = field(default_factory=dict)  # last seen, all examples
     extra_apps: tuple[AppSpec, ...] = ()  # free-area applications a profile installs
+    aes_keys: dict[ObjectKey, bytes] = field(default_factory=dict)  # (AID, key number)
     _public_keys: dict[ObjectKey, rsa.RSAPublicKey] = field(default_factory=dict)
 
     @classmethod
@@ -198,6 +213,10 @@ class CardFacts:
         for pin in app.pins:
             self.initial_counters[(app.aid, pin.fid)] = pin.max_tries
             self.pin_values[(app.aid, pin.fid)] = free.pins[pin.fid]
+        for key in app.aes_keys:
+            self.aes_keys[(app.aid, key.number)] = free.aes[key.number]
+            if key.tries is not None:
+                self.initial_counters[(app.aid, key_credential(key.number))] = key.tries
 
     @property
     def catalogue(self) -> tuple[AppSpec, ...]:
@@ -303,6 +322,9 @@ class Session:
     app: AppSpec | None = None
     current: int | None = None
     verified: set[ObjectKey] = field(default_factory=set)
+    # The challenge an EXTERNAL AUTHENTICATE would check: none, or not known (another
+    # application was selected since: whether that drops it, no document says).
+    challenge: bytes | Unknown | None = None
 
 
 class CardModel:
@@ -315,6 +337,10 @@ class CardModel:
         self.counters: dict[ObjectKey, int] = dict(source)
         self.values: dict[ObjectKey, bytes] = dict(facts.pin_values)
         self.durable_changes = 0  # counters, PINs and EFs written: what a restart must keep
+        # Free-area EFs as this example wrote them (the facts keep the initial bytes).
+        self.written: dict[ObjectKey, bytearray] = {}
+        self.record_lists: dict[ObjectKey, list[bytes]] = {}
+        self.irreversible = False  # a change APDUs cannot undo (a write, a key counter)
 
     # -- queries the state machine uses to pick commands ---------------------------------
 
@@ -398,9 +424,242 @@ class CardModel:
         return handler(self, apdu)
 
     def _write(self, apdu: Apdu) -> Expectation:
-        """The national APs have nothing to write, and the bench never writes validly: any
-        error status (the content is unchanged, which later reads check)."""
-        return Expectation(Pattern("6..."), SECTION_CARD, portable=False)
+        """Writes and EXTERNAL AUTHENTICATE: exact in free-area applications
+        (docs/free-area.md); the national APs have nothing to write, so any error status
+        there (the content is unchanged, which later reads check)."""
+        app = self.session.app
+        if app is None or not app.free_area:
+            return Expectation(Pattern("6..."), SECTION_CARD, portable=False)
+        handler = {
+            INS.UPDATE_BINARY: self._update_binary,
+            INS.UPDATE_RECORD: self._update_record,
+            INS.APPEND_RECORD: self._append_record,
+            INS.DECREASE: self._step_counter,
+            INS.INCREASE: self._step_counter,
+            INS.EXTERNAL_AUTHENTICATE: self._external_authenticate,
+        }[INS(apdu.ins)]
+        try:
+            return handler(app, apdu)
+        except _Refused as refused:
+            return Expectation(_status(*refused.sws), SECTION_FREE)
+
+    # the free area (docs/free-area.md: the order of the checks is the order of the raises)
+
+    def _free_ef(self, sfi: int, structures: tuple[Structure, ...]) -> tuple[EfSpec, Effect]:
+        """The EF a free-area command names (SFI, or the current EF when 0): 6A82 / 6986 /
+        6981; and the effect that makes it current."""
+        target = self._object(sfi) if sfi else self._current()
+        if not isinstance(target, EfSpec) or target.structure not in structures:
+            raise _Refused(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
+
+        def make_current(response: bytes) -> None:
+            self.session.current = target.fid
+
+        return target, make_current
+
+    def _allowed(self, app: AppSpec, ef: EfSpec, operation: str) -> None:
+        if not self._granted(app, ef.rule(operation)):
+            raise _Refused(SW.SECURITY_STATUS_NOT_SATISFIED)
+
+    def _records(self, app: AppSpec, ef: EfSpec) -> list[bytes]:
+        """The records of a free-area EF as they are now (copied from the facts at first)."""
+        key = (app.aid, ef.fid)
+        records = self.record_lists.get(key)
+        if records is None:
+            end = self.facts.record_ends.get(key, 1)
+            records = [self.facts.records[(app.aid, ef.fid, n)] for n in range(1, end)]
+            self.record_lists[key] = records
+        return records
+
+    def holds(self, app: AppSpec, ef: EfSpec) -> list[bytes] | bytes:
+        """What a free-area EF holds now: its records, or its bytes (as far as known)."""
+        if ef.structure is not Structure.TRANSPARENT:
+            return list(self._records(app, ef))
+        written = self.written.get((app.aid, ef.fid))
+        if written is not None:
+            return bytes(written)
+        return self.facts.content(app, ef).known(0, ef.size or 0) or b""
+
+    def _wrote(self) -> None:
+        self.durable_changes += 1
+        self.irreversible = True
+
+    def _update_binary(self, app: AppSpec, apdu: Apdu) -> Expectation:
+        if apdu.p1 & 0x80 and apdu.p1 & 0x60:
+            raise _Refused(SW.INCORRECT_P1_P2)
+        sfi = apdu.p1 & 0x1F if apdu.p1 & 0x80 else 0
+        offset = apdu.p2 if sfi else apdu.p1 << 8 | apdu.p2
+        ef, make_current = self._free_ef(sfi, (Structure.TRANSPARENT,))
+        try:
+            if not apdu.data or apdu.le is not None:
+                raise _Refused(SW.WRONG_LENGTH)
+            self._allowed(app, ef, "update")
+            size = ef.size or 0
+            if offset >= size:
+                raise _Refused(SW.OFFSET_OUTSIDE_EF)
+            if offset + len(apdu.data) > size:
+                raise _Refused(NOT_ENOUGH_MEMORY)
+        except _Refused as refused:
+            return Expectation(_status(*refused.sws), SECTION_FREE, make_current)
+        key, data = (app.aid, ef.fid), apdu.data
+
+        def write(response: bytes) -> None:
+            make_current(response)
+            content = self.written.get(key)
+            if content is None:
+                known = self.facts.content(app, ef).known(0, size)
+                content = self.written[key] = bytearray(known or bytes(size))
+            content[offset : offset + len(data)] = data
+            self._wrote()
+
+        return Expectation(_status(SW.OK), SECTION_FREE, write)
+
+    def _record_command(
+        self, app: AppSpec, apdu: Apdu, mode: int, structures: tuple[Structure, ...]
+    ) -> tuple[EfSpec, Effect]:
+        if apdu.p2 & 0x07 != mode:
+            raise _Refused(SW.INCORRECT_P1_P2)
+        return self._free_ef(apdu.p2 >> 3, structures)
+
+    def _update_record(self, app: AppSpec, apdu: Apdu) -> Expectation:
+        both = (Structure.RECORD, Structure.COUNTER)
+        ef, make_current = self._record_command(app, apdu, 0x04, both)
+        number, data = apdu.p1, apdu.data
+        try:
+            if not data or apdu.le is not None:
+                raise _Refused(SW.WRONG_LENGTH)
+            self._allowed(app, ef, "update")
+            records = self._records(app, ef)
+            if not 1 <= number <= len(records):
+                raise _Refused(SW.RECORD_NOT_FOUND)
+            if len(data) > (ef.record_size or 0):
+                raise _Refused(SW.WRONG_LENGTH)
+            counter = ef.structure is Structure.COUNTER
+            if counter and int.from_bytes(data, "big") > (ef.maximum or 0):
+                raise _Refused(SW.WRONG_DATA)
+            if counter and len(data) != ef.record_size:  # a shorter value: no rule for it
+                return Expectation(Pattern("9000 | 6700"), SECTION_FREE, make_current)
+        except _Refused as refused:
+            return Expectation(_status(*refused.sws), SECTION_FREE, make_current)
+
+        def write(response: bytes) -> None:
+            make_current(response)
+            records[number - 1] = data
+            self._wrote()
+
+        return Expectation(_status(SW.OK), SECTION_FREE, write)
+
+    def _append_record(self, app: AppSpec, apdu: Apdu) -> Expectation:
+        if apdu.p1 != 0x00:
+            raise _Refused(SW.INCORRECT_P1_P2)
+        ef, make_current = self._record_command(app, apdu, 0x00, (Structure.RECORD,))
+        data = apdu.data
+        try:
+            if not data or apdu.le is not None:
+                raise _Refused(SW.WRONG_LENGTH)
+            self._allowed(app, ef, "append")
+            records = self._records(app, ef)
+            if len(records) >= (ef.max_records or 0):
+                raise _Refused(NOT_ENOUGH_MEMORY)
+            if len(data) > (ef.record_size or 0):
+                raise _Refused(SW.WRONG_LENGTH)
+        except _Refused as refused:
+            return Expectation(_status(*refused.sws), SECTION_FREE, make_current)
+
+        def append(response: bytes) -> None:
+            make_current(response)
+            records.append(data)
+            self._wrote()
+
+        return Expectation(_status(SW.OK), SECTION_FREE, append)
+
+    def _step_counter(self, app: AppSpec, apdu: Apdu) -> Expectation:
+        """DECREASE / INCREASE: the amount (1..width bytes) taken from or added to the
+        counter record P1; 6985 and nothing changed past 0 or the maximum."""
+        ef, make_current = self._record_command(app, apdu, 0x04, (Structure.COUNTER,))
+        operation = "decrease" if apdu.ins == INS.DECREASE else "increase"
+        width, number = ef.record_size or 4, apdu.p1
+        try:
+            if not 1 <= len(apdu.data) <= width:
+                raise _Refused(SW.WRONG_LENGTH)
+            self._allowed(app, ef, operation)
+            records = self._records(app, ef)
+            if not 1 <= number <= len(records):
+                raise _Refused(SW.RECORD_NOT_FOUND)
+        except _Refused as refused:
+            return Expectation(_status(*refused.sws), SECTION_FREE, make_current)
+        amount = int.from_bytes(apdu.data, "big")
+        value = int.from_bytes(records[number - 1], "big")
+        new = value - amount if operation == "decrease" else value + amount
+        if not 0 <= new <= (ef.maximum or 0):
+            return Expectation(_status(SW.CONDITIONS_NOT_SATISFIED), SECTION_FREE, make_current)
+        stored = new.to_bytes(width, "big")
+
+        def step(response: bytes) -> None:
+            make_current(response)
+            records[number - 1] = stored
+            self._wrote()
+
+        answer = f"{stored.hex().upper()} 9000" if apdu.le is not None else "9000"
+        return Expectation(Pattern(answer), SECTION_FREE, step)
+
+    def _external_authenticate(self, app: AppSpec, apdu: Apdu) -> Expectation:
+        """AES-CMAC over the pending challenge: 9000 opens key:N (and, as VERIFY does for
+        PINs, puts its counter back); wrong 63Cx or 6300; the challenge is used up."""
+        if apdu.p1 != 0x00 or apdu.p2 & 0x80 == 0:
+            raise _Refused(SW.INCORRECT_P1_P2)
+        number = apdu.p2 & 0x7F
+        key = app.aes_key(number)
+        bad_length = len(apdu.data) != 16 or apdu.le is not None
+        if key is None:  # which of the two a card checks first is not written down
+            sws = (SW.WRONG_LENGTH,) if bad_length else ()
+            raise _Refused(*sws, SW.REFERENCE_DATA_NOT_FOUND)
+        if bad_length:
+            raise _Refused(SW.WRONG_LENGTH)
+        credential = (app.aid, key_credential(number))
+        remaining = self.counters.get(credential)
+        session = self.session
+        challenge = session.challenge
+        if remaining == 0 or challenge is None:
+            sws = [self.facts.quirks.blocked_sw] if remaining == 0 else []
+            sws += [SW.CONDITIONS_NOT_SATISFIED] if challenge is None else []
+
+            def spent(response: bytes) -> None:
+                if sw_of(response) != SW.CONDITIONS_NOT_SATISFIED:
+                    session.challenge = UNKNOWN if session.challenge is not None else None
+
+            return Expectation(_status(*sws), SECTION_FREE, spent)
+        right = False
+        if isinstance(challenge, bytes):
+            right = apdu.data == cmac(self.facts.aes_keys[(app.aid, number)], challenge)
+
+        def answered(response: bytes) -> None:
+            sw = sw_of(response)
+            session.challenge = None
+            if sw == SW.OK:
+                session.verified.add(credential)
+                if key.tries is not None:
+                    self._set_key_counter(credential, key.tries)
+            elif sw & 0xFFF0 == SW.VERIFY_FAILED or sw == NO_INFORMATION:
+                session.verified.discard(credential)
+                if key.tries is not None:
+                    self._set_key_counter(credential, sw & 0x0F)
+
+        if isinstance(challenge, Unknown):
+            wrong = "6300" if key.tries is None else "63C."
+            pattern = Pattern(f"9000 | 6985 | {wrong}")
+        elif right:
+            pattern = _status(SW.OK)
+        elif key.tries is None:
+            pattern = _status(NO_INFORMATION)
+        else:
+            pattern = _status(0x63C0 | (remaining - 1)) if remaining else Pattern("63C.")
+        return Expectation(pattern, SECTION_FREE, answered)
+
+    def _set_key_counter(self, key: ObjectKey, remaining: int) -> None:
+        if self.counters.get(key) != remaining:
+            self.irreversible = True
+        self._set_counter(key, remaining)
 
     # SELECT (docs/card-spec.md §2.1, docs/decisions.md #9) ------------------------------------
 
@@ -453,6 +712,8 @@ class CardModel:
             session = self.session
             if app is not session.app or self.facts.quirks.reselect_clears_state:
                 session.verified.clear()
+            if session.challenge is not None:
+                session.challenge = UNKNOWN
             session.app = app
             session.current = None
 
@@ -533,8 +794,7 @@ class CardModel:
         self, apdu: Apdu, target: CardObject | Unknown, offset: int, before: Effect | None
     ) -> Expectation:
         app = self.session.app
-        counter = isinstance(target, EfSpec) and target.structure is Structure.COUNTER
-        if isinstance(target, Unknown) or app is None or counter:
+        if isinstance(target, Unknown) or app is None:
             return Expectation(Pattern("[*]"), SECTION_READ, before, portable=False)
         if not isinstance(target, EfSpec) or target.structure is not Structure.TRANSPARENT:
             raise _Refused(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
@@ -543,7 +803,8 @@ class CardModel:
             raise _Refused(SW.WRONG_LENGTH)
         if not self._granted(app, target.read):
             raise _Refused(SW.SECURITY_STATUS_NOT_SATISFIED)
-        content = self.facts.content(app, target)
+        written = self.written.get((app.aid, target.fid))
+        content = EfContent.exact(written) if written else self.facts.content(app, target)
         size_max = content.size_max
         if size_max is not None and offset >= size_max:
             raise _Refused(SW.OFFSET_OUTSIDE_EF)
@@ -592,16 +853,21 @@ class CardModel:
         self, apdu: Apdu, target: CardObject | Unknown, before: Effect | None
     ) -> Expectation:
         app = self.session.app
-        counter = isinstance(target, EfSpec) and target.structure is Structure.COUNTER
-        if isinstance(target, Unknown) or app is None or counter:
+        if isinstance(target, Unknown) or app is None:
             return Expectation(Pattern("[*]"), SECTION_READ, before, portable=False)
-        if not isinstance(target, EfSpec) or target.structure is not Structure.RECORD:
+        if not isinstance(target, EfSpec) or target.structure is Structure.TRANSPARENT:
             raise _Refused(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
         if apdu.le is None or apdu.data:
             raise _Refused(SW.WRONG_LENGTH)
         if not self._granted(app, target.read):
             raise _Refused(SW.SECURITY_STATUS_NOT_SATISFIED)
         number, le = apdu.p1, apdu.le
+        if app.free_area:  # known record by record, as written (docs/free-area.md)
+            records = self._records(app, target)
+            if not 1 <= number <= len(records):
+                return Expectation(_status(SW.RECORD_NOT_FOUND), SECTION_READ, before)
+            pattern = Pattern(f"{records[number - 1][:le].hex().upper()} 9000")
+            return Expectation(pattern, SECTION_READ, before)
         ef_key = (app.aid, target.fid)
         end = self.facts.record_ends.get(ef_key)
         known = self.facts.records.get((app.aid, target.fid, number))
@@ -828,7 +1094,14 @@ class CardModel:
             raise _Refused(SW.CONDITIONS_NOT_SATISFIED)
         if apdu.le is None or apdu.data:
             raise _Refused(SW.WRONG_LENGTH)
-        return Expectation(Pattern(f"[{apdu.le}] 9000"), SECTION_CARD, portable=False)
+
+        def pending(response: bytes) -> None:
+            # The challenge for the next EXTERNAL AUTHENTICATE, if it is of a size that
+            # command takes (docs/free-area.md); a new one replaces the last.
+            fits = sw_of(response) == SW.OK and len(response) - 2 in CHALLENGE_SIZES
+            self.session.challenge = response[:-2] if fits else None
+
+        return Expectation(Pattern(f"[{apdu.le}] 9000"), SECTION_CARD, pending, portable=False)
 
     def _get_data(self, apdu: Apdu) -> Expectation:
         # MF-level objects are optional (docs/card-spec.md §2.3): absent ones answer 6A88.

@@ -32,9 +32,20 @@ from .layouts import (
     national_records,
     partial_efs,
 )
-from .spec import COMMON, TEXT, VISUAL, AppSpec, EfSpec, KeySpec, KeyUse, PinSpec, Structure
-
-NEVER = frozenset({0x10000})  # opened by nothing the bench does (EXTERNAL AUTHENTICATE keys)
+from .spec import (
+    COMMON,
+    NEVER,
+    TEXT,
+    VISUAL,
+    AesKeySpec,
+    AppSpec,
+    EfSpec,
+    KeySpec,
+    KeyUse,
+    PinSpec,
+    Structure,
+    key_credential,
+)
 
 # The shipped profiles (package data; reading them does not load the card).
 PROFILES_DIR = Path(str(resources.files("mynacard.profiles")))
@@ -96,15 +107,54 @@ class FreeApp:
     records: dict[int, tuple[bytes, ...]]
     pins: dict[int, bytes]
     rsa_keys: tuple[tuple[KeySpec, rsa.RSAPublicKey], ...] = ()
+    aes: dict[int, bytes] = field(default_factory=dict)  # EXTERNAL AUTHENTICATE keys by number
 
 
-def _access(rule: object) -> frozenset[int]:
-    """`always` -> free, `pin:FID` -> that PIN, anything else (key:N, never) -> NEVER."""
-    text = str(rule or "never")
-    if text == "always":
-        return frozenset()
-    kind, _, fid = text.partition(":")
-    return frozenset({int(fid, 16)}) if kind == "pin" else NEVER
+def _access(rule: object, default: str = "never") -> frozenset[int]:
+    """A rule of docs/free-area.md as the credentials any one of which opens it: `always`
+    -> none needed, `pin:FID` -> that PIN, `key:N` -> EXTERNAL AUTHENTICATE with key N,
+    `never` -> NEVER; a list -> any of its rules."""
+    rules = rule if isinstance(rule, list) else [rule if rule is not None else default]
+    opened: set[int] = set()
+    for one in rules:
+        kind, _, reference = str(one).partition(":")
+        if kind == "always":
+            return frozenset()
+        if kind == "pin":
+            opened.add(int(reference, 16))
+        elif kind == "key":
+            opened.add(key_credential(int(reference)))
+    return frozenset(opened) or NEVER
+
+
+# The operations each kind of EF has (docs/free-area.md, "File types").
+OPERATIONS = {
+    "transparent": ("update",),
+    "record": ("update", "append"),
+    "counter": ("update", "decrease", "increase"),
+}
+
+
+def _free_ef(item: dict[str, object], name: str) -> tuple[EfSpec, bytes | None, tuple[bytes, ...]]:
+    """One declared EF: its spec, its initial transparent content, its initial records."""
+    fid = int(str(item["fid"]), 16)
+    kind = str(item.get("type", "transparent"))
+    writes = tuple((op, _access(item.get(op))) for op in OPERATIONS.get(kind, ()))
+    read = _access(item.get("read"), "always")
+    label = f"{name} {kind} EF"
+    if kind == "counter":
+        width = int(str(item.get("width", 4)))
+        maximum = int(str(item.get("maximum", 256**width - 1)))
+        values = item.get("values", [])
+        records = tuple(int(str(v)).to_bytes(width, "big") for v in values)  # type: ignore[attr-defined]
+        ef = EfSpec(fid, label, None, read, Structure.COUNTER, writes, width, None, maximum)
+        return ef, None, records
+    if kind == "record":
+        records = tuple(bytes.fromhex(str(r)) for r in item.get("records", []))  # type: ignore[attr-defined]
+        size, most = int(str(item["record_size"])), int(str(item["max_records"]))
+        return EfSpec(fid, label, None, read, Structure.RECORD, writes, size, most), None, records
+    content = bytes.fromhex(str(item.get("content", "")))
+    return EfSpec(fid, label, int(str(item["size"])), read, writes=writes), content, ()
 
 
 def _free_app(raw: dict[str, object]) -> FreeApp:
@@ -113,23 +163,19 @@ def _free_app(raw: dict[str, object]) -> FreeApp:
     rsa_keys: list[tuple[KeySpec, rsa.RSAPublicKey]] = []
     for item in raw.get("files", []):  # type: ignore[attr-defined]
         fid = int(str(item["fid"]), 16)
-        kind = str(item.get("type", "transparent"))
-        if kind == "rsa_key":
-            use = _access(item.get("use"))  # for a gate's INTERNAL AUTHENTICATE
+        if str(item.get("type", "transparent")) == "rsa_key":
+            use = _access(item.get("use"), "always")  # for a gate's INTERNAL AUTHENTICATE
             key = KeySpec(fid, f"{name} key", use, KeyUse.INTERNAL_AUTHENTICATE)
             keys.append(key)
             public = _private_pem(item["private_key"], f"{name}.files.{fid:04X}.private_key")
             rsa_keys.append((key, public))
             continue
-        structure = Structure.RECORD if kind == "record" else Structure.TRANSPARENT
-        size = int(item["size"]) if kind == "transparent" else None
-        if kind == "counter":
-            structure = Structure.COUNTER
-        efs.append(EfSpec(fid, f"{name} {kind} EF", size, _access(item.get("read")), structure))
-        if kind == "transparent":
-            contents[fid] = bytes.fromhex(str(item.get("content", "")))
-        if kind == "record":
-            records[fid] = tuple(bytes.fromhex(str(r)) for r in item.get("records", []))
+        ef, content, initial = _free_ef(item, name)
+        efs.append(ef)
+        if content is not None:
+            contents[fid] = content
+        else:
+            records[fid] = initial
     pins = {}
     pin_specs = []
     for item in raw.get("pins", []):  # type: ignore[attr-defined]
@@ -138,6 +184,12 @@ def _free_app(raw: dict[str, object]) -> FreeApp:
         tries = int(item.get("tries", 3))
         pin_specs.append(PinSpec(fid, "", tries, value_format, INS.CHANGE_REFERENCE_DATA))
         pins[fid] = str(item["value"]).encode()
+    aes, aes_specs = {}, []
+    for item in raw.get("keys", []):  # type: ignore[attr-defined]
+        number = int(str(item["id"]))
+        tries = item.get("tries")
+        aes_specs.append(AesKeySpec(number, None if tries is None else int(str(tries))))
+        aes[number] = bytes.fromhex(str(item["aes"]))
     spec = AppSpec(
         aid=bytes.fromhex(str(raw["aid"])),
         name=f"free area: {name}",
@@ -145,8 +197,10 @@ def _free_app(raw: dict[str, object]) -> FreeApp:
         efs=tuple(efs),
         pins=tuple(pin_specs),
         keys=tuple(keys),
+        free_area=True,
+        aes_keys=tuple(aes_specs),
     )
-    return FreeApp(spec, contents, records, pins, tuple(rsa_keys))
+    return FreeApp(spec, contents, records, pins, tuple(rsa_keys), aes)
 
 
 @dataclass(frozen=True)
