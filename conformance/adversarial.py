@@ -128,3 +128,37 @@ def edges(size: int, sfi: bool) -> tuple[tuple[int, int], ...]:
             if 1 <= le <= 65536:
                 pairs.append((offset, le))
     return tuple(pairs)
+
+
+def _pattern(length: int, seed: int) -> bytes:
+    """`length` bytes that differ from call to call (what a write puts in)."""
+    return bytes((seed + 37 * i) & 0xFF for i in range(length))
+
+
+def transparent_writes(size: int, pick: int) -> list[tuple[int, bytes]]:
+    """(offset, data) for UPDATE BINARY at the edges of an EF of `size` bytes: the first
+    and last byte, across the end (6A84), at the end (6B00), the whole EF and one more."""
+    cases = [(0, 1), (size - 1, 1), (size - 1, 2), (size, 1), (0, size), (0, size + 1), (1, 4)]
+    offset, length = cases[pick % len(cases)]
+    return [(offset, _pattern(min(length, 255), pick))]
+
+
+def record_writes(records: int, record_size: int, pick: int) -> tuple[int, bytes]:
+    """(record number, data) for UPDATE RECORD: the first and last record, the one after
+    the last (6A83), record 0; 1 byte, `record_size` bytes, one more (6700)."""
+    numbers = (1, max(records, 1), records + 1, 0)
+    lengths = (1, record_size, record_size + 1)
+    number = numbers[pick % len(numbers)]
+    return number, _pattern(lengths[pick // len(numbers) % len(lengths)], pick)
+
+
+def counter_steps(value: int, maximum: int, width: int, pick: int) -> bytes:
+    """The amount for DECREASE (pick even) or INCREASE (odd) around the counter's bounds:
+    1, down to 0 exactly, one below 0, up to the maximum exactly, one past it; in `width`
+    bytes or as few as it takes; rarely one byte too many (6700)."""
+    amounts = (1, value, value + 1) if pick % 2 == 0 else (1, maximum - value, maximum - value + 1)
+    amount = max(amounts[pick // 2 % len(amounts)], 1)
+    size = width if pick // 6 % 2 else max(1, (amount.bit_length() + 7) // 8)
+    if pick // 12 % 8 == 0:
+        size = width + 1
+    return amount.to_bytes(max(size, (amount.bit_length() + 7) // 8), "big")

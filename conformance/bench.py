@@ -31,6 +31,11 @@ class Credential:
     value: bytes = b""
     key: int = 0  # the AES key's number
 
+    @property
+    def opens(self) -> int:
+        """What it opens, as access rules name it (a PIN's FID, or key:N)."""
+        return self.pin.fid if self.pin is not None else key_credential(self.key)
+
 
 def write_commands(ef: EfSpec, operation: str, current: list[bytes] | bytes) -> list[bytes]:
     """One ordinary use of a free-area `operation` on `ef` (by SFI), given what the EF

@@ -24,13 +24,22 @@ from hypothesis.stateful import (
     rule,
 )
 
-from .adversarial import NEAR_MISS_KINDS, edges, near_misses, outside_format
+from .adversarial import (
+    NEAR_MISS_KINDS,
+    counter_steps,
+    edges,
+    near_misses,
+    outside_format,
+    record_writes,
+    transparent_writes,
+)
 from .apdu import INS, SW, Apdu, select_aid, select_ef, sw_of, verify
 from .bench import SWEEP_EVENTS, Bench
-from .model import SHA256_DIGEST_INFO
+from .model import SHA256_DIGEST_INFO, cmac
 from .spec import (
     CATALOGUE,
     ISD_AID,
+    AesKeySpec,
     AppSpec,
     EfSpec,
     KeySpec,
@@ -38,6 +47,7 @@ from .spec import (
     PinSpec,
     Structure,
     distinguishing_length,
+    key_credential,
 )
 
 DIGEST_INFO_PREFIXES = {
@@ -112,6 +122,21 @@ SCHEME_INPUTS: tuple[tuple[bytes, ...], ...] = (
 picks = st.integers(0, 2**32 - 1)
 
 SESSION_EVENTS = ("none", "none", *SWEEP_EVENTS, "select-ef")
+# How EXTERNAL AUTHENTICATE is tried (docs/free-area.md: a challenge is good once).
+FRESHNESS = (
+    "fresh",
+    "replay",
+    "stale",
+    "none",
+    "wrong",
+    "other-key",
+    "unknown-key",
+    "short",
+    "long-challenge",
+    "after-reset",
+    "after-switch",
+    "block",
+)
 
 schemes = st.one_of(st.integers(0, 5), st.integers(0, 5), st.integers(6, 255))
 
@@ -704,6 +729,160 @@ class ConformanceMachine(RuleBasedStateMachine):
         le = None if form == "no-le" else 256
         command = Apdu(0x00, INS.INTERNAL_AUTHENTICATE, 0x00, p2, challenge[:255], le=le)
         self.send(command.encode())
+
+    # -- the free area ------------------------------------------------------------------
+
+    def free_cases(self) -> list[tuple[AppSpec, EfSpec, str]]:
+        """(application, EF, operation) for every write of the card's free-area EFs."""
+        return [
+            (app, ef, operation)
+            for app in self.bench.model.present_apps()
+            if app.free_area
+            for ef in app.efs
+            for operation, _rule in ef.writes
+        ]
+
+    @precondition(lambda self: not self.careful and bool(self.free_cases()))
+    @rule(pick=picks, variant=picks, by_sfi=st.booleans())
+    @counted
+    def free_area_write(self, pick: int, variant: int, by_sfi: bool) -> None:
+        """A free-area write at its edges, in a fresh session under one credential state
+        (half the time what the EF's rule asks for; else nothing, a PIN or a key alone, a
+        pair): UPDATE BINARY across and at the end,
+        UPDATE RECORD of the last record and the one after, a byte too long, APPEND until
+        the EF is full, DECREASE to 0 and below, INCREASE to the maximum and past it, UPDATE
+        of a counter above its maximum; then the EF is read back whole."""
+        bench, model = self.bench, self.bench.model
+        cases = self.free_cases()
+        pick, variant = self.mix(pick), self.mix(variant)
+        app, ef, operation = cases[pick % len(cases)]
+        rule = ef.rule(operation)
+        fitting = [(c,) for c in bench.credentials(app) if c.opens in rule]
+        states = fitting if fitting and variant % 2 else bench.credential_states(app)
+        credentials = states[variant // 2 % len(states)]
+        variant //= 2 * len(states)
+        self.send(select_aid(ISD_AID))
+        self.send(select_aid(app.aid))
+        for credential in credentials:
+            bench.open_with(app, credential)
+        if not by_sfi:
+            self.send(select_ef(ef.fid))
+        holds = model.holds(app, ef)
+        for command in self.edge_writes(ef, operation, holds, variant, by_sfi):
+            self.send(command)
+        self.read_back(app, ef)
+
+    def edge_writes(
+        self, ef: EfSpec, operation: str, holds: list[bytes] | bytes, pick: int, by_sfi: bool
+    ) -> list[bytes]:
+        """The commands of one `free_area_write` (adversarial.py gives the values)."""
+        record_p2 = ef.fid << 3 | 0x04 if by_sfi else 0x04
+        if ef.structure is Structure.TRANSPARENT:
+            commands = []
+            for offset, data in transparent_writes(ef.size or 0, pick):
+                if by_sfi and offset <= 0xFF:
+                    p1, p2 = 0x80 | ef.fid, offset
+                else:
+                    p1, p2 = offset >> 8 & 0x7F, offset & 0xFF
+                commands.append(Apdu(0x00, INS.UPDATE_BINARY, p1, p2, data).encode())
+            return commands
+        records = holds if isinstance(holds, list) else []
+        size = ef.record_size or 1
+        if operation == "append":
+            count = (ef.max_records or 0) - len(records) + 1 if pick % 4 == 0 else 1
+            _number, data = record_writes(len(records), size, pick // 4)
+            p2 = ef.fid << 3 if by_sfi else 0x00
+            return [Apdu(0x00, INS.APPEND_RECORD, 0x00, p2, data).encode()] * max(count, 1)
+        if operation == "update" and ef.structure is Structure.COUNTER:
+            values = (0, ef.maximum or 0, (ef.maximum or 0) + 1)
+            value = values[pick % len(values)]
+            data = value.to_bytes(size + (pick // 3 % 5 == 0), "big")
+            number = 1 if pick // 15 % 4 else len(records) + 1
+            return [Apdu(0x00, INS.UPDATE_RECORD, number, record_p2, data).encode()]
+        if operation == "update":
+            number, data = record_writes(len(records), size, pick)
+            return [Apdu(0x00, INS.UPDATE_RECORD, number, record_p2, data).encode()]
+        value = int.from_bytes(records[0], "big") if records else 0
+        step = 0 if operation == "decrease" else 1
+        amount = counter_steps(value, ef.maximum or 0, size, pick // 2 * 2 + step)
+        ins = INS.DECREASE if operation == "decrease" else INS.INCREASE
+        le = 256 if pick % 2 else None
+        return [Apdu(0x00, ins, 0x01, record_p2, amount, le=le).encode()]
+
+    def read_back(self, app: AppSpec, ef: EfSpec) -> None:
+        """Read a free-area EF whole (by SFI): every record and the one after, or its bytes."""
+        if ef.structure is Structure.TRANSPARENT:
+            self.send(Apdu(0x00, INS.READ_BINARY, 0x80 | ef.fid, 0x00, le=256).encode())
+            return
+        for number in range(1, len(self.bench.model.holds(app, ef)) + 2):
+            self.send(Apdu(0x00, INS.READ_RECORD, number, ef.fid << 3 | 0x04, le=256).encode())
+
+    def aes_keys(self) -> list[tuple[AppSpec, AesKeySpec]]:
+        return [
+            (app, key)
+            for app in self.bench.model.present_apps()
+            for key in app.aes_keys
+            if app.free_area
+        ]
+
+    @precondition(lambda self: not self.careful and bool(self.aes_keys()))
+    @rule(kind=st.sampled_from(FRESHNESS), pick=picks, size=st.sampled_from([8, 16]))
+    @counted
+    def external_authenticate(self, kind: str, pick: int, size: int) -> None:
+        """GET CHALLENGE and EXTERNAL AUTHENTICATE: a fresh challenge answered right opens
+        the key, once; the same answer again, an answer to an older challenge, to none, to
+        one from before a reset or another application, to a 32-byte one, with another
+        key, to an unknown key or of 8 bytes all fail; wrong answers until the key blocks."""
+        bench, model = self.bench, self.bench.model
+        keys = self.aes_keys()
+        app, key = keys[self.mix(pick) % len(keys)]
+        number, credential = key.number, (app.aid, key_credential(key.number))
+        remaining = model.counters.get(credential)
+        if kind in ("stale", "wrong", "other-key") and remaining is not None and remaining < 2:
+            kind = "fresh"
+        self.enter(app)
+        challenge = bench.challenge(32 if kind == "long-challenge" else size)
+        if kind in ("stale", "after-reset", "after-switch", "none"):
+            if kind == "stale":
+                bench.challenge(size)
+            elif kind == "after-switch":
+                others = [a for a in model.present_apps() if a is not app]
+                self.send(select_aid(others[pick % len(others)].aid if others else ISD_AID))
+            elif kind in ("after-reset", "none"):
+                bench.reset()
+            if kind != "none":
+                self.send(select_aid(app.aid))
+        if kind in ("wrong", "block", "other-key", "unknown-key", "short"):
+            self.wrong_answer(app, key, kind, challenge, remaining)
+        else:
+            bench.authenticate(app, number, challenge[:16])
+        if kind == "replay":
+            bench.authenticate(app, number, challenge[:16])
+        if kind in ("stale", "wrong", "other-key"):
+            bench.authenticate(app, number, bench.challenge(size))  # restores the counter
+
+    def wrong_answer(
+        self, app: AppSpec, key: AesKeySpec, kind: str, challenge: bytes, remaining: int | None
+    ) -> None:
+        """EXTERNAL AUTHENTICATE that must fail: a wrong cryptogram (until blocked for
+        `block`, then a right one), another key's, an unknown key's, 8 bytes long."""
+        facts = self.bench.model.facts
+        others = [k for k in app.aes_keys if k.number != key.number]
+        if kind == "other-key" and others:
+            cryptogram = cmac(facts.aes_keys[(app.aid, others[0].number)], challenge)
+        else:
+            cryptogram = cmac(bytes(16), challenge)
+        p2 = 0x80 | key.number
+        if kind == "unknown-key":
+            p2 = 0x80 | (max(k.number for k in app.aes_keys) + 1)
+        data = cryptogram[:8] if kind == "short" else cryptogram
+        command = Apdu(0x00, INS.EXTERNAL_AUTHENTICATE, 0x00, p2, data).encode()
+        self.send(command)
+        if kind == "block":
+            for _ in range(remaining or 0):
+                self.send(Apdu(0x00, INS.GET_CHALLENGE, 0x00, 0x00, le=16).encode())
+                self.send(command)
+            self.bench.authenticate(app, key.number, self.bench.challenge(16))
 
     # -- power --------------------------------------------------------------------------
 

@@ -532,11 +532,11 @@ class CardModel:
             records = self._records(app, ef)
             if not 1 <= number <= len(records):
                 raise _Refused(SW.RECORD_NOT_FOUND)
-            if len(data) > (ef.record_size or 0):
-                raise _Refused(SW.WRONG_LENGTH)
             counter = ef.structure is Structure.COUNTER
-            if counter and int.from_bytes(data, "big") > (ef.maximum or 0):
-                raise _Refused(SW.WRONG_DATA)
+            _sizes_and_values(
+                (len(data) > (ef.record_size or 0), SW.WRONG_LENGTH),
+                (counter and int.from_bytes(data, "big") > (ef.maximum or 0), SW.WRONG_DATA),
+            )
             if counter and len(data) != ef.record_size:  # a shorter value: no rule for it
                 return Expectation(Pattern("9000 | 6700"), SECTION_FREE, make_current)
         except _Refused as refused:
@@ -559,10 +559,10 @@ class CardModel:
                 raise _Refused(SW.WRONG_LENGTH)
             self._allowed(app, ef, "append")
             records = self._records(app, ef)
-            if len(records) >= (ef.max_records or 0):
-                raise _Refused(NOT_ENOUGH_MEMORY)
-            if len(data) > (ef.record_size or 0):
-                raise _Refused(SW.WRONG_LENGTH)
+            _sizes_and_values(
+                (len(records) >= (ef.max_records or 0), NOT_ENOUGH_MEMORY),
+                (len(data) > (ef.record_size or 0), SW.WRONG_LENGTH),
+            )
         except _Refused as refused:
             return Expectation(_status(*refused.sws), SECTION_FREE, make_current)
 
@@ -1139,6 +1139,14 @@ _SECTIONS = {
     INS.COMPUTE_SIGNATURE: SECTION_SIGN,
     INS.INTERNAL_AUTHENTICATE: SECTION_SIGN,
 }
+
+
+def _sizes_and_values(*checks: tuple[bool, int]) -> None:
+    """The last of docs/free-area.md's checks (6A84, 6700 for a record too long, 6A80):
+    their order among themselves is not written down, so any that applies may answer."""
+    sws = [sw for failed, sw in checks if failed]
+    if sws:
+        raise _Refused(*sws)
 
 
 def _class_error(cla: int, ins: int) -> int:
