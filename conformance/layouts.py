@@ -18,7 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from .spec import COMMON, TEXT, VISUAL
 
 ObjectKey = tuple[bytes, int]
-SIXTEEN_FF = b"\xff" * 16  # text EF 0008, visual EF 0006 (docs/card.md)
+# What follows the data of an EF is the filler (docs/decisions.md #10, the `filler` quirk):
+# the two bytes after the My Number, text EF 0005 after its 164 bytes, and the whole of
+# text EF 0008 and visual EF 0006 ("sixteen FF", docs/card.md).
 
 
 def tlv(tag: int, value: bytes) -> bytes:
@@ -106,15 +108,17 @@ def national_efs(
     visual: ApKeys | None,
     session_key: rsa.RSAPublicKey | None,
     my_number_image: bytes | None,
+    filler: int = 0xFF,
 ) -> dict[ObjectKey, bytes]:
     """Whole EFs of the text and visual APs that the layout and the profile fix."""
     efs: dict[ObjectKey, bytes] = {}
-    my_number = b"\xff\x10\x0c" + holder.my_number.encode() + b"\xff\xff"
+    fill = bytes((filler,))
+    my_number = b"\xff\x10\x0c" + holder.my_number.encode() + fill * 2
     attributes = text_attributes(holder)
     efs[(TEXT.aid, 0x0001)] = my_number
     efs[(TEXT.aid, 0x0002)] = attributes
-    efs[(TEXT.aid, 0x0008)] = SIXTEEN_FF
-    efs[(VISUAL.aid, 0x0006)] = SIXTEEN_FF
+    efs[(TEXT.aid, 0x0008)] = fill * 16
+    efs[(VISUAL.aid, 0x0006)] = fill * 16
     if session_key is not None:
         efs[(TEXT.aid, 0x0006)] = tlv(0xA1, public_key_objects(session_key))
     if text is not None:
@@ -146,7 +150,7 @@ def national_efs(
 Partial = tuple[int, tuple[tuple[int, bytes], ...]]
 
 
-def partial_efs(holder: Holder) -> dict[ObjectKey, Partial]:
+def partial_efs(holder: Holder, filler: int = 0xFF) -> dict[ObjectKey, Partial]:
     """Text EF 0005 (256 bytes: FF 40 82 00 9F { DF41, DF42, DF43 82 00 80 <32 unknown>
     <96 FF> }, FF to the end) and visual EF 0003 (320 bytes: FF 30 82 01 3B { DF31, DF32,
     DF33, DF34 municipality code, DF35 82 01 10 <272 unknown> })."""
@@ -156,7 +160,9 @@ def partial_efs(holder: Holder) -> dict[ObjectKey, Partial]:
         + tlv(0xDF42, key_id("6000034/001"))
         + b"\xdf\x43\x82\x00\x80"
     )
-    text_tail = b"\xff" * (256 - len(text_head) - 32)
+    text_data_end = 5 + 0x9F
+    text_tail = b"\xff" * (text_data_end - len(text_head) - 32)
+    text_tail += bytes((filler,)) * (256 - text_data_end)
     visual_head = (
         b"\xff\x30\x82\x01\x3b"
         + tlv(0xDF31, bytes.fromhex("06030E01"))

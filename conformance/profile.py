@@ -330,8 +330,9 @@ def _facts(document: dict[str, object], path: Path) -> ProfileFacts:
             visual_keys,
             session_key,
             _base64(image, "visual_ap.my_number_image") if image else None,
+            quirks.filler,
         ),
-        partial_efs=partial_efs(holder_facts),
+        partial_efs=partial_efs(holder_facts, quirks.filler),
         records=national_records(holder_facts) if holder_facts.serial_number else {},
         public_keys=public_keys,
     )
