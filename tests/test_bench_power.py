@@ -15,6 +15,7 @@ mutant and replaying green on the real emulator (the pattern of test_conformance
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.cmac import CMAC
+from test_conformance import quirk_profile
 from test_conformance_mutants import Rewritten
 
 from mynacard import Profile, load_profile, open_card
@@ -69,6 +71,10 @@ SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
 SHA256_WITHOUT_NULL = bytes.fromhex("302f300b06096086480165030402010420")
 
 PROFILES: dict[str, Profile] = {}
+# The default profile with `reselect_clears_state = true` (what OpenSC's logout expects).
+CLEARS_ON_RESELECT = str(
+    quirk_profile(Path(tempfile.mkdtemp(prefix="mynacard-quirk-")), "reselect_clears_state = true")
+)
 
 
 def profile_of(name: str) -> Profile:
@@ -775,6 +781,11 @@ MUTANTS: dict[str, Mutant] = {
     ),
     "reselect-clears-verified-state": Mutant(
         "default", lambda: wrapped(ReselectClearsVerifiedState, "default"), "session"
+    ),
+    "reselect-keeps-state-the-profile-clears": Mutant(
+        CLEARS_ON_RESELECT,
+        lambda: wrapped(ReselectKeepsVerifiedState, CLEARS_ON_RESELECT),
+        "session",
     ),
 }
 
