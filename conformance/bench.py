@@ -3,16 +3,74 @@ PIN guard, the per-example transcript, the survey and the invariants' observer."
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from .apdu import INS, SW, Apdu, MalformedApdu, read_binary, select_aid, select_ef, sw_of, verify
 from .guard import GuardRefusal, PinGuard
-from .model import CardFacts, CardModel, Expectation, ObjectKey, brief
-from .spec import JPKI, AppSpec, EfSpec, PinSpec, Structure
-from .targets import Target, TargetError
+from .model import CardFacts, CardModel, Expectation, ObjectKey, brief, cmac
+from .spec import ISD_AID, JPKI, AppSpec, EfSpec, KeyUse, PinSpec, Structure, key_credential
+from .targets import ChainedResponses, Target, TargetError
 from .transcript import Action, Exchange, Pattern
+
+# What may happen between VERIFY and the use of what it opened (docs/card.md, card-wide
+# behaviour; the re-SELECT as the profile's `reselect_clears_state` says).
+SWEEP_EVENTS = ("reselect", "isd", "reset", "power", "other-app")
+CHALLENGE = bytes(range(0x10, 0x20))  # what INTERNAL AUTHENTICATE signs in access checks
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What opens objects: a PIN with its value (VERIFY), or a free-area AES key
+    (GET CHALLENGE, then EXTERNAL AUTHENTICATE with the AES-CMAC of the challenge)."""
+
+    pin: PinSpec | None = None
+    value: bytes = b""
+    key: int = 0  # the AES key's number
+
+    @property
+    def opens(self) -> int:
+        """What it opens, as access rules name it (a PIN's FID, or key:N)."""
+        return self.pin.fid if self.pin is not None else key_credential(self.key)
+
+
+def write_commands(ef: EfSpec, operation: str, current: list[bytes] | bytes) -> list[bytes]:
+    """One ordinary use of a free-area `operation` on `ef` (by SFI), given what the EF
+    holds now: the first byte or record written again, a record appended, a step of 1."""
+    sfi = ef.fid
+    if operation == "update" and ef.structure is Structure.TRANSPARENT:
+        first = bytes(current[:1]) if isinstance(current, bytes) else b""
+        command = Apdu(0x00, INS.UPDATE_BINARY, 0x80 | sfi, 0x00, first or b"\xff")
+    elif operation == "update":
+        record = current[0] if isinstance(current, list) and current else b"\x00"
+        command = Apdu(0x00, INS.UPDATE_RECORD, 0x01, sfi << 3 | 0x04, record)
+    elif operation == "append":
+        data = bytes(range(1, (ef.record_size or 1) + 1))
+        command = Apdu(0x00, INS.APPEND_RECORD, 0x00, sfi << 3, data)
+    else:
+        ins = INS.DECREASE if operation == "decrease" else INS.INCREASE
+        command = Apdu(0x00, ins, 0x01, sfi << 3 | 0x04, b"\x01", le=256)
+    return [command.encode()]
+
+
+def use_commands(app: AppSpec, fid: int, by_sfi: bool) -> list[bytes]:
+    """What uses object `fid` of `app` once, by FID (SELECT first) or by SFI: a READ BINARY
+    of 8 bytes, READ RECORD 1, a signature (P1 02) or INTERNAL AUTHENTICATE."""
+    key, ef = app.key(fid), app.ef(fid)
+    p2 = 0x80 | fid if by_sfi else 0x80
+    if key is not None and key.how is KeyUse.SIGN:
+        digest = hashlib.sha256(CHALLENGE).digest()
+        command = Apdu(0x80, INS.COMPUTE_SIGNATURE, 0x02, p2, digest, le=256)
+    elif key is not None:
+        command = Apdu(0x00, INS.INTERNAL_AUTHENTICATE, 0x00, p2, CHALLENGE, le=256)
+    elif ef is not None and ef.structure is not Structure.TRANSPARENT:
+        command = Apdu(0x00, INS.READ_RECORD, 0x01, fid << 3 | 0x04 if by_sfi else 0x04, le=256)
+    else:
+        command = Apdu(0x00, INS.READ_BINARY, 0x80 | fid if by_sfi else 0x00, 0x00, le=8)
+    return [command.encode()] if by_sfi else [select_ef(fid), command.encode()]
 
 
 class Deviation(AssertionError):
@@ -105,6 +163,16 @@ class Observer:
             self._violate("protected", f"{what} answered 9000 without its PIN verified")
 
 
+def restart_of(target: Target) -> Callable[[], bytes] | None:
+    """The `restart` of the card under `target` (seen through the layers that only collect
+    61xx pieces), or None when it has none: a power loss between two commands."""
+    inner: object = target
+    while isinstance(inner, ChainedResponses):
+        inner = inner.inner
+    restart = getattr(inner, "restart", None)
+    return restart if callable(restart) else None
+
+
 @dataclass
 class Link:
     """One target as the bench drives it: through the PIN guard unless it is disposable."""
@@ -122,6 +190,10 @@ class Link:
     def disposable(self) -> bool:
         return self.target.disposable
 
+    @property
+    def restart(self) -> Callable[[], bytes] | None:
+        return restart_of(self.target) if self.disposable else None
+
 
 def restore_initial_state(link: Link, model: CardModel) -> bool:
     """Put a disposable card back in its initial state with APDUs, where that is possible
@@ -129,6 +201,8 @@ def restore_initial_state(link: Link, model: CardModel) -> bool:
     blocked go back up with the correct PIN, changed PINs are changed back.  The counters
     are then read back; any surprise returns False and the target is reopened instead.
     """
+    if model.irreversible:  # free-area writes, key counters
+        return False
     facts, port = link.facts, link.port
     initial = facts.initial_counters
     for app in model.present_apps():
@@ -187,6 +261,8 @@ class Bench:
         self.on_example: Callable[[int], None] | None = None
         self.last_deviation: Deviation | None = None
         self._dirty = False
+        self.restarts = 0
+        self._restarted_at = 0  # the model's count of durable changes at the last restart
 
     @property
     def links(self) -> Iterator[Link]:
@@ -217,6 +293,7 @@ class Bench:
             if not (restorable and model is not None and restore_initial_state(link, model)):
                 link.port.fresh()
         self._dirty = False
+        self._restarted_at = 0
         self.model = CardModel(self.primary.facts, fresh=self.primary.disposable)
         if self.secondary is not None:
             self.secondary_model = CardModel(self.secondary.facts, fresh=self.secondary.disposable)
@@ -242,6 +319,13 @@ class Bench:
         self.last_deviation = deviation
         self._dirty = True
         return deviation
+
+    def send(self, command: bytes) -> bytes | None:
+        """`exchange`, or None if the PIN guard refused the command (nothing was sent)."""
+        try:
+            return self.exchange(command)
+        except GuardRefusal:
+            return None
 
     def exchange(self, command: bytes) -> bytes:
         """Send `command` to every target, check each answer, apply its effect.
@@ -311,16 +395,18 @@ class Bench:
                 Divergence,
             )
 
-    def _power(self, cold: bool) -> None:
+    def _power(self, action: Action) -> None:
         expectation = self.model.expect_atr()
         answers = []
         for link in self.links:
-            port = link.port
-            atr = port.power_cycle() if cold else port.reset()
+            port, restart = link.port, link.restart
+            if action is Action.RESTART and restart is not None:
+                atr: bytes | None = restart()
+            else:
+                atr = port.power_cycle() if action is Action.POWER else port.reset()
             if atr is None:
                 atr = port.reset()
             answers.append(atr)
-        action = Action.POWER if cold else Action.RESET
         self._record(Exchange(action, b"", expectation.pattern), expectation, answers[0])
         if expectation.effect is not None:
             expectation.effect(answers[0])
@@ -331,10 +417,30 @@ class Bench:
         self.observer.power()
 
     def reset(self) -> None:
-        self._power(cold=False)
+        self._power(Action.RESET)
 
     def power_cycle(self) -> None:
-        self._power(cold=True)
+        self._power(Action.POWER)
+
+    # Reopening a card costs as much as ~100 steps: a run restarts at most this often, once
+    # per example, and only after a change that must be durable (a counter, a PIN, an EF).
+    max_restarts = 16
+
+    @property
+    def restartable(self) -> bool:
+        """Every target is disposable and has `restart`."""
+        return all(link.restart is not None for link in self.links)
+
+    def power_loss(self) -> None:
+        """A power loss between two commands: a restart (every target closed and opened
+        again from its state) where it can show something, a power cycle otherwise."""
+        worth_it = 0 <= self._restarted_at < self.model.durable_changes
+        if worth_it and self.restarts < self.max_restarts and self.restartable:
+            self.restarts += 1
+            self._restarted_at = -1
+            self._power(Action.RESTART)
+        else:
+            self._power(Action.POWER)
 
     def _observe(self, command: bytes, response: bytes) -> None:
         """Feed the invariants' observer (model-independent checks on the answers)."""
@@ -368,6 +474,120 @@ class Bench:
             if key is not None:
                 self.observer.protected_answer(app, key.use, f"signature with key {key.fid:04X}")
 
+    # -- access -------------------------------------------------------------------------
+
+    def known_pins(self, spare: int) -> list[tuple[AppSpec, PinSpec, bytes]]:
+        """The card's PINs, in every application, whose value the run knows and that have
+        `spare` tries left (or an unknown count)."""
+        model = self.model
+        found = []
+        for app in model.present_apps():
+            for pin in app.pins:
+                value, remaining = model.value(app, pin), model.remaining(app, pin)
+                if value is None or model.facts.present(app, pin.fid) is not True:
+                    continue
+                if remaining is None or remaining >= spare:
+                    found.append((app, pin, value))
+        return found
+
+    def credentials(self, app: AppSpec) -> list[Credential]:
+        """What the run can open `app` with: the PINs it knows that are not blocked, and on
+        a disposable card the free area's AES keys that are not blocked."""
+        found = [Credential(pin, value) for a, pin, value in self.known_pins(1) if a is app]
+        if self.disposable:
+            for key in app.aes_keys:
+                if self.model.counters.get((app.aid, key_credential(key.number))) != 0:
+                    found.append(Credential(key=key.number))
+        return found
+
+    def credential_states(self, app: AppSpec) -> list[tuple[Credential, ...]]:
+        """What to open `app` with: nothing, each credential alone, each pair."""
+        found = self.credentials(app)
+        return [(), *((one,) for one in found), *itertools.combinations(found, 2)]
+
+    def open_with(self, app: AppSpec, credential: Credential) -> None:
+        """VERIFY the PIN (after the retry query), or EXTERNAL AUTHENTICATE with the key."""
+        if credential.pin is not None:
+            self.send(verify(b"", 0x80 | credential.pin.fid))
+            self.send(verify(credential.value, 0x80 | credential.pin.fid))
+            return
+        self.authenticate(app, credential.key, self.challenge(16))
+
+    def challenge(self, size: int) -> bytes:
+        """GET CHALLENGE of `size` bytes: the challenge, or nothing."""
+        answer = self.send(Apdu(0x00, INS.GET_CHALLENGE, 0x00, 0x00, le=size).encode())
+        return answer[:-2] if answer is not None and sw_of(answer) == SW.OK else b""
+
+    def authenticate(self, app: AppSpec, number: int, challenge: bytes, p2: int = 0) -> None:
+        """EXTERNAL AUTHENTICATE with key `number`'s AES-CMAC of `challenge`."""
+        cryptogram = cmac(self.model.facts.aes_keys.get((app.aid, number), bytes(16)), challenge)
+        command = Apdu(0x00, INS.EXTERNAL_AUTHENTICATE, 0x00, p2 or 0x80 | number, cryptogram)
+        self.send(command.encode())
+
+    def check_access(
+        self,
+        app: AppSpec,
+        credentials: Sequence[Credential],
+        event: str,
+        by_sfi: bool,
+        pick: int = 0,
+        writes: bool = True,
+    ) -> None:
+        """A fresh session in `app`, its `credentials` presented, a session `event` (none,
+        select-ef, or one of SWEEP_EVENTS followed by a SELECT of `app`), then one use of
+        every EF and key of `app` (and, on a disposable card, every free-area write), each
+        answer checked by the model."""
+        model = self.model
+        self.send(select_aid(ISD_AID))
+        self.send(select_aid(app.aid))
+        for credential in credentials:
+            self.open_with(app, credential)
+        if event == "reset":
+            self.reset()
+        elif event == "power":
+            self.power_cycle()
+        elif event in ("isd", "other-app"):
+            others = [a for a in model.present_apps() if a is not app]
+            away = others[pick % len(others)].aid if event == "other-app" and others else ISD_AID
+            self.send(select_aid(away))
+        elif event == "select-ef" and app.efs:
+            self.send(select_ef(app.efs[pick % len(app.efs)].fid))
+        if event not in ("none", "select-ef"):
+            self.send(select_aid(app.aid))
+        for fid in app.fids:
+            if app.pin(fid) is None and model.facts.present(app, fid) is True:
+                for command in use_commands(app, fid, by_sfi):
+                    self.send(command)
+        if writes and app.free_area and self.disposable:
+            for ef in app.efs:
+                for operation, _rule in ef.writes:
+                    for command in write_commands(ef, operation, model.holds(app, ef)):
+                        self.send(command)
+
+    def access_sweep(self) -> None:
+        """The access matrix, whole: in every application, every EF and key by FID and by
+        SFI under every credential state; then under each PIN alone (and none) after each
+        session event, so the quirks the profile declares are tried too."""
+        for app in self.model.present_apps():
+            states = self.credential_states(app)
+            for credentials in states:
+                for by_sfi in (False, True):
+                    self._fresh_transcript()
+                    self.check_access(app, credentials, "none", by_sfi, writes=by_sfi)
+            for credentials in (state for state in states if len(state) < 2):
+                for event in SWEEP_EVENTS:
+                    self._fresh_transcript()
+                    self.check_access(app, credentials, event, True, writes=False)
+        self.reset()
+
+    def _fresh_transcript(self) -> None:
+        """Let the next check's transcript stand alone (short to cut down and replay): the
+        card goes back to its initial state first if anything durable changed."""
+        if self.model.durable_changes:
+            self.begin_example()
+        else:
+            self.transcript = []
+
     # -- survey -------------------------------------------------------------------------
 
     def survey(self) -> None:
@@ -391,6 +611,7 @@ class Bench:
             for key in app.keys:
                 self.exchange(select_ef(key.fid))
             self.reset()
+        self.access_sweep()
         self._probe_extended()
         self.reset()
         self.stats.examples = 0

@@ -24,11 +24,31 @@ from hypothesis.stateful import (
     rule,
 )
 
+from .adversarial import (
+    NEAR_MISS_KINDS,
+    counter_steps,
+    edges,
+    near_misses,
+    outside_format,
+    record_writes,
+    transparent_writes,
+)
 from .apdu import INS, SW, Apdu, select_aid, select_ef, sw_of, verify
-from .bench import Bench
-from .guard import GuardRefusal
-from .model import SHA256_DIGEST_INFO
-from .spec import CATALOGUE, ISD_AID, AppSpec, EfSpec, KeySpec, PinSpec, distinguishing_length
+from .bench import SWEEP_EVENTS, Bench
+from .model import SHA256_DIGEST_INFO, cmac
+from .spec import (
+    CATALOGUE,
+    ISD_AID,
+    AesKeySpec,
+    AppSpec,
+    EfSpec,
+    KeySpec,
+    KeyUse,
+    PinSpec,
+    Structure,
+    distinguishing_length,
+    key_credential,
+)
 
 DIGEST_INFO_PREFIXES = {
     "sha1": bytes.fromhex("3021300906052b0e03021a05000414"),
@@ -51,13 +71,22 @@ wrong_values = st.one_of(
     st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", min_size=6, max_size=16),
     st.text("abcdefxyz0123456789", min_size=6, max_size=16),
 ).map(str.encode) | st.binary(min_size=1, max_size=16)
+# DigestInfos without the NULL parameters, as some clients send them: P1 00 must pad them as
+# they are (docs/decisions.md #21a).
+DIGEST_INFO_WITHOUT_NULL = {
+    "sha1": bytes.fromhex("301f300706052b0e03021a0414"),
+    "sha256": bytes.fromhex("302f300b06096086480165030402010420"),
+}
 payloads = st.one_of(
     st.tuples(st.sampled_from(sorted(DIGEST_INFO_PREFIXES)), st.binary(max_size=64)).map(
         lambda pair: DIGEST_INFO_PREFIXES[pair[0]] + hashlib.new(pair[0], pair[1]).digest()
     ),
+    st.tuples(st.sampled_from(sorted(DIGEST_INFO_WITHOUT_NULL)), st.binary(max_size=8)).map(
+        lambda pair: DIGEST_INFO_WITHOUT_NULL[pair[0]] + hashlib.new(pair[0], pair[1]).digest()
+    ),
     st.binary(min_size=32, max_size=32),
     st.binary(min_size=1, max_size=255),
-    st.binary(min_size=240, max_size=255),
+    st.sampled_from([1, 244, 245, 246]).map(lambda size: b"\x5a" * size),  # P1 00's limits
     st.just(b""),
 )
 INVARIANT_SECTIONS = {
@@ -67,10 +96,59 @@ INVARIANT_SECTIONS = {
     "protected": "§3 JPKI-AP",
 }
 
+_MESSAGE = b"mynacard conformance"
+_HASH = hashlib.sha256(_MESSAGE).digest()
+# An input made for each P1 (docs/card-spec.md §8): P1 00 pads it as sent (DigestInfos with
+# and without NULL parameters, the shortest and longest inputs), 01/03/05 hash a message,
+# 02/04 take a 32-byte hash.
+SCHEME_CASES: tuple[tuple[int, bytes], ...] = (
+    (0x00, SHA256_DIGEST_INFO + _HASH),
+    (0x00, DIGEST_INFO_WITHOUT_NULL["sha256"] + _HASH),
+    (0x00, DIGEST_INFO_WITHOUT_NULL["sha1"] + hashlib.sha1(_MESSAGE).digest()),
+    (0x00, DIGEST_INFO_PREFIXES["sha512"] + hashlib.sha512(_MESSAGE).digest()),
+    (0x00, b"\x01"),
+    (0x00, b"\x5a" * 245),
+    (0x01, _MESSAGE),
+    (0x01, b"\x00" * 255),
+    (0x02, _HASH),
+    (0x03, _MESSAGE),
+    (0x03, b"\xff" * 255),
+    (0x04, _HASH),
+    (0x05, _MESSAGE),
+)
+
+# An index into a table of cases (taken modulo its size): hypothesis draws integers of a
+# wide range close to uniformly, where a narrow one leans hard on its ends.
+picks = st.integers(0, 2**32 - 1)
+
+SESSION_EVENTS = ("none", "none", *SWEEP_EVENTS, "select-ef")
+# How EXTERNAL AUTHENTICATE is tried (docs/free-area.md: a challenge is good once).
+FRESHNESS = (
+    "fresh",
+    "replay",
+    "stale",
+    "none",
+    "wrong",
+    "other-key",
+    "unknown-key",
+    "short",
+    "long-challenge",
+    "after-reset",
+    "after-switch",
+    "block",
+)
+
 schemes = st.one_of(st.integers(0, 5), st.integers(0, 5), st.integers(6, 255))
 
 
 Rule = TypeVar("Rule", bound=Callable[..., Any])
+
+
+def change_command(ins: int, value: bytes, p2: int = 0x80) -> bytes:
+    """CHANGE REFERENCE DATA (00 24 01 P2) or CHANGE KEY (80 32 00 P2) to `value`."""
+    if ins == INS.CHANGE_KEY:
+        return Apdu(0x80, INS.CHANGE_KEY, 0x00, p2, value).encode()
+    return Apdu(0x00, INS.CHANGE_REFERENCE_DATA, 0x01, p2, value).encode()
 
 
 def counted(rule_body: Rule) -> Rule:
@@ -98,10 +176,7 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     def send(self, command: bytes) -> bytes | None:
         """Exchange one APDU; None if the PIN guard refused it (nothing was sent)."""
-        try:
-            return self.bench.exchange(command)
-        except GuardRefusal:
-            return None
+        return self.bench.send(command)
 
     @property
     def careful(self) -> bool:
@@ -126,6 +201,16 @@ class ConformanceMachine(RuleBasedStateMachine):
             self.send(select_ef(pin.fid))
         self.send(verify(b"", p2))
         return self.send(verify(value, p2))
+
+    def mix(self, pick: int) -> int:
+        """`pick` stirred with how far the example has come: hypothesis copies the draws of
+        earlier examples into new ones, and the same case should not come back each time."""
+        return (pick + len(self.bench.transcript) * 0x9E3779B1) % 2**32
+
+    def enter(self, app: AppSpec) -> None:
+        """SELECT `app` unless it is the selected application."""
+        if self.bench.model.app is not app:
+            self.send(select_aid(app.aid))
 
     def log_in(self, app: AppSpec, pins: frozenset[int]) -> None:
         """VERIFY the first of `pins` whose value is known (nothing if none is)."""
@@ -271,6 +356,53 @@ class ConformanceMachine(RuleBasedStateMachine):
         if where == "past":
             return size + delta % 16
         return delta % 256
+
+    @rule(pick=picks, by_sfi=st.booleans())
+    @counted
+    def read_at_the_edges(self, pick: int, by_sfi: bool) -> None:
+        """READ BINARY of any transparent EF of known size (after its PIN), at one of its
+        edges: offsets 0, 1, the last byte, the end and past it, with Le of 1, what is left
+        and one more or less, 256 and 65536 (by FID, or by SFI with 8-bit offsets)."""
+        model = self.bench.model
+        facts = model.facts
+        efs = [
+            (app, ef, size)
+            for app in model.present_apps()
+            for ef in app.efs
+            if ef.structure is Structure.TRANSPARENT
+            and facts.present(app, ef.fid) is True
+            and (size := facts.content(app, ef).size_max) is not None
+        ]
+        if not efs:
+            return
+        pick = self.mix(pick)
+        app, ef, size = efs[pick % len(efs)]
+        choices = [(o, le) for o, le in edges(size, by_sfi) if le <= 256 or self.bench.extended_ok]
+        offset, le = choices[pick // len(efs) % len(choices)]
+        self.enter(app)
+        self.log_in(app, ef.read)
+        if by_sfi:
+            p1, p2 = 0x80 | ef.fid, offset
+        else:
+            self.send(select_ef(ef.fid))
+            p1, p2 = offset >> 8, offset & 0xFF
+        self.send(Apdu(0x00, INS.READ_BINARY, p1, p2, le=le, extended=le > 256).encode())
+
+    @rule(pick=picks, event=st.sampled_from(SESSION_EVENTS), by_sfi=st.booleans())
+    @counted
+    def access_matrix(self, pick: int, event: str, by_sfi: bool) -> None:
+        """One application under one credential state (nothing, each PIN or code alone, each
+        pair), then a session event (none, a re-SELECT of the AP, the ISD, a warm reset, a
+        power cycle, another AP and back, another EF); then every EF is read and every key
+        used, by FID or by SFI: each must open exactly as its access rule and the profile's
+        quirks say (docs/card.md)."""
+        bench = self.bench
+        states = [(a, c) for a in bench.model.present_apps() for c in bench.credential_states(a)]
+        if not states:
+            return
+        pick = self.mix(pick)
+        app, credentials = states[pick % len(states)]
+        bench.check_access(app, credentials, event, by_sfi, pick)
 
     @rule(
         index=st.integers(0, 15),
@@ -444,13 +576,90 @@ class ConformanceMachine(RuleBasedStateMachine):
                 INS.CHANGE_KEY: INS.CHANGE_REFERENCE_DATA,
             }
             change_ins = swap[INS(change_ins)]
-        if change_ins == INS.CHANGE_KEY:
-            command = Apdu(0x80, INS.CHANGE_KEY, 0x00, 0x80, value).encode()
-        else:
-            command = Apdu(0x00, INS.CHANGE_REFERENCE_DATA, 0x01, 0x80, value).encode()
-        self.send(command)
+        self.send(change_command(change_ins, value))
+
+    @precondition(lambda self: bool(self.bench.model.facts.pin_values))
+    @rule(kind=st.sampled_from(NEAR_MISS_KINDS), pick=picks, by_sfi=st.booleans())
+    @counted
+    def verify_near_miss(self, kind: str, pick: int, by_sfi: bool) -> None:
+        """VERIFY with a value close to a PIN the run knows (a prefix, one character more or
+        changed, another case, padding, full-width digits, Lc up to 255), then the right
+        value: the near miss is a wrong try (63Cx; 6700 and no try past 16 bytes).  On a
+        card that is not disposable only within the guard's budget."""
+        targets = self.bench.known_pins(spare=2)
+        targets = [t for t in targets if near_misses(t[2])[kind]] or targets
+        if not targets:
+            return
+        pick = self.mix(pick)
+        app, pin, value = targets[pick % len(targets)]
+        misses = near_misses(value)
+        choices = misses[kind] or misses["change"]
+        wrong = choices[pick // len(targets) % len(choices)]
+        self.enter(app)
+        p2 = 0x80 | pin.fid if by_sfi else 0x80
+        if self.careful:
+            guard = self.bench.primary.guard
+            allowed = guard is not None and guard.may_try_wrong((app.aid, pin.fid))
+            if allowed and self.query_then(pin, p2, wrong) is not None:
+                self.query_then(pin, p2, value)
+            return
+        if not by_sfi:
+            self.send(select_ef(pin.fid))
+        self.send(verify(wrong, p2))
+        self.send(verify(value, p2))
+
+    @precondition(lambda self: not self.careful and bool(self.bench.model.facts.pin_values))
+    @rule(pick=picks, by_sfi=st.booleans())
+    @counted
+    def change_outside_format(self, pick: int, by_sfi: bool) -> None:
+        """CHANGE REFERENCE DATA / CHANGE KEY, right after VERIFY, to a value one step outside
+        the PIN's format (a character too few or too many, one outside the alphabet, more
+        than 16 bytes): refused, and the old value still opens (disposable cards only)."""
+        targets = [t for t in self.bench.known_pins(spare=1) if t[1].change_ins is not None]
+        if not targets:
+            return
+        pick = self.mix(pick)
+        app, pin, value = targets[pick % len(targets)]
+        choices = outside_format(pin.value_format, value)
+        new = choices[pick // len(targets) % len(choices)]
+        self.enter(app)
+        p2 = 0x80 | pin.fid if by_sfi else 0x80
+        if not by_sfi:
+            self.send(select_ef(pin.fid))
+        self.send(verify(value, p2))
+        self.send(change_command(INS(pin.change_ins or INS.CHANGE_REFERENCE_DATA), new, p2))
+        self.send(verify(value, p2))
 
     # -- keys ---------------------------------------------------------------------------
+
+    @rule(
+        case=st.sampled_from(SCHEME_CASES),
+        pick=picks,
+        form=st.sampled_from(["select", "sfi", "default"]),
+    )
+    @counted
+    def sign_every_scheme(self, case: tuple[int, bytes], pick: int, form: str) -> None:
+        """Each P1 of COMPUTE DIGITAL SIGNATURE with an input made for it, by every signing
+        key of the card after its PIN: the signature must be exactly that scheme (P1 00 the
+        whole padding block around the input as sent, PSS with its salt length)."""
+        model = self.bench.model
+        keys = [
+            (app, key)
+            for app in model.present_apps()
+            for key in app.keys
+            if key.how is KeyUse.SIGN and model.facts.present(app, key.fid) is True
+        ]
+        if not keys:
+            return
+        pick = self.mix(pick)
+        app, key = keys[pick % len(keys)]
+        scheme, payload = case
+        self.enter(app)
+        self.log_in(app, key.use)
+        if form == "select" or (form == "default" and not key.default):
+            self.send(select_ef(key.fid))
+        p2 = {"sfi": 0x80 | key.fid, "default": 0x00 if key.default else 0x80}.get(form, 0x80)
+        self.send(Apdu(0x80, INS.COMPUTE_SIGNATURE, scheme, p2, payload, le=256).encode())
 
     @rule(
         index=st.integers(0, 3),
@@ -520,11 +729,165 @@ class ConformanceMachine(RuleBasedStateMachine):
         command = Apdu(0x00, INS.INTERNAL_AUTHENTICATE, 0x00, p2, challenge[:255], le=le)
         self.send(command.encode())
 
+    # -- the free area ------------------------------------------------------------------
+
+    def free_cases(self) -> list[tuple[AppSpec, EfSpec, str]]:
+        """(application, EF, operation) for every write of the card's free-area EFs."""
+        return [
+            (app, ef, operation)
+            for app in self.bench.model.present_apps()
+            if app.free_area
+            for ef in app.efs
+            for operation, _rule in ef.writes
+        ]
+
+    @precondition(lambda self: not self.careful and bool(self.free_cases()))
+    @rule(pick=picks, variant=picks, by_sfi=st.booleans())
+    @counted
+    def free_area_write(self, pick: int, variant: int, by_sfi: bool) -> None:
+        """A free-area write at its edges, in a fresh session under one credential state
+        (half the time what the EF's rule asks for; else nothing, a PIN or a key alone, a
+        pair): UPDATE BINARY across and at the end,
+        UPDATE RECORD of the last record and the one after, a byte too long, APPEND until
+        the EF is full, DECREASE to 0 and below, INCREASE to the maximum and past it, UPDATE
+        of a counter above its maximum; then the EF is read back whole."""
+        bench, model = self.bench, self.bench.model
+        cases = self.free_cases()
+        pick, variant = self.mix(pick), self.mix(variant)
+        app, ef, operation = cases[pick % len(cases)]
+        rule = ef.rule(operation)
+        fitting = [(c,) for c in bench.credentials(app) if c.opens in rule]
+        states = fitting if fitting and variant % 2 else bench.credential_states(app)
+        credentials = states[variant // 2 % len(states)]
+        variant //= 2 * len(states)
+        self.send(select_aid(ISD_AID))
+        self.send(select_aid(app.aid))
+        for credential in credentials:
+            bench.open_with(app, credential)
+        if not by_sfi:
+            self.send(select_ef(ef.fid))
+        holds = model.holds(app, ef)
+        for command in self.edge_writes(ef, operation, holds, variant, by_sfi):
+            self.send(command)
+        self.read_back(app, ef)
+
+    def edge_writes(
+        self, ef: EfSpec, operation: str, holds: list[bytes] | bytes, pick: int, by_sfi: bool
+    ) -> list[bytes]:
+        """The commands of one `free_area_write` (adversarial.py gives the values)."""
+        record_p2 = ef.fid << 3 | 0x04 if by_sfi else 0x04
+        if ef.structure is Structure.TRANSPARENT:
+            commands = []
+            for offset, data in transparent_writes(ef.size or 0, pick):
+                if by_sfi and offset <= 0xFF:
+                    p1, p2 = 0x80 | ef.fid, offset
+                else:
+                    p1, p2 = offset >> 8 & 0x7F, offset & 0xFF
+                commands.append(Apdu(0x00, INS.UPDATE_BINARY, p1, p2, data).encode())
+            return commands
+        records = holds if isinstance(holds, list) else []
+        size = ef.record_size or 1
+        if operation == "append":
+            count = (ef.max_records or 0) - len(records) + 1 if pick % 4 == 0 else 1
+            _number, data = record_writes(len(records), size, pick // 4)
+            p2 = ef.fid << 3 if by_sfi else 0x00
+            return [Apdu(0x00, INS.APPEND_RECORD, 0x00, p2, data).encode()] * max(count, 1)
+        if operation == "update" and ef.structure is Structure.COUNTER:
+            values = (0, ef.maximum or 0, (ef.maximum or 0) + 1)
+            value = values[pick % len(values)]
+            data = value.to_bytes(size + (pick // 3 % 5 == 0), "big")
+            number = 1 if pick // 15 % 4 else len(records) + 1
+            return [Apdu(0x00, INS.UPDATE_RECORD, number, record_p2, data).encode()]
+        if operation == "update":
+            number, data = record_writes(len(records), size, pick)
+            return [Apdu(0x00, INS.UPDATE_RECORD, number, record_p2, data).encode()]
+        value = int.from_bytes(records[0], "big") if records else 0
+        step = 0 if operation == "decrease" else 1
+        amount = counter_steps(value, ef.maximum or 0, size, pick // 2 * 2 + step)
+        ins = INS.DECREASE if operation == "decrease" else INS.INCREASE
+        le = 256 if pick % 2 else None
+        return [Apdu(0x00, ins, 0x01, record_p2, amount, le=le).encode()]
+
+    def read_back(self, app: AppSpec, ef: EfSpec) -> None:
+        """Read a free-area EF whole (by SFI): every record and the one after, or its bytes."""
+        if ef.structure is Structure.TRANSPARENT:
+            self.send(Apdu(0x00, INS.READ_BINARY, 0x80 | ef.fid, 0x00, le=256).encode())
+            return
+        for number in range(1, len(self.bench.model.holds(app, ef)) + 2):
+            self.send(Apdu(0x00, INS.READ_RECORD, number, ef.fid << 3 | 0x04, le=256).encode())
+
+    def aes_keys(self) -> list[tuple[AppSpec, AesKeySpec]]:
+        return [
+            (app, key)
+            for app in self.bench.model.present_apps()
+            for key in app.aes_keys
+            if app.free_area
+        ]
+
+    @precondition(lambda self: not self.careful and bool(self.aes_keys()))
+    @rule(kind=st.sampled_from(FRESHNESS), pick=picks, size=st.sampled_from([8, 16]))
+    @counted
+    def external_authenticate(self, kind: str, pick: int, size: int) -> None:
+        """GET CHALLENGE and EXTERNAL AUTHENTICATE: a fresh challenge answered right opens
+        the key, once; the same answer again, an answer to an older challenge, to none, to
+        one from before a reset or another application, to a 32-byte one, with another
+        key, to an unknown key or of 8 bytes all fail; wrong answers until the key blocks."""
+        bench, model = self.bench, self.bench.model
+        keys = self.aes_keys()
+        app, key = keys[self.mix(pick) % len(keys)]
+        number, credential = key.number, (app.aid, key_credential(key.number))
+        remaining = model.counters.get(credential)
+        if kind in ("stale", "wrong", "other-key") and remaining is not None and remaining < 2:
+            kind = "fresh"
+        self.enter(app)
+        challenge = bench.challenge(32 if kind == "long-challenge" else size)
+        if kind in ("stale", "after-reset", "after-switch", "none"):
+            if kind == "stale":
+                bench.challenge(size)
+            elif kind == "after-switch":
+                others = [a for a in model.present_apps() if a is not app]
+                self.send(select_aid(others[pick % len(others)].aid if others else ISD_AID))
+            elif kind in ("after-reset", "none"):
+                bench.reset()
+            if kind != "none":
+                self.send(select_aid(app.aid))
+        if kind in ("wrong", "block", "other-key", "unknown-key", "short"):
+            self.wrong_answer(app, key, kind, challenge, remaining)
+        else:
+            bench.authenticate(app, number, challenge[:16])
+        if kind == "replay":
+            bench.authenticate(app, number, challenge[:16])
+        if kind in ("stale", "wrong", "other-key"):
+            bench.authenticate(app, number, bench.challenge(size))  # restores the counter
+
+    def wrong_answer(
+        self, app: AppSpec, key: AesKeySpec, kind: str, challenge: bytes, remaining: int | None
+    ) -> None:
+        """EXTERNAL AUTHENTICATE that must fail: a wrong cryptogram (until blocked for
+        `block`, then a right one), another key's, an unknown key's, 8 bytes long."""
+        facts = self.bench.model.facts
+        others = [k for k in app.aes_keys if k.number != key.number]
+        if kind == "other-key" and others:
+            cryptogram = cmac(facts.aes_keys[(app.aid, others[0].number)], challenge)
+        else:
+            cryptogram = cmac(bytes(16), challenge)
+        p2 = 0x80 | key.number
+        if kind == "unknown-key":
+            p2 = 0x80 | (max(k.number for k in app.aes_keys) + 1)
+        data = cryptogram[:8] if kind == "short" else cryptogram
+        command = Apdu(0x00, INS.EXTERNAL_AUTHENTICATE, 0x00, p2, data).encode()
+        self.send(command)
+        if kind == "block":
+            for _ in range(remaining or 0):
+                self.send(Apdu(0x00, INS.GET_CHALLENGE, 0x00, 0x00, le=16).encode())
+                self.send(command)
+            self.bench.authenticate(app, key.number, self.bench.challenge(16))
+
     # -- power --------------------------------------------------------------------------
 
     @rule(cold=st.booleans(), look=st.booleans())
     @counted
-    def restart(self, cold: bool, look: bool) -> None:
+    def reset_or_power_cycle(self, cold: bool, look: bool) -> None:
         """Warm reset or power cycle: the session ends, the counters stay (half the time
         read back at once in the application the card was in)."""
         app = self.bench.model.app
@@ -535,6 +898,24 @@ class ConformanceMachine(RuleBasedStateMachine):
         if look and app is not None:
             self.send(select_aid(app.aid))
             for _app, pin in self.bench.model.pins():
+                self.send(verify(b"", 0x80 | pin.fid))
+
+    @precondition(lambda self: self.bench.restartable)
+    @rule()
+    @counted
+    def power_loss(self) -> None:
+        """A power loss or a process restart between two commands (disposable targets with
+        `restart`): once something durable has changed, the card is closed and opened again
+        from its state directory (else power-cycled); every counter is read back at once."""
+        self.bench.power_loss()
+        self.look_back()
+
+    def look_back(self) -> None:
+        """Read every PIN counter of every application (the retry query costs nothing)."""
+        model = self.bench.model
+        for app in model.present_apps():
+            self.send(select_aid(app.aid))
+            for _app, pin in model.pins():
                 self.send(verify(b"", 0x80 | pin.fid))
 
     # -- what no client sends (only where nothing real can be harmed) --------------------

@@ -21,6 +21,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from cryptography.hazmat.primitives.ciphers import algorithms
+from cryptography.hazmat.primitives.cmac import CMAC
 
 from .apdu import INS, ISO_INS, PROPRIETARY_INS, SW, WRITE_INS, Apdu, MalformedApdu, sw_of
 from .profile import FreeApp, ProfileFacts, Quirks
@@ -35,6 +37,7 @@ from .spec import (
     KeyUse,
     PinSpec,
     Structure,
+    key_credential,
 )
 from .transcript import Pattern
 
@@ -44,12 +47,24 @@ CardObject = EfSpec | PinSpec | KeySpec
 SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
 TOKEN_LABEL = b"JPKIAPICCTOKEN2".ljust(32, b" ")  # docs/card-spec.md §3.1: a My Number Card
 RSA_BYTES = 256
+PSS_SALT_LENGTH = 32  # docs/card.md (an assumption: no source gives it)
 
 SECTION_CARD = "§2 card-wide commands"
 SECTION_PINS = "§7 PINs"
 SECTION_SIGN = "§8 signing"
 SECTION_READ = "§9 READ BINARY"
 SECTION_POWER = "§2.2 security state, reset and power"
+SECTION_FREE = "§10 free area"
+CHALLENGE_SIZES = (8, 16)  # what EXTERNAL AUTHENTICATE answers (docs/free-area.md)
+NO_INFORMATION = 0x6300  # a wrong EXTERNAL AUTHENTICATE with a key that has no retry limit
+NOT_ENOUGH_MEMORY = 0x6A84  # data past the end of a free-area EF, or a full record EF
+
+
+def cmac(key: bytes, message: bytes) -> bytes:
+    """AES-CMAC: the host's answer to a free-area challenge (docs/free-area.md)."""
+    mac = CMAC(algorithms.AES(key))
+    mac.update(message)
+    return mac.finalize()
 
 
 class Unknown:
@@ -126,6 +141,7 @@ class CardFacts:
     initial_counters: dict[ObjectKey, int] = field(default_factory=dict)
     live_counters: dict[ObjectKey, int] = field(default_factory=dict)  # last seen, all examples
     extra_apps: tuple[AppSpec, ...] = ()  # free-area applications a profile installs
+    aes_keys: dict[ObjectKey, bytes] = field(default_factory=dict)  # (AID, key number)
     _public_keys: dict[ObjectKey, rsa.RSAPublicKey] = field(default_factory=dict)
 
     @classmethod
@@ -166,6 +182,18 @@ class CardFacts:
                     facts.initial_counters[(app.aid, pin.fid)] = start
         for free in profile.free_area:
             facts.add_free_app(free)
+        for key, data in profile.efs.items():  # the layouts of docs/card.md, filler included
+            facts.contents[key] = EfContent.exact(data)
+        for key, (size, runs) in profile.partial_efs.items():
+            content = facts.contents[key] = EfContent()
+            for offset, known in runs:
+                content.learn(offset, known)
+            content.size_min = content.size_max = size
+        for (aid, fid), records in profile.records.items():
+            for number, record in enumerate(records, 1):
+                facts.records[(aid, fid, number)] = record
+            facts.record_ends[(aid, fid)] = len(records) + 1
+        facts._public_keys.update(profile.public_keys)
         return facts
 
     def add_free_app(self, free: FreeApp) -> None:
@@ -174,10 +202,10 @@ class CardFacts:
         self.extra_apps += (app,)
         self.apps[app.aid] = True
         for ef in app.efs:
-            content = self.contents[(app.aid, ef.fid)] = EfContent()
-            if ef.size is not None:
-                content.learn(0, free.contents.get(ef.fid, b""))
-                content.size_min = content.size_max = ef.size
+            if ef.size is not None:  # the declared content, then FF to the size (free-area.md)
+                initial = free.contents.get(ef.fid, b"")
+                filled = initial + b"\xff" * (ef.size - len(initial))
+                self.contents[(app.aid, ef.fid)] = EfContent.exact(filled)
         for fid, records in free.records.items():
             for number, record in enumerate(records, 1):
                 self.records[(app.aid, fid, number)] = record
@@ -185,6 +213,10 @@ class CardFacts:
         for pin in app.pins:
             self.initial_counters[(app.aid, pin.fid)] = pin.max_tries
             self.pin_values[(app.aid, pin.fid)] = free.pins[pin.fid]
+        for key in app.aes_keys:
+            self.aes_keys[(app.aid, key.number)] = free.aes[key.number]
+            if key.tries is not None:
+                self.initial_counters[(app.aid, key_credential(key.number))] = key.tries
 
     @property
     def catalogue(self) -> tuple[AppSpec, ...]:
@@ -221,11 +253,10 @@ class CardFacts:
         return content
 
     def public_key(self, app: AppSpec, key: KeySpec) -> rsa.RSAPublicKey | None:
-        """The public key from the certificate EF of `key`, once its bytes are known."""
-        if key.certificate is None:
-            return None
+        """The public key of `key`: from the profile, or from its certificate EF once the
+        certificate's bytes are known."""
         cached = self._public_keys.get((app.aid, key.fid))
-        if cached is not None:
+        if cached is not None or key.certificate is None:
             return cached
         content = self.contents.get((app.aid, key.certificate))
         head = content.known(0, 4) if content else None
@@ -291,6 +322,9 @@ class Session:
     app: AppSpec | None = None
     current: int | None = None
     verified: set[ObjectKey] = field(default_factory=set)
+    # The challenge an EXTERNAL AUTHENTICATE would check: none, or not known (another
+    # application was selected since: whether that drops it, no document says).
+    challenge: bytes | Unknown | None = None
 
 
 class CardModel:
@@ -302,6 +336,11 @@ class CardModel:
         source = facts.initial_counters if fresh else facts.live_counters
         self.counters: dict[ObjectKey, int] = dict(source)
         self.values: dict[ObjectKey, bytes] = dict(facts.pin_values)
+        self.durable_changes = 0  # counters, PINs and EFs written: what a restart must keep
+        # Free-area EFs as this example wrote them (the facts keep the initial bytes).
+        self.written: dict[ObjectKey, bytearray] = {}
+        self.record_lists: dict[ObjectKey, list[bytes]] = {}
+        self.irreversible = False  # a change APDUs cannot undo (a write, a key counter)
 
     # -- queries the state machine uses to pick commands ---------------------------------
 
@@ -385,9 +424,242 @@ class CardModel:
         return handler(self, apdu)
 
     def _write(self, apdu: Apdu) -> Expectation:
-        """The national APs have nothing to write, and the bench never writes validly: any
-        error status (the content is unchanged, which later reads check)."""
-        return Expectation(Pattern("6..."), SECTION_CARD, portable=False)
+        """Writes and EXTERNAL AUTHENTICATE: exact in free-area applications
+        (docs/free-area.md); the national APs have nothing to write, so any error status
+        there (the content is unchanged, which later reads check)."""
+        app = self.session.app
+        if app is None or not app.free_area:
+            return Expectation(Pattern("6..."), SECTION_CARD, portable=False)
+        handler = {
+            INS.UPDATE_BINARY: self._update_binary,
+            INS.UPDATE_RECORD: self._update_record,
+            INS.APPEND_RECORD: self._append_record,
+            INS.DECREASE: self._step_counter,
+            INS.INCREASE: self._step_counter,
+            INS.EXTERNAL_AUTHENTICATE: self._external_authenticate,
+        }[INS(apdu.ins)]
+        try:
+            return handler(app, apdu)
+        except _Refused as refused:
+            return Expectation(_status(*refused.sws), SECTION_FREE)
+
+    # the free area (docs/free-area.md: the order of the checks is the order of the raises)
+
+    def _free_ef(self, sfi: int, structures: tuple[Structure, ...]) -> tuple[EfSpec, Effect]:
+        """The EF a free-area command names (SFI, or the current EF when 0): 6A82 / 6986 /
+        6981; and the effect that makes it current."""
+        target = self._object(sfi) if sfi else self._current()
+        if not isinstance(target, EfSpec) or target.structure not in structures:
+            raise _Refused(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
+
+        def make_current(response: bytes) -> None:
+            self.session.current = target.fid
+
+        return target, make_current
+
+    def _allowed(self, app: AppSpec, ef: EfSpec, operation: str) -> None:
+        if not self._granted(app, ef.rule(operation)):
+            raise _Refused(SW.SECURITY_STATUS_NOT_SATISFIED)
+
+    def _records(self, app: AppSpec, ef: EfSpec) -> list[bytes]:
+        """The records of a free-area EF as they are now (copied from the facts at first)."""
+        key = (app.aid, ef.fid)
+        records = self.record_lists.get(key)
+        if records is None:
+            end = self.facts.record_ends.get(key, 1)
+            records = [self.facts.records[(app.aid, ef.fid, n)] for n in range(1, end)]
+            self.record_lists[key] = records
+        return records
+
+    def holds(self, app: AppSpec, ef: EfSpec) -> list[bytes] | bytes:
+        """What a free-area EF holds now: its records, or its bytes (as far as known)."""
+        if ef.structure is not Structure.TRANSPARENT:
+            return list(self._records(app, ef))
+        written = self.written.get((app.aid, ef.fid))
+        if written is not None:
+            return bytes(written)
+        return self.facts.content(app, ef).known(0, ef.size or 0) or b""
+
+    def _wrote(self) -> None:
+        self.durable_changes += 1
+        self.irreversible = True
+
+    def _update_binary(self, app: AppSpec, apdu: Apdu) -> Expectation:
+        if apdu.p1 & 0x80 and apdu.p1 & 0x60:
+            raise _Refused(SW.INCORRECT_P1_P2)
+        sfi = apdu.p1 & 0x1F if apdu.p1 & 0x80 else 0
+        offset = apdu.p2 if sfi else apdu.p1 << 8 | apdu.p2
+        ef, make_current = self._free_ef(sfi, (Structure.TRANSPARENT,))
+        try:
+            if not apdu.data or apdu.le is not None:
+                raise _Refused(SW.WRONG_LENGTH)
+            self._allowed(app, ef, "update")
+            size = ef.size or 0
+            if offset >= size:
+                raise _Refused(SW.OFFSET_OUTSIDE_EF)
+            if offset + len(apdu.data) > size:
+                raise _Refused(NOT_ENOUGH_MEMORY)
+        except _Refused as refused:
+            return Expectation(_status(*refused.sws), SECTION_FREE, make_current)
+        key, data = (app.aid, ef.fid), apdu.data
+
+        def write(response: bytes) -> None:
+            make_current(response)
+            content = self.written.get(key)
+            if content is None:
+                known = self.facts.content(app, ef).known(0, size)
+                content = self.written[key] = bytearray(known or bytes(size))
+            content[offset : offset + len(data)] = data
+            self._wrote()
+
+        return Expectation(_status(SW.OK), SECTION_FREE, write)
+
+    def _record_command(
+        self, app: AppSpec, apdu: Apdu, mode: int, structures: tuple[Structure, ...]
+    ) -> tuple[EfSpec, Effect]:
+        if apdu.p2 & 0x07 != mode:
+            raise _Refused(SW.INCORRECT_P1_P2)
+        return self._free_ef(apdu.p2 >> 3, structures)
+
+    def _update_record(self, app: AppSpec, apdu: Apdu) -> Expectation:
+        both = (Structure.RECORD, Structure.COUNTER)
+        ef, make_current = self._record_command(app, apdu, 0x04, both)
+        number, data = apdu.p1, apdu.data
+        try:
+            if not data or apdu.le is not None:
+                raise _Refused(SW.WRONG_LENGTH)
+            self._allowed(app, ef, "update")
+            records = self._records(app, ef)
+            if not 1 <= number <= len(records):
+                raise _Refused(SW.RECORD_NOT_FOUND)
+            counter = ef.structure is Structure.COUNTER
+            _sizes_and_values(
+                (len(data) > (ef.record_size or 0), SW.WRONG_LENGTH),
+                (counter and int.from_bytes(data, "big") > (ef.maximum or 0), SW.WRONG_DATA),
+            )
+            if counter and len(data) != ef.record_size:  # a shorter value: no rule for it
+                return Expectation(Pattern("9000 | 6700"), SECTION_FREE, make_current)
+        except _Refused as refused:
+            return Expectation(_status(*refused.sws), SECTION_FREE, make_current)
+
+        def write(response: bytes) -> None:
+            make_current(response)
+            records[number - 1] = data
+            self._wrote()
+
+        return Expectation(_status(SW.OK), SECTION_FREE, write)
+
+    def _append_record(self, app: AppSpec, apdu: Apdu) -> Expectation:
+        if apdu.p1 != 0x00:
+            raise _Refused(SW.INCORRECT_P1_P2)
+        ef, make_current = self._record_command(app, apdu, 0x00, (Structure.RECORD,))
+        data = apdu.data
+        try:
+            if not data or apdu.le is not None:
+                raise _Refused(SW.WRONG_LENGTH)
+            self._allowed(app, ef, "append")
+            records = self._records(app, ef)
+            _sizes_and_values(
+                (len(records) >= (ef.max_records or 0), NOT_ENOUGH_MEMORY),
+                (len(data) > (ef.record_size or 0), SW.WRONG_LENGTH),
+            )
+        except _Refused as refused:
+            return Expectation(_status(*refused.sws), SECTION_FREE, make_current)
+
+        def append(response: bytes) -> None:
+            make_current(response)
+            records.append(data)
+            self._wrote()
+
+        return Expectation(_status(SW.OK), SECTION_FREE, append)
+
+    def _step_counter(self, app: AppSpec, apdu: Apdu) -> Expectation:
+        """DECREASE / INCREASE: the amount (1..width bytes) taken from or added to the
+        counter record P1; 6985 and nothing changed past 0 or the maximum."""
+        ef, make_current = self._record_command(app, apdu, 0x04, (Structure.COUNTER,))
+        operation = "decrease" if apdu.ins == INS.DECREASE else "increase"
+        width, number = ef.record_size or 4, apdu.p1
+        try:
+            if not 1 <= len(apdu.data) <= width:
+                raise _Refused(SW.WRONG_LENGTH)
+            self._allowed(app, ef, operation)
+            records = self._records(app, ef)
+            if not 1 <= number <= len(records):
+                raise _Refused(SW.RECORD_NOT_FOUND)
+        except _Refused as refused:
+            return Expectation(_status(*refused.sws), SECTION_FREE, make_current)
+        amount = int.from_bytes(apdu.data, "big")
+        value = int.from_bytes(records[number - 1], "big")
+        new = value - amount if operation == "decrease" else value + amount
+        if not 0 <= new <= (ef.maximum or 0):
+            return Expectation(_status(SW.CONDITIONS_NOT_SATISFIED), SECTION_FREE, make_current)
+        stored = new.to_bytes(width, "big")
+
+        def step(response: bytes) -> None:
+            make_current(response)
+            records[number - 1] = stored
+            self._wrote()
+
+        answer = f"{stored.hex().upper()} 9000" if apdu.le is not None else "9000"
+        return Expectation(Pattern(answer), SECTION_FREE, step)
+
+    def _external_authenticate(self, app: AppSpec, apdu: Apdu) -> Expectation:
+        """AES-CMAC over the pending challenge: 9000 opens key:N (and, as VERIFY does for
+        PINs, puts its counter back); wrong 63Cx or 6300; the challenge is used up."""
+        if apdu.p1 != 0x00 or apdu.p2 & 0x80 == 0:
+            raise _Refused(SW.INCORRECT_P1_P2)
+        number = apdu.p2 & 0x7F
+        key = app.aes_key(number)
+        bad_length = len(apdu.data) != 16 or apdu.le is not None
+        if key is None:  # which of the two a card checks first is not written down
+            sws = (SW.WRONG_LENGTH,) if bad_length else ()
+            raise _Refused(*sws, SW.REFERENCE_DATA_NOT_FOUND)
+        if bad_length:
+            raise _Refused(SW.WRONG_LENGTH)
+        credential = (app.aid, key_credential(number))
+        remaining = self.counters.get(credential)
+        session = self.session
+        challenge = session.challenge
+        if remaining == 0 or challenge is None:
+            sws = [self.facts.quirks.blocked_sw] if remaining == 0 else []
+            sws += [SW.CONDITIONS_NOT_SATISFIED] if challenge is None else []
+
+            def spent(response: bytes) -> None:
+                if sw_of(response) != SW.CONDITIONS_NOT_SATISFIED:
+                    session.challenge = UNKNOWN if session.challenge is not None else None
+
+            return Expectation(_status(*sws), SECTION_FREE, spent)
+        right = False
+        if isinstance(challenge, bytes):
+            right = apdu.data == cmac(self.facts.aes_keys[(app.aid, number)], challenge)
+
+        def answered(response: bytes) -> None:
+            sw = sw_of(response)
+            session.challenge = None
+            if sw == SW.OK:
+                session.verified.add(credential)
+                if key.tries is not None:
+                    self._set_key_counter(credential, key.tries)
+            elif sw & 0xFFF0 == SW.VERIFY_FAILED or sw == NO_INFORMATION:
+                session.verified.discard(credential)
+                if key.tries is not None:
+                    self._set_key_counter(credential, sw & 0x0F)
+
+        if isinstance(challenge, Unknown):
+            wrong = "6300" if key.tries is None else "63C."
+            pattern = Pattern(f"9000 | 6985 | {wrong}")
+        elif right:
+            pattern = _status(SW.OK)
+        elif key.tries is None:
+            pattern = _status(NO_INFORMATION)
+        else:
+            pattern = _status(0x63C0 | (remaining - 1)) if remaining else Pattern("63C.")
+        return Expectation(pattern, SECTION_FREE, answered)
+
+    def _set_key_counter(self, key: ObjectKey, remaining: int) -> None:
+        if self.counters.get(key) != remaining:
+            self.irreversible = True
+        self._set_counter(key, remaining)
 
     # SELECT (docs/card-spec.md §2.1, docs/decisions.md #9) ------------------------------------
 
@@ -440,6 +712,8 @@ class CardModel:
             session = self.session
             if app is not session.app or self.facts.quirks.reselect_clears_state:
                 session.verified.clear()
+            if session.challenge is not None:
+                session.challenge = UNKNOWN
             session.app = app
             session.current = None
 
@@ -520,8 +794,7 @@ class CardModel:
         self, apdu: Apdu, target: CardObject | Unknown, offset: int, before: Effect | None
     ) -> Expectation:
         app = self.session.app
-        counter = isinstance(target, EfSpec) and target.structure is Structure.COUNTER
-        if isinstance(target, Unknown) or app is None or counter:
+        if isinstance(target, Unknown) or app is None:
             return Expectation(Pattern("[*]"), SECTION_READ, before, portable=False)
         if not isinstance(target, EfSpec) or target.structure is not Structure.TRANSPARENT:
             raise _Refused(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
@@ -530,7 +803,8 @@ class CardModel:
             raise _Refused(SW.WRONG_LENGTH)
         if not self._granted(app, target.read):
             raise _Refused(SW.SECURITY_STATUS_NOT_SATISFIED)
-        content = self.facts.content(app, target)
+        written = self.written.get((app.aid, target.fid))
+        content = EfContent.exact(written) if written else self.facts.content(app, target)
         size_max = content.size_max
         if size_max is not None and offset >= size_max:
             raise _Refused(SW.OFFSET_OUTSIDE_EF)
@@ -579,16 +853,21 @@ class CardModel:
         self, apdu: Apdu, target: CardObject | Unknown, before: Effect | None
     ) -> Expectation:
         app = self.session.app
-        counter = isinstance(target, EfSpec) and target.structure is Structure.COUNTER
-        if isinstance(target, Unknown) or app is None or counter:
+        if isinstance(target, Unknown) or app is None:
             return Expectation(Pattern("[*]"), SECTION_READ, before, portable=False)
-        if not isinstance(target, EfSpec) or target.structure is not Structure.RECORD:
+        if not isinstance(target, EfSpec) or target.structure is Structure.TRANSPARENT:
             raise _Refused(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
         if apdu.le is None or apdu.data:
             raise _Refused(SW.WRONG_LENGTH)
         if not self._granted(app, target.read):
             raise _Refused(SW.SECURITY_STATUS_NOT_SATISFIED)
         number, le = apdu.p1, apdu.le
+        if app.free_area:  # known record by record, as written (docs/free-area.md)
+            records = self._records(app, target)
+            if not 1 <= number <= len(records):
+                return Expectation(_status(SW.RECORD_NOT_FOUND), SECTION_READ, before)
+            pattern = Pattern(f"{records[number - 1][:le].hex().upper()} 9000")
+            return Expectation(pattern, SECTION_READ, before)
         ef_key = (app.aid, target.fid)
         end = self.facts.record_ends.get(ef_key)
         known = self.facts.records.get((app.aid, target.fid, number))
@@ -684,6 +963,8 @@ class CardModel:
         return Expectation(pattern, SECTION_PINS, failed)
 
     def _set_counter(self, key: ObjectKey, remaining: int) -> None:
+        if self.counters.get(key) != remaining:
+            self.durable_changes += 1
         self.counters[key] = remaining
         self.facts.live_counters[key] = remaining
 
@@ -713,6 +994,7 @@ class CardModel:
 
         def changed(response: bytes) -> None:
             self.values[key] = apdu.data
+            self.durable_changes += 1
 
         return Expectation(_status(SW.OK), SECTION_PINS, changed)
 
@@ -782,7 +1064,17 @@ class CardModel:
             raise _Refused(SW.CONDITIONS_NOT_SATISFIED)
         if apdu.extended or apdu.le is None or not 1 <= len(apdu.data) <= 255:
             raise _Refused(SW.WRONG_LENGTH)
-        return Expectation(Pattern(f"[{RSA_BYTES}] 9000"), SECTION_SIGN, portable=False)
+        public, challenge = self.facts.public_key(app, key), apdu.data
+
+        def check(response: bytes) -> str | None:
+            # docs/card-spec.md §6, free-area.md: PKCS#1 v1.5 of the challenge's SHA-256
+            # DigestInfo, the whole recovered block compared.
+            if public is None:
+                return None
+            return signature_problem(public, 0x03, challenge, response[:-2])
+
+        pattern = Pattern(f"[{RSA_BYTES}] 9000")
+        return Expectation(pattern, SECTION_SIGN, check=check, portable=False)
 
     def _set_session_key(self, apdu: Apdu) -> Expectation:
         """SET SESSION KEY: refused as measured per application (docs/card-spec.md §2.4, §4)."""
@@ -802,7 +1094,14 @@ class CardModel:
             raise _Refused(SW.CONDITIONS_NOT_SATISFIED)
         if apdu.le is None or apdu.data:
             raise _Refused(SW.WRONG_LENGTH)
-        return Expectation(Pattern(f"[{apdu.le}] 9000"), SECTION_CARD, portable=False)
+
+        def pending(response: bytes) -> None:
+            # The challenge for the next EXTERNAL AUTHENTICATE, if it is of a size that
+            # command takes (docs/free-area.md); a new one replaces the last.
+            fits = sw_of(response) == SW.OK and len(response) - 2 in CHALLENGE_SIZES
+            self.session.challenge = response[:-2] if fits else None
+
+        return Expectation(Pattern(f"[{apdu.le}] 9000"), SECTION_CARD, pending, portable=False)
 
     def _get_data(self, apdu: Apdu) -> Expectation:
         # MF-level objects are optional (docs/card-spec.md §2.3): absent ones answer 6A88.
@@ -842,6 +1141,14 @@ _SECTIONS = {
 }
 
 
+def _sizes_and_values(*checks: tuple[bool, int]) -> None:
+    """The last of docs/free-area.md's checks (6A84, 6700 for a record too long, 6A80):
+    their order among themselves is not written down, so any that applies may answer."""
+    sws = [sw for failed, sw in checks if failed]
+    if sws:
+        raise _Refused(*sws)
+
+
 def _class_error(cla: int, ins: int) -> int:
     """docs/decisions.md #19-#20: logical channels, secure messaging and unknown classes."""
     if 0x40 <= cla <= 0x7F or (cla < 0x80 and cla & 0x03):
@@ -856,12 +1163,16 @@ def signature_problem(
 ) -> str | None:
     """Why `signature` is not what P1 `scheme` (docs/card-spec.md §8) makes of `data`, or None."""
     if scheme in (4, 5):
+        # docs/card.md: MGF1-SHA-256 and a 32-byte salt, checked exactly (not "some" salt).
         algorithm = Prehashed(hashes.SHA256()) if scheme == 4 else hashes.SHA256()
-        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO)
+        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=PSS_SALT_LENGTH)
         try:
             public.verify(signature, data, pss, algorithm)
         except InvalidSignature:
-            return f"P1 {scheme:02X}: not an RSASSA-PSS/SHA-256 signature of the input"
+            return (
+                f"P1 {scheme:02X}: not an RSASSA-PSS signature (SHA-256, MGF1-SHA-256, "
+                f"{PSS_SALT_LENGTH}-byte salt) of the input"
+            )
         return None
     numbers = public.public_numbers()
     recovered = pow(int.from_bytes(signature, "big"), numbers.e, numbers.n)
@@ -875,5 +1186,9 @@ def signature_problem(
         payload = SHA256_DIGEST_INFO + digest
     expected = b"\x00\x01" + b"\xff" * (RSA_BYTES - 3 - len(payload)) + b"\x00" + payload
     if block != expected:
-        return f"P1 {scheme:02X}: the signature does not verify with the card's certificate"
+        what = ("the input as sent", "SHA-256 of the input", "a DigestInfo of the input")
+        return (
+            f"P1 {scheme:02X}: the signature is not PKCS#1 v1.5 (block type 01, FF padding) "
+            f"of {what[min(scheme, 2)]}: recovered {block.hex().upper()[:48]}…"
+        )
     return None

@@ -6,6 +6,8 @@ counters and quirks, and the PIN guard knows the correct PINs.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import tomllib
 from dataclasses import dataclass, field
 from datetime import date
@@ -13,12 +15,37 @@ from importlib import resources
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    load_pem_private_key,
+    load_pem_public_key,
+)
 
 from .apdu import INS
-from .spec import AppSpec, EfSpec, KeySpec, KeyUse, PinSpec, Structure
-
-NEVER = frozenset({0x10000})  # opened by nothing the bench does (EXTERNAL AUTHENTICATE keys)
+from .layouts import (
+    ApKeys,
+    Holder,
+    ObjectKey,
+    Partial,
+    national_efs,
+    national_records,
+    partial_efs,
+)
+from .spec import (
+    COMMON,
+    NEVER,
+    TEXT,
+    VISUAL,
+    AesKeySpec,
+    AppSpec,
+    EfSpec,
+    KeySpec,
+    KeyUse,
+    PinSpec,
+    Structure,
+    key_credential,
+)
 
 # The shipped profiles (package data; reading them does not load the card).
 PROFILES_DIR = Path(str(resources.files("mynacard.profiles")))
@@ -79,36 +106,76 @@ class FreeApp:
     contents: dict[int, bytes]  # initial bytes of transparent EFs (the rest is learned)
     records: dict[int, tuple[bytes, ...]]
     pins: dict[int, bytes]
+    rsa_keys: tuple[tuple[KeySpec, rsa.RSAPublicKey], ...] = ()
+    aes: dict[int, bytes] = field(default_factory=dict)  # EXTERNAL AUTHENTICATE keys by number
 
 
-def _access(rule: object) -> frozenset[int]:
-    """`always` -> free, `pin:FID` -> that PIN, anything else (key:N, never) -> NEVER."""
-    text = str(rule or "never")
-    if text == "always":
-        return frozenset()
-    kind, _, fid = text.partition(":")
-    return frozenset({int(fid, 16)}) if kind == "pin" else NEVER
+def _access(rule: object, default: str = "never") -> frozenset[int]:
+    """A rule of docs/free-area.md as the credentials any one of which opens it: `always`
+    -> none needed, `pin:FID` -> that PIN, `key:N` -> EXTERNAL AUTHENTICATE with key N,
+    `never` -> NEVER; a list -> any of its rules."""
+    rules = rule if isinstance(rule, list) else [rule if rule is not None else default]
+    opened: set[int] = set()
+    for one in rules:
+        kind, _, reference = str(one).partition(":")
+        if kind == "always":
+            return frozenset()
+        if kind == "pin":
+            opened.add(int(reference, 16))
+        elif kind == "key":
+            opened.add(key_credential(int(reference)))
+    return frozenset(opened) or NEVER
+
+
+# The operations each kind of EF has (docs/free-area.md, "File types").
+OPERATIONS = {
+    "transparent": ("update",),
+    "record": ("update", "append"),
+    "counter": ("update", "decrease", "increase"),
+}
+
+
+def _free_ef(item: dict[str, object], name: str) -> tuple[EfSpec, bytes | None, tuple[bytes, ...]]:
+    """One declared EF: its spec, its initial transparent content, its initial records."""
+    fid = int(str(item["fid"]), 16)
+    kind = str(item.get("type", "transparent"))
+    writes = tuple((op, _access(item.get(op))) for op in OPERATIONS.get(kind, ()))
+    read = _access(item.get("read"), "always")
+    label = f"{name} {kind} EF"
+    if kind == "counter":
+        width = int(str(item.get("width", 4)))
+        maximum = int(str(item.get("maximum", 256**width - 1)))
+        values = item.get("values", [])
+        records = tuple(int(str(v)).to_bytes(width, "big") for v in values)  # type: ignore[attr-defined]
+        ef = EfSpec(fid, label, None, read, Structure.COUNTER, writes, width, None, maximum)
+        return ef, None, records
+    if kind == "record":
+        records = tuple(bytes.fromhex(str(r)) for r in item.get("records", []))  # type: ignore[attr-defined]
+        size, most = int(str(item["record_size"])), int(str(item["max_records"]))
+        return EfSpec(fid, label, None, read, Structure.RECORD, writes, size, most), None, records
+    content = bytes.fromhex(str(item.get("content", "")))
+    return EfSpec(fid, label, int(str(item["size"])), read, writes=writes), content, ()
 
 
 def _free_app(raw: dict[str, object]) -> FreeApp:
     name = str(raw["name"])
     efs, keys, contents, records = [], [], {}, {}
+    rsa_keys: list[tuple[KeySpec, rsa.RSAPublicKey]] = []
     for item in raw.get("files", []):  # type: ignore[attr-defined]
         fid = int(str(item["fid"]), 16)
-        kind = str(item.get("type", "transparent"))
-        if kind == "rsa_key":
-            use = _access(item.get("use"))  # for a gate's INTERNAL AUTHENTICATE
-            keys.append(KeySpec(fid, f"{name} key", use, KeyUse.INTERNAL_AUTHENTICATE))
+        if str(item.get("type", "transparent")) == "rsa_key":
+            use = _access(item.get("use"), "always")  # for a gate's INTERNAL AUTHENTICATE
+            key = KeySpec(fid, f"{name} key", use, KeyUse.INTERNAL_AUTHENTICATE)
+            keys.append(key)
+            public = _private_pem(item["private_key"], f"{name}.files.{fid:04X}.private_key")
+            rsa_keys.append((key, public))
             continue
-        structure = Structure.RECORD if kind == "record" else Structure.TRANSPARENT
-        size = int(item["size"]) if kind == "transparent" else None
-        if kind == "counter":
-            structure = Structure.COUNTER
-        efs.append(EfSpec(fid, f"{name} {kind} EF", size, _access(item.get("read")), structure))
-        if kind == "transparent":
-            contents[fid] = bytes.fromhex(str(item.get("content", "")))
-        if kind == "record":
-            records[fid] = tuple(bytes.fromhex(str(r)) for r in item.get("records", []))
+        ef, content, initial = _free_ef(item, name)
+        efs.append(ef)
+        if content is not None:
+            contents[fid] = content
+        else:
+            records[fid] = initial
     pins = {}
     pin_specs = []
     for item in raw.get("pins", []):  # type: ignore[attr-defined]
@@ -117,6 +184,12 @@ def _free_app(raw: dict[str, object]) -> FreeApp:
         tries = int(item.get("tries", 3))
         pin_specs.append(PinSpec(fid, "", tries, value_format, INS.CHANGE_REFERENCE_DATA))
         pins[fid] = str(item["value"]).encode()
+    aes, aes_specs = {}, []
+    for item in raw.get("keys", []):  # type: ignore[attr-defined]
+        number = int(str(item["id"]))
+        tries = item.get("tries")
+        aes_specs.append(AesKeySpec(number, None if tries is None else int(str(tries))))
+        aes[number] = bytes.fromhex(str(item["aes"]))
     spec = AppSpec(
         aid=bytes.fromhex(str(raw["aid"])),
         name=f"free area: {name}",
@@ -124,8 +197,10 @@ def _free_app(raw: dict[str, object]) -> FreeApp:
         efs=tuple(efs),
         pins=tuple(pin_specs),
         keys=tuple(keys),
+        free_area=True,
+        aes_keys=tuple(aes_specs),
     )
-    return FreeApp(spec, contents, records, pins)
+    return FreeApp(spec, contents, records, pins, tuple(rsa_keys), aes)
 
 
 @dataclass(frozen=True)
@@ -137,6 +212,12 @@ class ProfileFacts:
     quirks: Quirks
     certificates: dict[str, bytes] = field(default_factory=dict)  # auth, auth_ca, sign, sign_ca
     free_area: tuple[FreeApp, ...] = ()
+    efs: dict[ObjectKey, bytes] = field(default_factory=dict)  # whole EFs the layout fixes
+    partial_efs: dict[ObjectKey, Partial] = field(default_factory=dict)
+    records: dict[ObjectKey, tuple[bytes, ...]] = field(default_factory=dict)
+    # Keys whose signatures the bench checks without a certificate on the card: the 券面
+    # APs' card keys, the 共通 AP's key, free-area RSA keys (their public halves).
+    public_keys: dict[ObjectKey, rsa.RSAPublicKey] = field(default_factory=dict)
 
     @property
     def has_sign_cert(self) -> bool:
@@ -211,13 +292,92 @@ def _facts(document: dict[str, object], path: Path) -> ProfileFacts:
         for name in ("auth", "auth_ca", "sign", "sign_ca")
         if name != "sign" or with_sign
     }
-    free = table("free_area").get("apps", [])
+    free = tuple(_free_app(raw) for raw in table("free_area").get("apps", []))  # type: ignore[attr-defined]
+    holder_facts = Holder(
+        name=str(holder["name"]),
+        address=str(holder["address"]),
+        birth_date=birth,
+        sex=str(holder["sex"]),
+        my_number=str(card["my_number"]),
+        expiry=expiry,
+        serial_number=str(card.get("serial_number", "")),
+        municipality_code=str(card.get("municipality_code", "")),
+    )
+    text_ap, visual_ap = table("text_ap"), table("visual_ap")
+    text_keys, visual_keys = _ap_keys(text_ap, "text_ap"), _ap_keys(visual_ap, "visual_ap")
+    session = text_ap.get("session_key")
+    session_key = _public_pem(session, "text_ap.session_key") if session else None
+    image = visual_ap.get("my_number_image")
+    public_keys = {(app.spec.aid, key.fid): public for app in free for key, public in app.rsa_keys}
+    common_key = keys.get("common_auth_key")
+    if common_key:
+        public_keys[(COMMON.aid, 0x0019)] = _private_pem(common_key, "keys.common_auth_key")
+    if text_keys is not None:
+        public_keys[(TEXT.aid, 0x0013)] = text_keys.card_key.public_key()
+    if visual_keys is not None:
+        public_keys[(VISUAL.aid, 0x001A)] = visual_keys.card_key.public_key()
     return ProfileFacts(
-        free_area=tuple(_free_app(raw) for raw in free),  # type: ignore[attr-defined]
+        free_area=free,
         name=str(meta.get("name", path.stem)),
         atr=atr,
         pins=pins,
         counters=counters,
         quirks=quirks,
         certificates=certificates,
+        efs=national_efs(
+            holder_facts,
+            text_keys,
+            visual_keys,
+            session_key,
+            _base64(image, "visual_ap.my_number_image") if image else None,
+            quirks.filler,
+        ),
+        partial_efs=partial_efs(holder_facts, quirks.filler),
+        records=national_records(holder_facts) if holder_facts.serial_number else {},
+        public_keys=public_keys,
+    )
+
+
+def _private_key(pem: object, where: str) -> rsa.RSAPrivateKey:
+    """A profile's RSA private key (PEM); a test key, so its consistency checks are skipped."""
+    try:
+        key = load_pem_private_key(
+            str(pem).encode(), password=None, unsafe_skip_rsa_key_validation=True
+        )
+    except (ValueError, TypeError) as error:
+        raise ProfileProblem(f"{where}: {error}") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ProfileProblem(f"{where}: expected an RSA private key")
+    return key
+
+
+def _private_pem(pem: object, where: str) -> rsa.RSAPublicKey:
+    return _private_key(pem, where).public_key()
+
+
+def _public_pem(pem: object, where: str) -> rsa.RSAPublicKey:
+    try:
+        key = load_pem_public_key(str(pem).encode())
+    except (ValueError, TypeError) as error:
+        raise ProfileProblem(f"{where}: {error}") from None
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise ProfileProblem(f"{where}: expected an RSA public key")
+    return key
+
+
+def _base64(text: object, where: str) -> bytes:
+    try:
+        return base64.b64decode("".join(str(text).split()), validate=True)
+    except binascii.Error as error:
+        raise ProfileProblem(f"{where}: not base64 ({error})") from None
+
+
+def _ap_keys(section: dict[str, object], name: str) -> ApKeys | None:
+    """[text_ap] / [visual_ap]: the card key, the municipality key, the CV certificate."""
+    if not all(section.get(k) for k in ("card_key", "municipality_key", "cv_certificate")):
+        return None
+    return ApKeys(
+        _private_key(section["card_key"], f"{name}.card_key"),
+        _private_key(section["municipality_key"], f"{name}.municipality_key"),
+        _base64(section["cv_certificate"], f"{name}.cv_certificate"),
     )

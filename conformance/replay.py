@@ -44,6 +44,9 @@ def replay(
                 answer: bytes | None = port.reset()
             elif exchange.action is Action.POWER:
                 answer = port.power_cycle()
+            elif exchange.action is Action.RESTART:
+                restart = getattr(port, "restart", None)
+                answer = restart() if callable(restart) else None
             else:
                 answer = port.transmit(exchange.command)
         except (GuardRefusal, TargetError) as error:

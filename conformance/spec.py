@@ -18,6 +18,16 @@ CERT_EF_SIZE = 3808  # docs/decisions.md #30
 ISD_AID = bytes.fromhex("A0000001510000")  # GlobalPlatform ISD: restores power-on state (§2.1)
 MAX_VERIFY_LENGTH = 16  # docs/decisions.md #6
 
+# What opens an object, as a set of credentials any one of which will do: PIN FIDs, the
+# free area's EXTERNAL AUTHENTICATE keys (KEY_CREDENTIAL | number), or nothing at all.
+KEY_CREDENTIAL = 0x100
+NEVER = frozenset({0x10000})  # opened by nothing (a free-area rule "never")
+
+
+def key_credential(number: int) -> int:
+    """The credential EXTERNAL AUTHENTICATE with free-area key `number` gives ("key:N")."""
+    return KEY_CREDENTIAL | number
+
 
 class Structure(Enum):
     TRANSPARENT = "transparent"
@@ -41,10 +51,30 @@ class EfSpec:
     size: int | None = None  # allocated size where the spec fixes it
     read: frozenset[int] = frozenset()
     structure: Structure = Structure.TRANSPARENT
+    # Free-area EFs (docs/free-area.md): the rule of each other operation (update, append,
+    # decrease, increase; absent: never) and the record / counter limits.
+    writes: tuple[tuple[str, frozenset[int]], ...] = ()
+    record_size: int | None = None  # records: 1..record_size bytes; counters: the width
+    max_records: int | None = None
+    maximum: int | None = None  # counters
 
     @property
     def free(self) -> bool:
         return not self.read
+
+    def rule(self, operation: str) -> frozenset[int]:
+        """Who may do `operation` ("read", "update", "append", "decrease", "increase")."""
+        if operation == "read":
+            return self.read
+        return next((rule for name, rule in self.writes if name == operation), NEVER)
+
+
+@dataclass(frozen=True)
+class AesKeySpec:
+    """A free-area key for EXTERNAL AUTHENTICATE; `tries` None: no retry limit (6300)."""
+
+    number: int
+    tries: int | None
 
 
 @dataclass(frozen=True)
@@ -90,6 +120,11 @@ class AppSpec:
     # none of `session_key_pins` is verified.
     session_key_sws: tuple[int, ...] = (SW.INS_NOT_SUPPORTED,)
     session_key_pins: frozenset[int] = frozenset()
+    free_area: bool = False  # installed in the free area: writable EFs, AES keys
+    aes_keys: tuple[AesKeySpec, ...] = ()
+
+    def aes_key(self, number: int) -> AesKeySpec | None:
+        return next((key for key in self.aes_keys if key.number == number), None)
 
     def ef(self, fid: int) -> EfSpec | None:
         return next((ef for ef in self.efs if ef.fid == fid), None)

@@ -89,10 +89,12 @@ class EmulatorTarget:
         opener: CardOpener | None = None,
     ) -> None:
         if opener is None:
-            from mynacard import open_card
+            from mynacard import load_profile, open_card
+
+            loaded = load_profile(profile)  # read once: examples and restarts reopen the card
 
             def opener(state: Path) -> CardLike:
-                return open_card(profile, state)
+                return open_card(loaded, state)
 
         self.name = f"emulator ({Path(str(profile)).stem})"
         self._open = opener
@@ -101,6 +103,14 @@ class EmulatorTarget:
         self._examples = 0
         self._card: CardLike | None = None
         self.fresh()
+
+    def restart(self) -> bytes:
+        """A power loss or a new process between two commands: the card is closed and opened
+        again on the same state directory, then powered on; returns the ATR."""
+        self.card.close()
+        self._card = None
+        self._card = self._open(self.state_dir)
+        return self._card.power_on()
 
     def _state_dir(self) -> Path:
         self._examples += 1

@@ -11,7 +11,9 @@ A transcript file is UTF-8 text::
     RESET -> [*]
 
 The left side is the command in hex (spaces allowed) or one of the actions ``RESET`` (warm
-reset) and ``POWER`` (power cycle), whose answer is the ATR.  The right side is the
+reset), ``POWER`` (power cycle) and ``RESTART`` (the card closed and opened again from its
+state, as after a power loss; only targets with `restart`), whose answer is the ATR.  The
+right side is the
 expected response: hex bytes, where ``.`` stands for any one hex digit; ``[N]`` for any N
 bytes, ``[N-M]`` for N to M bytes, ``[*]`` for any number of bytes; ``|`` separates
 alternatives.  Card-specific or random bytes (signatures, certificates learned from the
@@ -39,6 +41,7 @@ class Action(Enum):
     APDU = "APDU"
     RESET = "RESET"
     POWER = "POWER"
+    RESTART = "RESTART"  # the card closed and opened again from its state (a power loss)
 
 
 _TOKEN = re.compile(r"\[(\*|\d+(?:-\d+)?)\]|[0-9A-Fa-f.]+")
@@ -225,7 +228,7 @@ def parse_line(line: str, number: int = 0) -> Exchange | None:
         expected = Pattern(right.strip())
     except TranscriptError as error:
         raise TranscriptError(f"line {number}: {error}") from None
-    if word in (Action.RESET.value, Action.POWER.value):
+    if word in (Action.RESET.value, Action.POWER.value, Action.RESTART.value):
         return Exchange(Action(word), b"", expected, comment.strip())
     try:
         command = bytes.fromhex(word)
