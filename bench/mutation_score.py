@@ -29,10 +29,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # (access rules, PINs, signing). Personalisation and transport are not the bench's to judge.
 MODULES = ["emulator/card.py", "emulator/session.py", "emulator/commands", "emulator/files.py"]
 
+# The default run with a profile, on `default` and on each shipped profile with free-area
+# applications (the default profile has none: its commands would be out of the bench's
+# reach); a mutant is killed when any run is not conformant.
+PROFILES = ("default", "taxi-tickets", "library-card", "building-entry")
 BENCH = {
-    "profile": "conformance --target emulator --profile default",
-    "learning": "conformance --target emulator --pin auth=1234 --pin sign=ABC123 "
-    "--pin text=1234 --pin juki=1234 --pin common=1234",
+    "profile": " && ".join(
+        f".venv/bin/python -m mynacard conformance --target emulator --profile {p}"
+        for p in PROFILES
+    ),
+    "learning": ".venv/bin/python -m mynacard conformance --target emulator --pin auth=1234 "
+    "--pin sign=ABC123 --pin text=1234 --pin juki=1234 --pin common=1234",
 }
 
 
@@ -43,7 +50,7 @@ def config(mode: str, timeout: float) -> str:
         f"module-path = [{modules}]\n"
         f"timeout = {timeout}\n"
         "excluded-modules = []\n"
-        f'test-command = ".venv/bin/python -m mynacard {BENCH[mode]}"\n'
+        f"test-command = '{BENCH[mode]}'\n"
         '[cosmic-ray.distributor]\nname = "local"\n'
     )
 
