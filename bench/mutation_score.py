@@ -31,13 +31,16 @@ MODULES = ["emulator/card.py", "emulator/session.py", "emulator/commands", "emul
 
 # The default run with a profile, on `default` and on each shipped profile with free-area
 # applications (the default profile has none: its commands would be out of the bench's
-# reach); a mutant is killed when any run is not conformant.
+# reach); a mutant is killed when any run is not conformant (cosmic-ray runs the command
+# without a shell, hence `sh -c`).
 PROFILES = ("default", "taxi-tickets", "library-card", "building-entry")
 BENCH = {
-    "profile": " && ".join(
+    "profile": 'sh -c "'
+    + " && ".join(
         f".venv/bin/python -m mynacard conformance --target emulator --profile {p}"
         for p in PROFILES
-    ),
+    )
+    + '"',
     "learning": ".venv/bin/python -m mynacard conformance --target emulator --pin auth=1234 "
     "--pin sign=ABC123 --pin text=1234 --pin juki=1234 --pin common=1234",
 }
