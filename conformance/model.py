@@ -325,6 +325,7 @@ class Session:
     # The challenge an EXTERNAL AUTHENTICATE would check: none, or not known (another
     # application was selected since: whether that drops it, no document says).
     challenge: bytes | Unknown | None = None
+    last_challenge: bytes | None = None  # the last GET CHALLENGE answer, used up or not
 
 
 class CardModel:
@@ -1100,6 +1101,8 @@ class CardModel:
             # command takes (docs/free-area.md); a new one replaces the last.
             fits = sw_of(response) == SW.OK and len(response) - 2 in CHALLENGE_SIZES
             self.session.challenge = response[:-2] if fits else None
+            if sw_of(response) == SW.OK:
+                self.session.last_challenge = response[:-2]
 
         return Expectation(Pattern(f"[{apdu.le}] 9000"), SECTION_CARD, pending, portable=False)
 
