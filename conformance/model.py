@@ -613,8 +613,7 @@ class CardModel:
         key = app.aes_key(number)
         bad_length = len(apdu.data) != 16 or apdu.le is not None
         if key is None:  # which of the two a card checks first is not written down
-            sws = (SW.WRONG_LENGTH,) if bad_length else ()
-            raise _Refused(*sws, SW.REFERENCE_DATA_NOT_FOUND)
+            raise _Refused(*[SW.WRONG_LENGTH] * bad_length, SW.REFERENCE_DATA_NOT_FOUND)
         if bad_length:
             raise _Refused(SW.WRONG_LENGTH)
         credential = (app.aid, key_credential(number))
@@ -622,7 +621,7 @@ class CardModel:
         session = self.session
         challenge = session.challenge
         if remaining == 0 or challenge is None:
-            sws = [self.facts.quirks.blocked_sw] if remaining == 0 else []
+            sws: list[int] = [self.facts.quirks.blocked_sw] if remaining == 0 else []
             sws += [SW.CONDITIONS_NOT_SATISFIED] if challenge is None else []
 
             def spent(response: bytes) -> None:
@@ -805,7 +804,7 @@ class CardModel:
         if not self._granted(app, target.read):
             raise _Refused(SW.SECURITY_STATUS_NOT_SATISFIED)
         written = self.written.get((app.aid, target.fid))
-        content = EfContent.exact(written) if written else self.facts.content(app, target)
+        content = EfContent.exact(bytes(written)) if written else self.facts.content(app, target)
         size_max = content.size_max
         if size_max is not None and offset >= size_max:
             raise _Refused(SW.OFFSET_OUTSIDE_EF)
