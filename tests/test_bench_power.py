@@ -699,96 +699,54 @@ class Mutant:
     issue_class: str
 
 
+def wrapping(cls: type[Tracking], issue_class: str, profile: str = "default") -> Mutant:
+    return Mutant(profile, lambda: wrapped(cls, profile), issue_class)
+
+
 MUTANTS: dict[str, Mutant] = {
     # PIN values close to the right one
-    "verify-accepts-a-prefix": Mutant(
-        "default", lambda: wrapped(PrefixAccepted, "default"), "near miss"
-    ),
-    "verify-accepts-an-extension": Mutant(
-        "default", lambda: wrapped(ExtensionAccepted, "default"), "near miss"
-    ),
-    "verify-ignores-trailing-padding": Mutant(
-        "default", lambda: wrapped(PaddingIgnored, "default"), "near miss"
-    ),
-    "verify-ignores-case": Mutant("default", lambda: wrapped(CaseIgnored, "default"), "near miss"),
-    "verify-long-value-spends-a-try": Mutant(
-        "default", lambda: wrapped(LongValueSpendsATry, "default"), "near miss"
-    ),
+    "verify-accepts-a-prefix": wrapping(PrefixAccepted, "near miss"),
+    "verify-accepts-an-extension": wrapping(ExtensionAccepted, "near miss"),
+    "verify-ignores-trailing-padding": wrapping(PaddingIgnored, "near miss"),
+    "verify-ignores-case": wrapping(CaseIgnored, "near miss"),
+    "verify-long-value-spends-a-try": wrapping(LongValueSpendsATry, "near miss"),
     # values just outside a PIN's format
-    "change-accepts-a-fifth-digit": Mutant(
-        "default", lambda: wrapped(OneDigitMoreAccepted, "default"), "format"
-    ),
-    "change-stores-before-checking": Mutant(
-        "default", lambda: wrapped(StoredBeforeChecked, "default"), "format"
-    ),
+    "change-accepts-a-fifth-digit": wrapping(OneDigitMoreAccepted, "format"),
+    "change-stores-before-checking": wrapping(StoredBeforeChecked, "format"),
     # durability
     "state-lost-on-restart": Mutant("default", lambda: StaleOnReopen("default"), "restart"),
     "free-area-flushed-at-power-off": Mutant(
         "taxi-tickets", lambda: flushed_at_power_off("taxi-tickets"), "restart"
     ),
     # access of single EFs and keys under single credentials
-    "code-b-opens-my-number": Mutant(
-        "default", lambda: wrapped(CodeBOpensMyNumber, "default"), "access"
-    ),
-    "code-b-opens-my-number-image": Mutant(
-        "default", lambda: wrapped(CodeBOpensMyNumberImage, "default"), "access"
-    ),
-    "sign-password-opens-auth-key": Mutant(
-        "default", lambda: wrapped(SignPasswordOpensAuthKey, "default"), "access"
-    ),
+    "code-b-opens-my-number": wrapping(CodeBOpensMyNumber, "access"),
+    "code-b-opens-my-number-image": wrapping(CodeBOpensMyNumberImage, "access"),
+    "sign-password-opens-auth-key": wrapping(SignPasswordOpensAuthKey, "access"),
     # filler and boundaries
-    "my-number-ef-ends-in-00": Mutant(
-        "default",
-        lambda: wrapped(read_rewriter(TEXT, 0x01, zeros_at(range(15, 17))), "default"),
-        "filler",
+    "my-number-ef-ends-in-00": wrapping(
+        read_rewriter(TEXT, 0x01, zeros_at(range(15, 17))), "filler"
     ),
-    "text-ef-0008-zero-filled": Mutant(
-        "default",
-        lambda: wrapped(read_rewriter(TEXT, 0x08, zeros_at(range(16))), "default"),
-        "filler",
-    ),
+    "text-ef-0008-zero-filled": wrapping(read_rewriter(TEXT, 0x08, zeros_at(range(16))), "filler"),
     "last-byte-unreadable": Mutant("default", lambda: rewritten(last_byte_unreadable), "boundary"),
     # signature schemes
-    "pss-salt-length-20": Mutant("default", lambda: wrapped(PssSaltTwenty, "default"), "scheme"),
-    "card-key-signs-p1-02-as-p1-00": Mutant(
-        "default", lambda: wrapped(CardKeyP1TwoAsZero, "default"), "scheme"
-    ),
-    "raw-digest-info-completed": Mutant(
-        "default", lambda: wrapped(DigestInfoCompleted, "default"), "scheme"
-    ),
+    "pss-salt-length-20": wrapping(PssSaltTwenty, "scheme"),
+    "card-key-signs-p1-02-as-p1-00": wrapping(CardKeyP1TwoAsZero, "scheme"),
+    "raw-digest-info-completed": wrapping(DigestInfoCompleted, "scheme"),
     # the free area
-    "append-without-key": Mutant(
-        "library-card", lambda: wrapped(opened_by(0xE2, 1), "library-card"), "free area"
+    "append-without-key": wrapping(opened_by(0xE2, 1), "free area", "library-card"),
+    "increase-with-the-meter-key": wrapping(
+        opened_by(0x32, 2, needs=1), "free area", "taxi-tickets"
     ),
-    "increase-with-the-meter-key": Mutant(
-        "taxi-tickets", lambda: wrapped(opened_by(0x32, 2, needs=1), "taxi-tickets"), "free area"
-    ),
-    "log-readable-without-pin": Mutant(
-        "taxi-tickets", lambda: wrapped(PinLogReadableWithoutPin, "taxi-tickets"), "free area"
-    ),
-    "decrease-stops-at-zero": Mutant(
-        "taxi-tickets", lambda: wrapped(DecreaseStopsAtZero, "taxi-tickets"), "counter bound"
-    ),
-    "increase-stops-at-maximum": Mutant(
-        "taxi-tickets", lambda: wrapped(IncreaseStopsAtMaximum, "taxi-tickets"), "counter bound"
-    ),
-    "challenge-good-twice": Mutant(
-        "taxi-tickets", lambda: wrapped(ChallengeGoodTwice, "taxi-tickets"), "challenge"
-    ),
+    "log-readable-without-pin": wrapping(PinLogReadableWithoutPin, "free area", "taxi-tickets"),
+    "decrease-stops-at-zero": wrapping(DecreaseStopsAtZero, "counter bound", "taxi-tickets"),
+    "increase-stops-at-maximum": wrapping(IncreaseStopsAtMaximum, "counter bound", "taxi-tickets"),
+    "challenge-good-twice": wrapping(ChallengeGoodTwice, "challenge", "taxi-tickets"),
     # session behaviour under the profile's quirks
-    "reset-keeps-verified-state": Mutant(
-        "default", lambda: wrapped(ResetKeepsVerifiedState, "default"), "session"
-    ),
-    "isd-select-keeps-verified-state": Mutant(
-        "default", lambda: wrapped(IsdKeepsVerifiedState, "default"), "session"
-    ),
-    "reselect-clears-verified-state": Mutant(
-        "default", lambda: wrapped(ReselectClearsVerifiedState, "default"), "session"
-    ),
-    "reselect-keeps-state-the-profile-clears": Mutant(
-        CLEARS_ON_RESELECT,
-        lambda: wrapped(ReselectKeepsVerifiedState, CLEARS_ON_RESELECT),
-        "session",
+    "reset-keeps-verified-state": wrapping(ResetKeepsVerifiedState, "session"),
+    "isd-select-keeps-verified-state": wrapping(IsdKeepsVerifiedState, "session"),
+    "reselect-clears-verified-state": wrapping(ReselectClearsVerifiedState, "session"),
+    "reselect-keeps-state-the-profile-clears": wrapping(
+        ReselectKeepsVerifiedState, "session", CLEARS_ON_RESELECT
     ),
 }
 
