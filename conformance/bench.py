@@ -3,6 +3,7 @@ PIN guard, the per-example transcript, the survey and the invariants' observer."
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 from collections import Counter
@@ -242,8 +243,21 @@ def restore_initial_state(link: Link, model: CardModel) -> bool:
                 port.transmit(select_ef(pin.fid))
                 if sw_of(port.transmit(verify(b""))) != 0x63C0 | start:
                     return False
+                # A full counter is checked with the PIN itself: a card that changed it
+                # behind the model's back (a planted bug) is reopened, not reused.
+                value = facts.pin_values.get((app.aid, pin.fid))
+                full = value is not None and start == pin.max_tries
+                if full and sw_of(port.transmit(verify(value or b""))) != SW.OK:
+                    return False
     port.power_cycle()
     return True
+
+
+def _answer(model: CardModel | None, command: bytes, key: bytes) -> bytes:
+    """`command` (an EXTERNAL AUTHENTICATE) with the AES-CMAC under `key` of the challenge
+    `model`'s card gave last; unchanged without a key or a challenge."""
+    last = model.session.last_challenge if model is not None and key else None
+    return command[:5] + cmac(key, last) if last is not None else command
 
 
 class Bench:
@@ -262,6 +276,7 @@ class Bench:
         self.last_deviation: Deviation | None = None
         self._dirty = False
         self.restarts = 0
+        self._answering: dict[bytes, bytes] = {}  # EXTERNAL AUTHENTICATE sent -> its AES key
         self._restarted_at = 0  # the model's count of durable changes at the last restart
 
     @property
@@ -327,28 +342,43 @@ class Bench:
         except GuardRefusal:
             return None
 
-    def exchange(self, command: bytes) -> bytes:
+    def exchange(self, command: bytes, answering: bytes = b"") -> bytes:
         """Send `command` to every target, check each answer, apply its effect.
+
+        `answering` is the AES key of an EXTERNAL AUTHENTICATE that answers the challenge
+        the card gave last (used up or not): its cryptogram is made for each target's own
+        challenge, and made again when the command is sent again (minimizing, replaying).
 
         In differential mode the guarded target goes first: a command its PIN guard refuses
         reaches neither card, so both stay in the same state."""
-        expectation = self.model.expect(command)
-        second = b""
+        if not command and self.restartable:
+            # A RESTART line of a transcript being cut down: runner._replay hands the actions
+            # it has no branch for to `exchange` with their (empty) command.
+            self.restart()
+            return b""
+        key = answering or self._answering.get(command, b"")
+        sent = _answer(self.model, command, key)
+        if sent != command or answering:
+            self._answering[sent] = key
+        expectation = self.model.expect(sent)
+        second, other_command = b"", _answer(self.secondary_model, command, key)
         secondary_first = self.secondary is not None and self.primary.guard is None
         if self.secondary is not None and secondary_first:
-            second = self._send(self.secondary, command)
-        response = self._send(self.primary, command)
+            second = self._send(self.secondary, other_command)
+        response = self._send(self.primary, sent)
         if self.secondary is not None and not secondary_first:
-            second = self._send(self.secondary, command)
-        self._record(Exchange(Action.APDU, command, expectation.pattern), expectation, response)
+            second = self._send(self.secondary, other_command)
+        derived = key if self.model.session.last_challenge is not None else b""
+        exchange = Exchange(Action.APDU, sent, expectation.pattern, cmac_key=derived)
+        self._record(exchange, expectation, response)
         if self.secondary is not None and self.secondary_model is not None:
-            other = self.secondary_model.expect(command)
+            other = self.secondary_model.expect(other_command)
             self._compare(expectation, response, second)
             if other.effect is not None:
                 other.effect(second)
         if expectation.effect is not None:
             expectation.effect(response)
-        self._observe(command, response)
+        self._observe(sent, response)
         return response
 
     def _send(self, link: Link, command: bytes) -> bytes:
@@ -370,9 +400,7 @@ class Bench:
             self.transcript.append(exchange)
             return
         got = brief(response, 64)
-        self.transcript.append(
-            Exchange(exchange.action, exchange.command, exchange.expected, f"card answered {got}")
-        )
+        self.transcript.append(replace(exchange, note=f"card answered {got}"))
         raise self.fail(expectation.section, problem)
 
     def _compare(self, expectation: Expectation, first: bytes, second: bytes) -> None:
@@ -432,15 +460,19 @@ class Bench:
         return all(link.restart is not None for link in self.links)
 
     def power_loss(self) -> None:
-        """A power loss between two commands: a restart (every target closed and opened
-        again from its state) where it can show something, a power cycle otherwise."""
+        """A power loss between two commands: a restart where it can show something, a
+        power cycle otherwise."""
         worth_it = 0 <= self._restarted_at < self.model.durable_changes
         if worth_it and self.restarts < self.max_restarts and self.restartable:
-            self.restarts += 1
             self._restarted_at = -1
-            self._power(Action.RESTART)
+            self.restart()
         else:
             self._power(Action.POWER)
+
+    def restart(self) -> None:
+        """Every target closed and opened again from its state (`restartable` ones)."""
+        self.restarts += 1
+        self._power(Action.RESTART)
 
     def _observe(self, command: bytes, response: bytes) -> None:
         """Feed the invariants' observer (model-independent checks on the answers)."""
@@ -518,11 +550,14 @@ class Bench:
         answer = self.send(Apdu(0x00, INS.GET_CHALLENGE, 0x00, 0x00, le=size).encode())
         return answer[:-2] if answer is not None and sw_of(answer) == SW.OK else b""
 
-    def authenticate(self, app: AppSpec, number: int, challenge: bytes, p2: int = 0) -> None:
-        """EXTERNAL AUTHENTICATE with key `number`'s AES-CMAC of `challenge`."""
-        cryptogram = cmac(self.model.facts.aes_keys.get((app.aid, number), bytes(16)), challenge)
-        command = Apdu(0x00, INS.EXTERNAL_AUTHENTICATE, 0x00, p2 or 0x80 | number, cryptogram)
-        self.send(command.encode())
+    def authenticate(self, app: AppSpec, number: int, challenge: bytes) -> None:
+        """EXTERNAL AUTHENTICATE with key `number`'s AES-CMAC of `challenge` (marked as the
+        answer to the card's last challenge when it is that one)."""
+        key = self.model.facts.aes_keys.get((app.aid, number), bytes(16))
+        command = Apdu(0x00, INS.EXTERNAL_AUTHENTICATE, 0x00, 0x80 | number, cmac(key, challenge))
+        last = challenge and self.model.session.last_challenge == challenge
+        with contextlib.suppress(GuardRefusal):
+            self.exchange(command.encode(), key if last else b"")
 
     def check_access(
         self,
@@ -581,11 +616,12 @@ class Bench:
         self.reset()
 
     def _fresh_transcript(self) -> None:
-        """Let the next check's transcript stand alone (short to cut down and replay): the
-        card goes back to its initial state first if anything durable changed."""
+        """Let the next check's transcript stand alone (short to cut down and replay): from
+        power-on, and from the initial state if anything durable changed."""
         if self.model.durable_changes:
             self.begin_example()
         else:
+            self.power_cycle()
             self.transcript = []
 
     # -- survey -------------------------------------------------------------------------

@@ -325,6 +325,7 @@ class Session:
     # The challenge an EXTERNAL AUTHENTICATE would check: none, or not known (another
     # application was selected since: whether that drops it, no document says).
     challenge: bytes | Unknown | None = None
+    last_challenge: bytes | None = None  # the last GET CHALLENGE answer, used up or not
 
 
 class CardModel:
@@ -612,8 +613,7 @@ class CardModel:
         key = app.aes_key(number)
         bad_length = len(apdu.data) != 16 or apdu.le is not None
         if key is None:  # which of the two a card checks first is not written down
-            sws = (SW.WRONG_LENGTH,) if bad_length else ()
-            raise _Refused(*sws, SW.REFERENCE_DATA_NOT_FOUND)
+            raise _Refused(*[SW.WRONG_LENGTH] * bad_length, SW.REFERENCE_DATA_NOT_FOUND)
         if bad_length:
             raise _Refused(SW.WRONG_LENGTH)
         credential = (app.aid, key_credential(number))
@@ -621,7 +621,7 @@ class CardModel:
         session = self.session
         challenge = session.challenge
         if remaining == 0 or challenge is None:
-            sws = [self.facts.quirks.blocked_sw] if remaining == 0 else []
+            sws: list[int] = [self.facts.quirks.blocked_sw] if remaining == 0 else []
             sws += [SW.CONDITIONS_NOT_SATISFIED] if challenge is None else []
 
             def spent(response: bytes) -> None:
@@ -804,7 +804,7 @@ class CardModel:
         if not self._granted(app, target.read):
             raise _Refused(SW.SECURITY_STATUS_NOT_SATISFIED)
         written = self.written.get((app.aid, target.fid))
-        content = EfContent.exact(written) if written else self.facts.content(app, target)
+        content = EfContent.exact(bytes(written)) if written else self.facts.content(app, target)
         size_max = content.size_max
         if size_max is not None and offset >= size_max:
             raise _Refused(SW.OFFSET_OUTSIDE_EF)
@@ -1100,6 +1100,8 @@ class CardModel:
             # command takes (docs/free-area.md); a new one replaces the last.
             fits = sw_of(response) == SW.OK and len(response) - 2 in CHALLENGE_SIZES
             self.session.challenge = response[:-2] if fits else None
+            if sw_of(response) == SW.OK:
+                self.session.last_challenge = response[:-2]
 
         return Expectation(Pattern(f"[{apdu.le}] 9000"), SECTION_CARD, pending, portable=False)
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .guard import GuardRefusal, PinGuard
+from .model import cmac
 from .targets import Target, TargetError
 from .transcript import Action, Exchange, Recorder
 
@@ -38,7 +39,11 @@ def replay(
     port: Target | PinGuard = target
     if not target.disposable:
         port = PinGuard(target, pins=dict(pins or {}), budget=budget)
+    challenge = b""  # the card's last GET CHALLENGE answer, for `cmac:` lines
     for number, exchange in enumerate(exchanges, 1):
+        command = exchange.command
+        if exchange.cmac_key:
+            command = command[:5] + cmac(exchange.cmac_key, challenge)
         try:
             if exchange.action is Action.RESET:
                 answer: bytes | None = port.reset()
@@ -48,15 +53,15 @@ def replay(
                 restart = getattr(port, "restart", None)
                 answer = restart() if callable(restart) else None
             else:
-                answer = port.transmit(exchange.command)
+                answer = port.transmit(command)
+                if command[1:2] == b"\x84" and answer[-2:] == b"\x90\x00":
+                    challenge = answer[:-2]
         except (GuardRefusal, TargetError) as error:
             return ReplayResult(number - 1, len(exchanges), number, f"not sent: {error}")
         if answer is None:
             return ReplayResult(number - 1, len(exchanges), number, "the target cannot do this")
         if recorder is not None:
-            recorder.add(
-                Exchange(exchange.action, exchange.command, type(exchange.expected).exact(answer))
-            )
+            recorder.add(Exchange(exchange.action, command, type(exchange.expected).exact(answer)))
         if not exchange.expected.matches(answer):
             got = answer.hex().upper() or "(nothing)"
             return ReplayResult(

@@ -10,7 +10,9 @@ A transcript file is UTF-8 text::
     00200080 -> 63C. | 9000
     RESET -> [*]
 
-The left side is the command in hex (spaces allowed) or one of the actions ``RESET`` (warm
+The left side is the command in hex (spaces allowed), a 5-byte EXTERNAL AUTHENTICATE header
+followed by ``cmac:KEY`` (its data is the AES-CMAC under KEY of the challenge the card gave
+last, made again whenever the line is sent), or one of the actions ``RESET`` (warm
 reset), ``POWER`` (power cycle) and ``RESTART`` (the card closed and opened again from its
 state, as after a power loss; only targets with `restart`), whose answer is the ATR.  The
 right side is the
@@ -207,9 +209,15 @@ class Exchange:
     command: bytes
     expected: Pattern
     note: str = ""
+    # EXTERNAL AUTHENTICATE answering the card's last challenge (used up or not): its data
+    # is the AES-CMAC of that challenge under this key, made again on every replay (written
+    # `cmac:KEY`).
+    cmac_key: bytes = b""
 
     def format(self) -> str:
         left = self.command.hex().upper() if self.action is Action.APDU else self.action.value
+        if self.cmac_key:
+            left = f"{self.command[:5].hex().upper()} cmac:{self.cmac_key.hex().upper()}"
         comment = f"  # {self.note}" if self.note else ""
         return f"{left} -> {self.expected}{comment}"
 
@@ -230,13 +238,19 @@ def parse_line(line: str, number: int = 0) -> Exchange | None:
         raise TranscriptError(f"line {number}: {error}") from None
     if word in (Action.RESET.value, Action.POWER.value, Action.RESTART.value):
         return Exchange(Action(word), b"", expected, comment.strip())
+    word, _, key_text = word.partition("CMAC:")
     try:
         command = bytes.fromhex(word)
+        key = bytes.fromhex(key_text)
     except ValueError:
         raise TranscriptError(f"line {number}: command is not hex: {left.strip()!r}") from None
     if len(command) < 4:
         raise TranscriptError(f"line {number}: a command APDU has at least 4 bytes")
-    return Exchange(Action.APDU, command, expected, comment.strip())
+    if key_text and (len(command) != 5 or len(key) != 16):
+        raise TranscriptError(f"line {number}: cmac: needs a 5-byte header and a 16-byte key")
+    if key:
+        command += bytes(16)  # made again from the challenge when the line is sent
+    return Exchange(Action.APDU, command, expected, comment.strip(), key)
 
 
 def parse(text: str) -> list[Exchange]:
