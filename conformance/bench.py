@@ -452,22 +452,23 @@ class Bench:
 
     # Reopening a card costs as much as ~100 steps: a run restarts at most this often, once
     # per example, and only after a change that must be durable (a counter, a PIN, an EF).
-    max_restarts = 16
+    max_restarts = 12
 
     @property
     def restartable(self) -> bool:
         """Every target is disposable and has `restart`."""
         return all(link.restart is not None for link in self.links)
 
-    def power_loss(self) -> None:
-        """A power loss between two commands: a restart where it can show something, a
-        power cycle otherwise."""
+    def power_loss(self) -> bool:
+        """A power loss between two commands: a restart where it can show something (True),
+        a power cycle otherwise."""
         worth_it = 0 <= self._restarted_at < self.model.durable_changes
         if worth_it and self.restarts < self.max_restarts and self.restartable:
             self._restarted_at = -1
             self.restart()
-        else:
-            self._power(Action.POWER)
+            return True
+        self._power(Action.POWER)
+        return False
 
     def restart(self) -> None:
         """Every target closed and opened again from its state (`restartable` ones)."""
