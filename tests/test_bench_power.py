@@ -600,8 +600,9 @@ class FreeAreaMutant(Tracking):
         value = self.card.transmit(bytes((0, 0xB2, apdu.p1, apdu.p2, 0)))[:-2]
         app = next(a for a in self.profile.free_area.apps if a.aid == self.session.app)
         fid = apdu.p2 >> 3 or self.session.current
-        spec = next(f for f in app.files if f.fid == fid)
-        return int.from_bytes(value, "big"), spec.maximum  # type: ignore[union-attr]
+        counters = [f for f in app.files if hasattr(f, "maximum")]
+        spec = next((f for f in counters if f.fid == fid), counters[0])
+        return int.from_bytes(value, "big"), spec.maximum
 
 
 class DecreaseStopsAtZero(FreeAreaMutant):
