@@ -277,7 +277,8 @@ class Bench:
         self._dirty = False
         self.restarts = 0
         self._answering: dict[bytes, bytes] = {}  # EXTERNAL AUTHENTICATE sent -> its AES key
-        self._restarted_at = 0  # the model's count of durable changes at the last restart
+        self._restarted = False  # in this example
+        self._kept_at_power_on: object = ()  # what the card kept when it was last powered on
 
     @property
     def links(self) -> Iterator[Link]:
@@ -308,8 +309,9 @@ class Bench:
             if not (restorable and model is not None and restore_initial_state(link, model)):
                 link.port.fresh()
         self._dirty = False
-        self._restarted_at = 0
+        self._restarted = False
         self.model = CardModel(self.primary.facts, fresh=self.primary.disposable)
+        self._kept_at_power_on = self.model.initially_kept
         if self.secondary is not None:
             self.secondary_model = CardModel(self.secondary.facts, fresh=self.secondary.disposable)
         if not self.disposable:
@@ -436,6 +438,8 @@ class Bench:
                 atr = port.reset()
             answers.append(atr)
         self._record(Exchange(action, b"", expectation.pattern), expectation, answers[0])
+        if action is not Action.RESET:
+            self._kept_at_power_on = self.model.kept()
         if expectation.effect is not None:
             expectation.effect(answers[0])
         if self.secondary_model is not None:
@@ -451,8 +455,9 @@ class Bench:
         self._power(Action.POWER)
 
     # Reopening a card costs as much as ~100 steps: a run restarts at most this often, once
-    # per example, and only after a change that must be durable (a counter, a PIN, an EF).
-    max_restarts = 12
+    # per example, and only when what the card must keep (counters, PINs, free-area EFs)
+    # has changed since it was last powered on.
+    max_restarts = 16
 
     @property
     def restartable(self) -> bool:
@@ -462,9 +467,9 @@ class Bench:
     def power_loss(self) -> bool:
         """A power loss between two commands: a restart where it can show something (True),
         a power cycle otherwise."""
-        worth_it = 0 <= self._restarted_at < self.model.durable_changes
+        worth_it = not self._restarted and self.model.kept() != self._kept_at_power_on
         if worth_it and self.restarts < self.max_restarts and self.restartable:
-            self._restarted_at = -1
+            self._restarted = True
             self.restart()
             return True
         self._power(Action.POWER)

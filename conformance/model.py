@@ -349,6 +349,23 @@ class CardModel:
         self.written: dict[ObjectKey, bytearray] = {}
         self.record_lists: dict[ObjectKey, list[bytes]] = {}
         self.irreversible = False  # a change APDUs cannot undo (a write, a key counter)
+        self.initially_kept = self.kept()
+
+    def kept(self) -> tuple[object, ...]:
+        """What the card must keep across a power loss, as the model knows it now."""
+        facts = self.facts
+        records = [
+            (key, tuple(found))
+            for key, found in self.record_lists.items()
+            if len(found) + 1 != facts.record_ends.get(key, 1)
+            or any(facts.records.get((*key, n)) != r for n, r in enumerate(found, 1))
+        ]
+        return (
+            tuple(sorted(self.counters.items())),
+            tuple(sorted(self.values.items())),
+            tuple(sorted((key, bytes(data)) for key, data in self.written.items())),
+            tuple(sorted(records)),
+        )
 
     # -- queries the state machine uses to pick commands ---------------------------------
 
