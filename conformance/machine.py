@@ -26,6 +26,7 @@ from hypothesis.stateful import (
 
 from .adversarial import (
     NEAR_MISS_KINDS,
+    OUTSIDE_KINDS,
     counter_steps,
     edges,
     near_misses,
@@ -607,9 +608,9 @@ class ConformanceMachine(RuleBasedStateMachine):
         self.send(verify(value, p2))
 
     @precondition(lambda self: not self.careful and bool(self.bench.model.facts.pin_values))
-    @rule(pick=picks, by_sfi=st.booleans())
+    @rule(kind=st.sampled_from(OUTSIDE_KINDS), pick=picks, by_sfi=st.booleans())
     @counted
-    def change_outside_format(self, pick: int, by_sfi: bool) -> None:
+    def change_outside_format(self, kind: str, pick: int, by_sfi: bool) -> None:
         """CHANGE REFERENCE DATA / CHANGE KEY, right after VERIFY, to a value one step outside
         the PIN's format (a character too few or too many, one outside the alphabet, more
         than 16 bytes): refused, and the old value still opens (disposable cards only)."""
@@ -618,7 +619,8 @@ class ConformanceMachine(RuleBasedStateMachine):
             return
         pick = self.mix(pick)
         app, pin, value = targets[pick % len(targets)]
-        choices = outside_format(pin.value_format, value)
+        outside = outside_format(pin.value_format, value)
+        choices = outside[kind] or outside["limits"]
         new = choices[pick // len(targets) % len(choices)]
         self.enter(app)
         p2 = 0x80 | pin.fid if by_sfi else 0x80
