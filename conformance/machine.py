@@ -35,7 +35,7 @@ from .adversarial import (
     transparent_writes,
 )
 from .apdu import INS, SW, Apdu, select_aid, select_ef, sw_of, verify
-from .bench import SWEEP_EVENTS, Bench
+from .bench import SWEEP_EVENTS, Bench, read_back_commands
 from .model import SHA256_DIGEST_INFO, cmac
 from .spec import (
     CATALOGUE,
@@ -810,11 +810,8 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     def read_back(self, app: AppSpec, ef: EfSpec) -> None:
         """Read a free-area EF whole (by SFI): every record and the one after, or its bytes."""
-        if ef.structure is Structure.TRANSPARENT:
-            self.send(Apdu(0x00, INS.READ_BINARY, 0x80 | ef.fid, 0x00, le=256).encode())
-            return
-        for number in range(1, len(self.bench.model.holds(app, ef)) + 2):
-            self.send(Apdu(0x00, INS.READ_RECORD, number, ef.fid << 3 | 0x04, le=256).encode())
+        for command in read_back_commands(ef, self.bench.model.holds(app, ef)):
+            self.send(command)
 
     def aes_keys(self) -> list[tuple[AppSpec, AesKeySpec]]:
         return [
