@@ -82,12 +82,17 @@ def _alphabet(char_class: str) -> str:
     return "".join(chars)
 
 
+OUTSIDE_KINDS = ("length", "alphabet", "limits")
+
+
 @functools.cache
-def outside_format(value_format: str, value: bytes) -> tuple[bytes, ...]:
-    """New values one step outside `value_format` (a PIN's format, docs/card-spec.md §7):
-    one character too few or too many, one character outside the alphabet (first or last),
-    more than 16 bytes, nothing; built from `value` where it fits the format."""
-    candidates = [b"", value.ljust(MAX_VERIFY_LENGTH + 1, value[:1] or b"0")]
+def outside_format(value_format: str, value: bytes) -> dict[str, tuple[bytes, ...]]:
+    """New values one step outside `value_format` (a PIN's format, docs/card-spec.md §7), by
+    kind: "length" one character too few or too many, "alphabet" one character outside the
+    alphabet (first or last), "limits" nothing or more than 16 bytes; built from `value`
+    where it fits the format.  None of them fits it."""
+    kinds: dict[str, list[bytes]] = {kind: [] for kind in OUTSIDE_KINDS}
+    kinds["limits"] = [b"", value.ljust(MAX_VERIFY_LENGTH + 1, value[:1] or b"0")]
     simple = _SIMPLE_FORMAT.fullmatch(value_format)
     if simple is not None:
         alphabet = _alphabet(simple.group(1))
@@ -97,22 +102,22 @@ def outside_format(value_format: str, value: bytes) -> tuple[bytes, ...]:
         if re.fullmatch(value_format, text) is None:
             text = alphabet[: high or 1]
         filled = (text * (high + 1))[: high + 1]
-        candidates += [filled.encode("latin-1")]
+        kinds["length"] = [filled.encode("latin-1")]
         if low > 1:
-            candidates.append(filled[: low - 1].encode("latin-1"))
+            kinds["length"].append(filled[: low - 1].encode("latin-1"))
         strangers = [c for c in "a9A- \x00\xff" if c not in alphabet]
         strangers.append(full_width(alphabet[0]))
         base = filled[:low]
         for stranger in strangers:
             for position in (0, low - 1):
                 changed = base[:position] + stranger + base[position + 1 :]
-                candidates.append(changed.encode("utf-8" if ord(stranger) > 0xFF else "latin-1"))
+                wide = ord(stranger) > 0xFF
+                kinds["alphabet"].append(changed.encode("utf-8" if wide else "latin-1"))
     fits = re.compile(value_format)
-    return tuple(
-        dict.fromkeys(
-            c for c in candidates if fits.fullmatch(c.decode("latin-1")) is None and c != value
-        )
-    )
+    return {
+        kind: tuple(dict.fromkeys(c for c in found if fits.fullmatch(c.decode("latin-1")) is None))
+        for kind, found in kinds.items()
+    }
 
 
 def edges(size: int, sfi: bool) -> tuple[tuple[int, int], ...]:

@@ -57,6 +57,60 @@ def write_commands(ef: EfSpec, operation: str, current: list[bytes] | bytes) -> 
     return [command.encode()]
 
 
+def bound_commands(ef: EfSpec, operation: str, current: list[bytes] | bytes) -> list[bytes]:
+    """A free-area `operation` on `ef` (by SFI) at its limits, given what the EF holds."""
+    p2, size = ef.fid << 3 | 0x04, ef.record_size or 1
+    if ef.structure is Structure.TRANSPARENT:
+        end = ef.size or 0
+        return [
+            Apdu(0x00, INS.UPDATE_BINARY, offset >> 8, offset & 0xFF, b"\x5a" * length).encode()
+            for offset, length in ((end, 1), (end - 1, 2), (end - 1, 1))
+        ]
+    records = current if isinstance(current, list) else []
+    if operation == "append":
+        room = (ef.max_records or 0) - len(records)
+        long = bytes(size + 1)
+        append = [
+            Apdu(0x00, INS.APPEND_RECORD, 0x00, ef.fid << 3, bytes((n,)))
+            for n in range(1, room + 2)
+        ]
+        return [Apdu(0x00, INS.APPEND_RECORD, 0x00, ef.fid << 3, long).encode()] + [
+            a.encode() for a in append
+        ]
+    if operation == "update" and ef.structure is Structure.COUNTER:
+        maximum = ef.maximum or 0
+        values = (
+            (maximum + 1).to_bytes(size + 1, "big")[-size - 1 :],
+            maximum.to_bytes(size, "big"),
+        )
+        return [Apdu(0x00, INS.UPDATE_RECORD, 0x01, p2, value[-size:]).encode() for value in values]
+    if operation == "update":
+        after = len(records) + 1
+        return [
+            Apdu(0x00, INS.UPDATE_RECORD, after, p2, b"\x5a").encode(),
+            Apdu(0x00, INS.UPDATE_RECORD, 0x01, p2, bytes(size + 1)).encode(),
+        ]
+    value = int.from_bytes(records[0], "big") if records else 0
+    room = value if operation == "decrease" else (ef.maximum or 0) - value
+    ins = INS.DECREASE if operation == "decrease" else INS.INCREASE
+    amounts = [room + 1, room, 1] if room else [1]
+    return [
+        Apdu(0x00, ins, 0x01, p2, amount.to_bytes(size, "big"), le=256).encode()
+        for amount in amounts
+    ]
+
+
+def read_back_commands(ef: EfSpec, current: list[bytes] | bytes) -> list[bytes]:
+    """Read a free-area EF whole (by SFI): its bytes, or every record and the one after."""
+    if ef.structure is Structure.TRANSPARENT:
+        return [Apdu(0x00, INS.READ_BINARY, 0x80 | ef.fid, 0x00, le=256).encode()]
+    count = len(current) if isinstance(current, list) else 0
+    return [
+        Apdu(0x00, INS.READ_RECORD, number, ef.fid << 3 | 0x04, le=256).encode()
+        for number in range(1, count + 2)
+    ]
+
+
 def use_commands(app: AppSpec, fid: int, by_sfi: bool) -> list[bytes]:
     """What uses object `fid` of `app` once, by FID (SELECT first) or by SFI: a READ BINARY
     of 8 bytes, READ RECORD 1, a signature (P1 02) or INTERNAL AUTHENTICATE."""
@@ -277,7 +331,8 @@ class Bench:
         self._dirty = False
         self.restarts = 0
         self._answering: dict[bytes, bytes] = {}  # EXTERNAL AUTHENTICATE sent -> its AES key
-        self._restarted_at = 0  # the model's count of durable changes at the last restart
+        self._restarted = False  # in this example
+        self._kept_at_power_on: object = ()  # what the card kept when it was last powered on
 
     @property
     def links(self) -> Iterator[Link]:
@@ -308,8 +363,9 @@ class Bench:
             if not (restorable and model is not None and restore_initial_state(link, model)):
                 link.port.fresh()
         self._dirty = False
-        self._restarted_at = 0
+        self._restarted = False
         self.model = CardModel(self.primary.facts, fresh=self.primary.disposable)
+        self._kept_at_power_on = self.model.initially_kept
         if self.secondary is not None:
             self.secondary_model = CardModel(self.secondary.facts, fresh=self.secondary.disposable)
         if not self.disposable:
@@ -436,6 +492,8 @@ class Bench:
                 atr = port.reset()
             answers.append(atr)
         self._record(Exchange(action, b"", expectation.pattern), expectation, answers[0])
+        if action is not Action.RESET:
+            self._kept_at_power_on = self.model.kept()
         if expectation.effect is not None:
             expectation.effect(answers[0])
         if self.secondary_model is not None:
@@ -451,7 +509,8 @@ class Bench:
         self._power(Action.POWER)
 
     # Reopening a card costs as much as ~100 steps: a run restarts at most this often, once
-    # per example, and only after a change that must be durable (a counter, a PIN, an EF).
+    # per example, and only when what the card must keep (counters, PINs, free-area EFs)
+    # has changed since it was last powered on.
     max_restarts = 16
 
     @property
@@ -459,15 +518,16 @@ class Bench:
         """Every target is disposable and has `restart`."""
         return all(link.restart is not None for link in self.links)
 
-    def power_loss(self) -> None:
-        """A power loss between two commands: a restart where it can show something, a
-        power cycle otherwise."""
-        worth_it = 0 <= self._restarted_at < self.model.durable_changes
+    def power_loss(self) -> bool:
+        """A power loss between two commands: a restart where it can show something (True),
+        a power cycle otherwise."""
+        worth_it = not self._restarted and self.model.kept() != self._kept_at_power_on
         if worth_it and self.restarts < self.max_restarts and self.restartable:
-            self._restarted_at = -1
+            self._restarted = True
             self.restart()
-        else:
-            self._power(Action.POWER)
+            return True
+        self._power(Action.POWER)
+        return False
 
     def restart(self) -> None:
         """Every target closed and opened again from its state (`restartable` ones)."""
@@ -613,7 +673,30 @@ class Bench:
                 for event in SWEEP_EVENTS:
                     self._fresh_transcript()
                     self.check_access(app, credentials, event, True, writes=False)
+            if app.free_area and self.disposable:
+                self.bounds_sweep(app)
         self.reset()
+
+    def bounds_sweep(self, app: AppSpec) -> None:
+        """Every free-area write at its limits, with a credential its rule accepts: UPDATE
+        BINARY at and across the end, UPDATE RECORD of the record after the last and one
+        byte too long, APPEND until the EF is full and once more, UPDATE of a counter above
+        its maximum, DECREASE below 0 and INCREASE past the maximum (then to the bound
+        exactly, and one more); each EF read back whole."""
+        for ef in app.efs:
+            for operation, rule in ef.writes:
+                fitting = [c for c in self.credentials(app) if c.opens in rule]
+                if rule and not fitting:
+                    continue
+                self._fresh_transcript()
+                self.send(select_aid(ISD_AID))
+                self.send(select_aid(app.aid))
+                for credential in fitting[:1]:
+                    self.open_with(app, credential)
+                for command in bound_commands(ef, operation, self.model.holds(app, ef)):
+                    self.send(command)
+                for command in read_back_commands(ef, self.model.holds(app, ef)):
+                    self.send(command)
 
     def _fresh_transcript(self) -> None:
         """Let the next check's transcript stand alone (short to cut down and replay): from

@@ -10,6 +10,7 @@ and the effect the command has on the card's state once the response is in.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Callable
@@ -108,16 +109,16 @@ class EfContent:
         parts = []
         position = offset
         end = offset + count_min
+        mask = self.mask
         while position < end:
-            if position < len(self.mask) and self.mask[position]:
-                run_end = position
-                while run_end < end and run_end < len(self.mask) and self.mask[run_end]:
-                    run_end += 1
+            known = position < len(mask) and mask[position]
+            if known:  # a run of known bytes, up to the next unknown one
+                run_end = mask.find(0, position, end)
+                run_end = min(end, len(mask)) if run_end < 0 else run_end
                 parts.append(bytes(self.data[position:run_end]).hex().upper())
             else:
-                run_end = position
-                while run_end < end and not (run_end < len(self.mask) and self.mask[run_end]):
-                    run_end += 1
+                run_end = mask.find(1, position, end) if position < len(mask) else -1
+                run_end = end if run_end < 0 else run_end
                 parts.append(f"[{run_end - position}]")
             position = run_end
         if count_max > count_min:
@@ -303,8 +304,14 @@ def brief(response: bytes, limit: int = 24) -> str:
     return f"{head}… ({len(response) - 2} bytes) {sw}"
 
 
+@functools.lru_cache(maxsize=8192)
+def _pattern(text: str) -> Pattern:
+    """A response pattern; the same text is compiled once (patterns are immutable)."""
+    return Pattern(text)
+
+
 def _status(*sws: int) -> Pattern:
-    return Pattern(" | ".join(f"{sw:04X}" for sw in sws))
+    return _pattern(" | ".join(f"{sw:04X}" for sw in sws))
 
 
 class _Refused(Exception):
@@ -342,6 +349,23 @@ class CardModel:
         self.written: dict[ObjectKey, bytearray] = {}
         self.record_lists: dict[ObjectKey, list[bytes]] = {}
         self.irreversible = False  # a change APDUs cannot undo (a write, a key counter)
+        self.initially_kept = self.kept()
+
+    def kept(self) -> tuple[object, ...]:
+        """What the card must keep across a power loss, as the model knows it now."""
+        facts = self.facts
+        records = [
+            (key, tuple(found))
+            for key, found in self.record_lists.items()
+            if len(found) + 1 != facts.record_ends.get(key, 1)
+            or any(facts.records.get((*key, n)) != r for n, r in enumerate(found, 1))
+        ]
+        return (
+            tuple(sorted(self.counters.items())),
+            tuple(sorted(self.values.items())),
+            tuple(sorted((key, bytes(data)) for key, data in self.written.items())),
+            tuple(sorted(records)),
+        )
 
     # -- queries the state machine uses to pick commands ---------------------------------
 
@@ -391,7 +415,7 @@ class CardModel:
                 self.facts.atr = atr
 
         atr = self.facts.atr
-        pattern = Pattern.exact(atr) if atr is not None else Pattern("3B [*] | 3F [*]")
+        pattern = Pattern.exact(atr) if atr is not None else _pattern("3B [*] | 3F [*]")
         return Expectation(pattern, SECTION_POWER, effect, portable=atr is not None)
 
     # -- commands -----------------------------------------------------------------------
@@ -430,7 +454,7 @@ class CardModel:
         there (the content is unchanged, which later reads check)."""
         app = self.session.app
         if app is None or not app.free_area:
-            return Expectation(Pattern("6..."), SECTION_CARD, portable=False)
+            return Expectation(_pattern("6..."), SECTION_CARD, portable=False)
         handler = {
             INS.UPDATE_BINARY: self._update_binary,
             INS.UPDATE_RECORD: self._update_record,
@@ -539,7 +563,7 @@ class CardModel:
                 (counter and int.from_bytes(data, "big") > (ef.maximum or 0), SW.WRONG_DATA),
             )
             if counter and len(data) != ef.record_size:  # a shorter value: no rule for it
-                return Expectation(Pattern("9000 | 6700"), SECTION_FREE, make_current)
+                return Expectation(_pattern("9000 | 6700"), SECTION_FREE, make_current)
         except _Refused as refused:
             return Expectation(_status(*refused.sws), SECTION_FREE, make_current)
 
@@ -602,7 +626,7 @@ class CardModel:
             self._wrote()
 
         answer = f"{stored.hex().upper()} 9000" if apdu.le is not None else "9000"
-        return Expectation(Pattern(answer), SECTION_FREE, step)
+        return Expectation(_pattern(answer), SECTION_FREE, step)
 
     def _external_authenticate(self, app: AppSpec, apdu: Apdu) -> Expectation:
         """AES-CMAC over the pending challenge: 9000 opens key:N (and, as VERIFY does for
@@ -647,13 +671,13 @@ class CardModel:
 
         if isinstance(challenge, Unknown):
             wrong = "6300" if key.tries is None else "63C."
-            pattern = Pattern(f"9000 | 6985 | {wrong}")
+            pattern = _pattern(f"9000 | 6985 | {wrong}")
         elif right:
             pattern = _status(SW.OK)
         elif key.tries is None:
             pattern = _status(NO_INFORMATION)
         else:
-            pattern = _status(0x63C0 | (remaining - 1)) if remaining else Pattern("63C.")
+            pattern = _status(0x63C0 | (remaining - 1)) if remaining else _pattern("63C.")
         return Expectation(pattern, SECTION_FREE, answered)
 
     def _set_key_counter(self, key: ObjectKey, remaining: int) -> None:
@@ -695,7 +719,7 @@ class CardModel:
             def back_to_power_on(response: bytes) -> None:
                 self.session = Session()
 
-            pattern = Pattern("[*] 9000") if fci else _status(SW.OK)
+            pattern = _pattern("[*] 9000") if fci else _status(SW.OK)
             return Expectation(pattern, SECTION_CARD, back_to_power_on, portable=not fci)
         candidates = [app for app in self.facts.catalogue if app.aid.startswith(name)]
         present = [app for app in candidates if self.facts.apps.get(app.aid) is not False]
@@ -719,7 +743,7 @@ class CardModel:
 
         ok = (b"\x6f" + bytes((len(app.aid) + 2, 0x84, len(app.aid))) + app.aid).hex().upper()
         answer = f"{ok} 9000" if fci else "9000"
-        pattern = Pattern(answer if known else f"{answer} | 6A82")
+        pattern = _pattern(answer if known else f"{answer} | 6A82")
         return Expectation(pattern, SECTION_CARD, select)
 
     def _select_ef(self, apdu: Apdu) -> Expectation:
@@ -795,7 +819,7 @@ class CardModel:
     ) -> Expectation:
         app = self.session.app
         if isinstance(target, Unknown) or app is None:
-            return Expectation(Pattern("[*]"), SECTION_READ, before, portable=False)
+            return Expectation(_pattern("[*]"), SECTION_READ, before, portable=False)
         if not isinstance(target, EfSpec) or target.structure is not Structure.TRANSPARENT:
             raise _Refused(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
         le = apdu.le
@@ -827,7 +851,7 @@ class CardModel:
             if len(chunk) < le:
                 content.size_min = content.size_max = offset + len(chunk)
 
-        return Expectation(Pattern(text), SECTION_READ, learn, portable=False)
+        return Expectation(_pattern(text), SECTION_READ, learn, portable=False)
 
     def _read_record(self, apdu: Apdu) -> Expectation:
         """READ RECORD P1; P2 = 04 reads the current EF, (SFI << 3) | 04 that EF, made current."""
@@ -854,7 +878,7 @@ class CardModel:
     ) -> Expectation:
         app = self.session.app
         if isinstance(target, Unknown) or app is None:
-            return Expectation(Pattern("[*]"), SECTION_READ, before, portable=False)
+            return Expectation(_pattern("[*]"), SECTION_READ, before, portable=False)
         if not isinstance(target, EfSpec) or target.structure is Structure.TRANSPARENT:
             raise _Refused(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
         if apdu.le is None or apdu.data:
@@ -866,7 +890,7 @@ class CardModel:
             records = self._records(app, target)
             if not 1 <= number <= len(records):
                 return Expectation(_status(SW.RECORD_NOT_FOUND), SECTION_READ, before)
-            pattern = Pattern(f"{records[number - 1][:le].hex().upper()} 9000")
+            pattern = _pattern(f"{records[number - 1][:le].hex().upper()} 9000")
             return Expectation(pattern, SECTION_READ, before)
         ef_key = (app.aid, target.fid)
         end = self.facts.record_ends.get(ef_key)
@@ -883,9 +907,9 @@ class CardModel:
         if number == 0 or (end is not None and number >= end):
             pattern = _status(SW.RECORD_NOT_FOUND)
         elif known is not None:
-            pattern = Pattern(f"{known[:le].hex().upper()} 9000")
+            pattern = _pattern(f"{known[:le].hex().upper()} 9000")
         else:
-            pattern = Pattern(f"[1-{le}] 9000 | 6A83")
+            pattern = _pattern(f"[1-{le}] 9000 | 6A83")
         return Expectation(pattern, SECTION_READ, learn, portable=False)
 
     # PINs (docs/card-spec.md §7, docs/decisions.md #1-#6, #15-#17, #31) -----------------------
@@ -924,7 +948,7 @@ class CardModel:
                 if sw & 0xFFF0 == SW.VERIFY_FAILED:
                     self._set_counter(key, sw & 0x0F)
 
-            pattern = Pattern("63C.") if remaining is None else _status(0x63C0 | remaining)
+            pattern = _pattern("63C.") if remaining is None else _status(0x63C0 | remaining)
             return Expectation(pattern, SECTION_PINS, learn_count)
         if remaining == 0:
             raise _Refused(quirks.blocked_sw)
@@ -940,7 +964,7 @@ class CardModel:
                     self.session.verified.discard(key)
                     self._set_counter(key, sw & 0x0F)
 
-            pattern = Pattern(f"9000 | 63C. | {quirks.blocked_sw:04X}")
+            pattern = _pattern(f"9000 | 63C. | {quirks.blocked_sw:04X}")
             return Expectation(pattern, SECTION_PINS, learn)
         if apdu.data == value:
 
@@ -957,7 +981,7 @@ class CardModel:
                 self._set_counter(key, sw & 0x0F)
 
         if remaining is None:
-            pattern = Pattern(f"63C. | {quirks.blocked_sw:04X}")
+            pattern = _pattern(f"63C. | {quirks.blocked_sw:04X}")
         else:
             pattern = _status(0x63C0 | (remaining - 1))
         return Expectation(pattern, SECTION_PINS, failed)
@@ -1024,7 +1048,7 @@ class CardModel:
             raise _Refused(SW.INCORRECT_P1_P2)
         found = self._key(apdu.p2)
         if isinstance(found, Unknown):
-            return Expectation(Pattern("[*]"), SECTION_SIGN, portable=False)
+            return Expectation(_pattern("[*]"), SECTION_SIGN, portable=False)
         app, key = found
         if not self._granted(app, key.use):
             raise _Refused(SW.SECURITY_STATUS_NOT_SATISFIED)
@@ -1032,7 +1056,7 @@ class CardModel:
         if key.how is not KeyUse.SIGN:
             # docs/card-spec.md §6: this key answers INTERNAL AUTHENTICATE "instead"; whether 80 2A
             # is refused or signs too is not recorded anywhere.
-            return Expectation(Pattern(f"6985 | 6700 | [{RSA_BYTES}] 9000"), SECTION_SIGN)
+            return Expectation(_pattern(f"6985 | 6700 | [{RSA_BYTES}] 9000"), SECTION_SIGN)
         bad_length = (
             not 1 <= len(data) <= RSA_BYTES - 11
             if scheme == 0
@@ -1048,7 +1072,7 @@ class CardModel:
             return signature_problem(public, scheme, data, response[:-2])
 
         return Expectation(
-            Pattern(f"[{RSA_BYTES}] 9000"), SECTION_SIGN, check=check, portable=False
+            _pattern(f"[{RSA_BYTES}] 9000"), SECTION_SIGN, check=check, portable=False
         )
 
     def _internal_authenticate(self, apdu: Apdu) -> Expectation:
@@ -1056,7 +1080,7 @@ class CardModel:
             raise _Refused(SW.INCORRECT_P1_P2)
         found = self._key(apdu.p2)
         if isinstance(found, Unknown):
-            return Expectation(Pattern("[*]"), SECTION_SIGN, portable=False)
+            return Expectation(_pattern("[*]"), SECTION_SIGN, portable=False)
         app, key = found
         if not self._granted(app, key.use):
             raise _Refused(SW.SECURITY_STATUS_NOT_SATISFIED)
@@ -1073,7 +1097,7 @@ class CardModel:
                 return None
             return signature_problem(public, 0x03, challenge, response[:-2])
 
-        pattern = Pattern(f"[{RSA_BYTES}] 9000")
+        pattern = _pattern(f"[{RSA_BYTES}] 9000")
         return Expectation(pattern, SECTION_SIGN, check=check, portable=False)
 
     def _set_session_key(self, apdu: Apdu) -> Expectation:
@@ -1103,11 +1127,11 @@ class CardModel:
             if sw_of(response) == SW.OK:
                 self.session.last_challenge = response[:-2]
 
-        return Expectation(Pattern(f"[{apdu.le}] 9000"), SECTION_CARD, pending, portable=False)
+        return Expectation(_pattern(f"[{apdu.le}] 9000"), SECTION_CARD, pending, portable=False)
 
     def _get_data(self, apdu: Apdu) -> Expectation:
         # MF-level objects are optional (docs/card-spec.md §2.3): absent ones answer 6A88.
-        return Expectation(Pattern("6A88 | 6700 | [1-65536] 9000"), SECTION_CARD, portable=False)
+        return Expectation(_pattern("6A88 | 6700 | [1-65536] 9000"), SECTION_CARD, portable=False)
 
     def _get_response(self, apdu: Apdu) -> Expectation:
         # Answers come whole (T=1): there is never anything to fetch (docs/decisions.md #23).

@@ -31,7 +31,13 @@ from test_conformance import quirk_profile
 from test_conformance_mutants import Rewritten
 
 from mynacard import Profile, load_profile, open_card
-from mynacard.conformance.adversarial import NEAR_MISS_KINDS, edges, near_misses, outside_format
+from mynacard.conformance.adversarial import (
+    NEAR_MISS_KINDS,
+    OUTSIDE_KINDS,
+    edges,
+    near_misses,
+    outside_format,
+)
 from mynacard.conformance.apdu import Apdu, MalformedApdu
 from mynacard.conformance.bench import Bench, Deviation
 from mynacard.conformance.profile import read_profile
@@ -600,8 +606,9 @@ class FreeAreaMutant(Tracking):
         value = self.card.transmit(bytes((0, 0xB2, apdu.p1, apdu.p2, 0)))[:-2]
         app = next(a for a in self.profile.free_area.apps if a.aid == self.session.app)
         fid = apdu.p2 >> 3 or self.session.current
-        spec = next(f for f in app.files if f.fid == fid)
-        return int.from_bytes(value, "big"), spec.maximum  # type: ignore[union-attr]
+        counters = [f for f in app.files if hasattr(f, "maximum")]
+        spec = next((f for f in counters if f.fid == fid), counters[0])
+        return int.from_bytes(value, "big"), spec.maximum
 
 
 class DecreaseStopsAtZero(FreeAreaMutant):
@@ -856,11 +863,13 @@ def test_near_misses_are_wrong_and_near(value: bytes) -> None:
 )
 def test_values_outside_the_format_never_fit_it(value_format: str, value: bytes) -> None:
     outside = outside_format(value_format, value)
-    assert not any(re.fullmatch(value_format, v.decode("latin-1")) for v in outside)
+    assert set(outside) == set(OUTSIDE_KINDS)
+    every = [v for kind in outside.values() for v in kind]
+    assert not any(re.fullmatch(value_format, v.decode("latin-1")) for v in every)
     low, _, high = value_format.partition("{")[2].rstrip("}").partition(",")
-    lengths = {len(v) for v in outside}
-    assert int(high or low) + 1 in lengths and int(low) - 1 in lengths
-    assert b"" in outside and any(len(v) > 16 for v in outside)
+    assert {len(v) for v in outside["length"]} == {int(high or low) + 1, int(low) - 1}
+    assert all(len(v) == int(low) for v in outside["alphabet"] if v.isascii())
+    assert b"" in outside["limits"] and any(len(v) > 16 for v in outside["limits"])
 
 
 def test_edges_of_an_ef() -> None:
