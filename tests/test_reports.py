@@ -338,11 +338,6 @@ def test_junit_has_per_case_time_and_sections_not_run(
     assert "<tr class='not-run'><td>§5 visual AP</td><td>not run</td>" in page
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: since the bench's new rules, seed 2 no longer reaches a blocked PIN through "
-    "this python: target within the budget (to be re-seeded or given a blocked-PIN profile)",
-)
 def test_each_failure_has_one_command_that_replays_it(
     variants: Path,
     tmp_path: Path,
@@ -382,11 +377,6 @@ def test_each_failure_has_one_command_that_replays_it(
     assert status == 1 and figures(again) == figures(out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: since the bench's new rules, seed 2 no longer reaches a blocked PIN through "
-    "this python: target within the budget (to be re-seeded or given a blocked-PIN profile)",
-)
 def test_the_first_differing_byte_is_marked(
     variants: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
