@@ -14,16 +14,17 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from .faults import read_plan, stack_faults
-from .layers import ApduLog
-from .trace import Trace
-from .vpcd import VPCD_HOST, VpcdClient, configured_readers, reader_name, reader_port
+from .control import control_dir
+from .served import CardSpec, ServedCard
+from .vpcd import VPCD_HOST, configured_readers, reader_port
 
 PROG = "mynacard"
 EXIT_OK, EXIT_NOT_CONFORMANT, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -69,59 +70,214 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+CARD_KEYS = ("reader", "profile", "state", "quirk", "fault", "trace")
+
+
+def parse_card(text: str) -> dict[str, list[str]]:
+    """``--card reader=0,profile=default,state=DIR,quirk=NAME=VALUE,fault=FILE,trace=FILE``
+    as key -> values (`quirk` may repeat)."""
+    card: dict[str, list[str]] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or key not in CARD_KEYS or not value:
+            raise UserError(
+                f"--card {text!r}: {item!r} is not KEY=VALUE with KEY one of {', '.join(CARD_KEYS)}"
+            )
+        if key in card and key != "quirk":
+            raise UserError(f"--card {text!r}: {key} given twice")
+        card.setdefault(key, []).append(value)
+    if "reader" not in card or not card["reader"][0].isdigit():
+        raise UserError(f"--card {text!r}: needs reader=N (a vpcd reader number)")
+    return card
+
+
+def _card_specs(args: argparse.Namespace) -> list[CardSpec]:
+    """One CardSpec per --card, or the one card of the single-card options."""
+    common = {
+        "trace_format": args.trace_format,
+        "trace_secrets": args.trace_secrets,
+        "verbose": args.verbose,
+        "frame_timeout": args.frame_timeout,
+    }
+    readers = configured_readers()
+    if not args.card:
+        if args.vpcd is None and args.reader not in readers:
+            raise UserError(
+                f"--reader {args.reader}: vpcd has the readers {', '.join(map(str, readers))} "
+                "here (/etc/reader.conf.d; --vpcd HOST:PORT names any other port)"
+            )
+        host, port = parse_hostport(args.vpcd) if args.vpcd else (VPCD_HOST, None)
+        return [
+            _spec(args.profile or "default", args.state, args.reader, args.quirk, args.fault,
+                  args.trace, host=host, port=port, **common)
+        ]  # fmt: skip
+    single = ("profile", "state", "vpcd", "fault", "trace", "quirk")
+    if any(getattr(args, name) for name in single) or args.reader != 0:
+        raise UserError(
+            "--card describes each card: put profile=, state=, quirk=, fault=, trace= in it "
+            "instead of --profile, --state, --quirk, --fault, --trace, --reader, --vpcd"
+        )
+    specs: list[CardSpec] = []
+    for text in args.card:
+        card = parse_card(text)
+        reader = int(card["reader"][0])
+        if reader not in readers:
+            raise UserError(
+                f"--card {text!r}: vpcd has the readers {', '.join(map(str, readers))} here "
+                "(more: docs/control.md, installing the reader.conf snippet)"
+            )
+        if any(spec.reader == reader for spec in specs):
+            raise UserError(f"--card {text!r}: reader {reader} has a card already")
+        quirks = [_assignment(q) for q in card.get("quirk", [])]
+        specs.append(
+            _spec(card.get("profile", ["default"])[0], card.get("state", [None])[0], reader,
+                  quirks, card.get("fault", [None])[0], card.get("trace", [None])[0], **common)
+        )  # fmt: skip
+    return specs
+
+
+def _spec(
+    profile: str,
+    state: str | None,
+    reader: int,
+    quirks: list[tuple[str, str]],
+    fault: str | None,
+    trace: str | None,
+    **options: Any,
+) -> CardSpec:
+    from .personalize.profile import load_profile
+
+    state_dir = Path(state) if state else default_state_dir(load_profile(profile).name)
+    return CardSpec(
+        profile=profile,
+        state=state_dir,
+        reader=reader,
+        quirks=tuple(quirks),
+        fault=Path(fault) if fault else None,
+        trace=_open_trace(trace) if trace else None,
+        **options,
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from . import open_card
-    from .personalize.profile import load_profile, with_quirks
+    from .control import ControlError, ControlServer, private_dir, socket_path
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
     project = logging.getLogger(PROG)  # -v sets only mynacard's own loggers
     project.addHandler(handler)
     project.setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    readers = configured_readers()
-    if args.vpcd is None and args.reader not in readers:
-        raise UserError(
-            f"--reader {args.reader}: vpcd has the readers {', '.join(map(str, readers))} here "
-            "(/etc/reader.conf.d; --vpcd HOST:PORT names any other port)"
-        )
-    host, port = parse_hostport(args.vpcd) if args.vpcd else (VPCD_HOST, reader_port(args.reader))
-    # Until the client takes over, a signal just ends the process (nothing to close yet).
+    # Until the cards are served, a signal just ends the process (nothing to close yet).
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _exit_on_signal)
-    profile = with_quirks(load_profile(args.profile), args.quirk)
-    state_dir = Path(args.state) if args.state else default_state_dir(profile.name)
-    trace_file = _open_trace(args.trace) if args.trace else None
-    name = reader_name(port)
-    faults, seed = read_plan(Path(args.fault)) if args.fault else ([], 0)
-    card = open_card(profile, state_dir)
-    trace: Trace | None = None
-
-    def note(event: str) -> None:
-        if trace is not None:
-            trace.note(event)
-
-    card = stack_faults(card, faults, seed, note)
-    if args.verbose:
-        card = ApduLog(card, logging.getLogger(f"{PROG}.apdu"))
-    if trace_file is not None:
-        card = trace = Trace(
-            card, trace_file, reader=name or f"{host}:{port}", fmt=args.trace_format,
-            secrets=args.trace_secrets,
-        )  # fmt: skip
+    specs = _card_specs(args)
+    control = Path(args.control_dir) if args.control_dir else control_dir()
     try:
-        where = f"reader {name!r} via vpcd" if name else "vpcd"
-        print(
-            f"serving profile {profile.name!r} (state {state_dir}) on {where} {host}:{port}",
-            flush=True,
-        )
-        VpcdClient(card, host, port).run_until_signalled()
+        private_dir(control)
+    except ControlError as error:
+        raise UserError(f"--control-dir: {error}") from None
+    printing = threading.Lock()
+
+    def ready(card: ServedCard) -> None:
+        reader = card.spec.reader if card.spec.port is None else "-"
+        with printing:
+            print(f'READY reader={reader} name="{card.name or "-"}" vpcd={card.spec.host}:'
+                  f"{card.port}", flush=True)  # fmt: skip
+
+    cards: list[ServedCard] = []
+    servers: list[ControlServer] = []
+    stop = threading.Event()
+    try:
+        for spec in specs:
+            cards.append(ServedCard(spec, on_ready=ready))
+        for card in cards:
+            path = socket_path(control, card.port)
+            try:
+                servers.append(ControlServer(card, path).start())
+            except ControlError as error:
+                project.warning("no control socket for this card: %s", error)
+            where = f"reader {card.name!r} via vpcd" if card.name else "vpcd"
+            with printing:
+                print(
+                    f"serving profile {card.profile_name!r} (state {card.state}) on {where} "
+                    f"{card.spec.host}:{card.port}",
+                    flush=True,
+                )
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda signum, frame: stop.set())
+        for card in cards:
+            card.start()
+        while not stop.wait(0.5):
+            pass
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_IGN)  # let the state be written and released
-        card.close()
-        if trace_file is not None:
-            trace_file.close()
+        for server in servers:
+            server.close()
+        for card in cards:
+            card.close()
+        for spec in specs:
+            if spec.trace is not None:
+                spec.trace.close()
     return 0
+
+
+# -- ctl ------------------------------------------------------------------------------------
+
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    from .control import ControlError, request, socket_path
+
+    control = Path(args.control_dir) if args.control_dir else control_dir()
+    port = parse_hostport(args.vpcd)[1] if args.vpcd else reader_port(args.reader)
+    path = socket_path(control, port)
+    message: dict[str, Any] = {"op": args.action}
+    wait = 0.0
+    if args.action == "profile":
+        message.update(profile=args.profile, state=_absolute(args.state))
+    elif args.action == "fault":
+        from .faults import read_plan
+
+        read_plan(Path(args.plan))  # a bad plan is said here, naming the field
+        message["plan"] = _absolute(args.plan)
+    elif args.action == "wait-ready":
+        wait = args.timeout
+    started = time.monotonic()
+    try:
+        if args.action == "wait-ready":
+            answer = request(path, {"op": "status"}, wait=wait)
+            message["timeout"] = max(0.0, wait - (time.monotonic() - started))
+        answer = request(path, message)
+    except ControlError as error:
+        if args.action == "wait-ready":
+            raise UserError(f"wait-ready: no card after {args.timeout:g} s: {error}") from None
+        raise UserError(str(error)) from None
+    if not answer.get("ok"):
+        raise UserError(f"{path.name}: {answer.get('error', 'refused')}")
+    status = answer.get("status", {})
+    if args.action == "wait-ready" and not answer.get("ready"):
+        raise UserError(
+            f"wait-ready: pcscd does not see the card in {status.get('name') or path.name} "
+            f"after {args.timeout:g} s"
+        )
+    if args.action == "status" and args.json:
+        print(json.dumps(status, ensure_ascii=False, indent=2))
+    elif args.action == "status":
+        counters = status.pop("counters", {})
+        for key, value in [*status.items(), *counters.items()]:
+            print(f"{key}={_plain(value)}")
+    else:
+        print(f"{path.name}: {args.action} done; ready={_plain(status.get('ready'))}")
+    return 0
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).absolute()) if path else None
+
+
+def _plain(value: object) -> str:
+    """A status value for `key=value` lines: JSON's spelling (true, null), strings bare."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _open_trace(path: str) -> TextIO:
@@ -296,14 +452,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="serve a card to pcscd through vpcd (foreground)")
-    serve.add_argument("--profile", default="default", help="shipped profile name or profile path")
+    serve = sub.add_parser("serve", help="serve cards to pcscd through vpcd (foreground)")
+    serve.add_argument("--profile", help="shipped profile name or profile path (default: default)")
     serve.add_argument("--state", metavar="DIR", help="state directory (default: per profile)")
     target = serve.add_mutually_exclusive_group()
     target.add_argument(
         "--reader", type=int, default=0, metavar="N", help="vpcd reader number (default 0)"
     )
     target.add_argument("--vpcd", metavar="HOST:PORT", help="vpcd address instead of --reader")
+    serve.add_argument(
+        "--card",
+        action="append",
+        default=[],
+        metavar="reader=N,profile=P,state=DIR,...",
+        help="serve one card of several (repeatable; keys reader, profile, state, quirk, "
+        "fault, trace): see docs/control.md",
+    )
+    serve.add_argument(
+        "--control-dir",
+        metavar="DIR",
+        help="where the control sockets go (default $XDG_RUNTIME_DIR/mynacard)",
+    )
+    serve.add_argument(
+        "--frame-timeout",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="drop a vpcd connection stalled this long in the middle of a message (default 1)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every APDU in hex")
     serve.add_argument(
         "--quirk",
@@ -327,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write PINs, passwords and cryptograms in the trace (masked otherwise)",
     )
     serve.set_defaults(func=cmd_serve)
+    _add_ctl_parser(sub)
 
     profile = sub.add_parser("profile", help="list, show or create card profiles")
     psub = profile.add_subparsers(dest="profile_command", required=True, metavar="ACTION")
@@ -410,6 +587,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_conformance(sub)  # `mynacard conformance` and `mynacard replay`
     return parser
+
+
+def _add_ctl_parser(sub: Any) -> None:
+    ctl = sub.add_parser("ctl", help="insert, remove, reset, fault… a card `serve` is serving")
+    target = ctl.add_mutually_exclusive_group()
+    target.add_argument("--reader", type=int, default=0, metavar="N", help="default 0")
+    target.add_argument("--vpcd", metavar="HOST:PORT", help="the card served with --vpcd")
+    ctl.add_argument("--control-dir", metavar="DIR", help="as given to serve")
+    actions = ctl.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (
+        ("insert", "put the card back in the reader"),
+        ("remove", "take the card out (pcscd reports the reader empty)"),
+        ("reset", "warm reset from the card's side: selection and verified PINs are gone"),
+        ("power-off", "power cut: pcscd sees the card leave and come back"),
+        ("clear", "remove the fault plan"),
+    ):
+        actions.add_parser(name, help=text)
+    profile = actions.add_parser("profile", help="swap in the card of another profile")
+    profile.add_argument("profile", metavar="NAME|PATH")
+    profile.add_argument("--state", metavar="DIR", help="its state (default: next to the old)")
+    fault = actions.add_parser("fault", help="apply a fault plan (TOML, docs/faults.md)")
+    fault.add_argument("plan", metavar="FILE")
+    status = actions.add_parser("status", help="the card and its counters, key=value lines")
+    status.add_argument("--json", action="store_true", help="as JSON")
+    wait = actions.add_parser("wait-ready", help="wait until pcscd sees the card (exit 2: not)")
+    wait.add_argument("--timeout", type=float, default=10.0, metavar="S", help="default 10")
+    ctl.set_defaults(func=cmd_ctl)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

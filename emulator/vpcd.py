@@ -9,6 +9,11 @@ answered with the R-APDU.  Every reply is length-prefixed the same way.
 Debian's vpcd writes the length and the body with two ``send()`` calls, so unless the card
 ACKs at once, Nagle plus delayed ACK costs ~44 ms per APDU.  We therefore re-arm
 ``TCP_QUICKACK`` before every read (the kernel clears it after use).
+
+Between messages the card waits as long as vpcd likes; once a message has begun, the rest of
+it and the answer must move within ``frame_timeout`` seconds, or the card drops the connection
+and connects again (a peer stalled mid-frame, or one that stopped reading, never holds the
+reader).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -32,6 +38,7 @@ __all__ = [
     "VpcdClient",
     "configured_readers",
     "reader_name",
+    "reader_names",
     "reader_port",
     "unreachable_message",
 ]
@@ -56,30 +63,45 @@ _QUICKACK = socket.TCP_QUICKACK
 
 READER_CONF_DIR = Path("/etc/reader.conf.d")
 _SLOTS_PER_DEVICE = 2  # vpcd makes two readers for each DEVICENAME (docs/pcsc-stack.md)
+_DEFAULT_NAME = "Virtual PCD"
 
 
-def configured_readers(conf_dir: Path = READER_CONF_DIR) -> list[int]:
-    """The reader numbers vpcd serves here, from its ``DEVICENAME /dev/null:PORT`` lines.
+def reader_names(conf_dir: Path = READER_CONF_DIR) -> dict[int, str]:
+    """The readers vpcd serves here, number -> PC/SC name, from the ``FRIENDLYNAME`` and
+    ``DEVICENAME /dev/null:PORT`` lines of each file in `conf_dir` (reader N listens on
+    port 35963 + N; pcscd names the slots of a device "FRIENDLYNAME 00 00", "… 00 01").
 
     Without a vpcd configuration (pcscd not installed here, say) the two default readers.
     """
-    ports: set[int] = set()
+    names: dict[int, str] = {}
     for path in sorted(conf_dir.glob("*")) if conf_dir.is_dir() else []:
         try:
             lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
             continue
+        friendly, base = _DEFAULT_NAME, None
         for line in lines:
-            words = line.split()
-            if len(words) == 2 and words[0] == "DEVICENAME" and words[1].startswith("/dev/null:"):
+            key, _, value = line.strip().partition(" ")
+            value = value.strip()
+            if key == "FRIENDLYNAME":
+                friendly = value.strip('"')
+            elif key == "DEVICENAME" and value.startswith("/dev/null:"):
                 try:
-                    base = int(words[1].removeprefix("/dev/null:"), 0)
+                    base = int(value.removeprefix("/dev/null:"), 0)
                 except ValueError:
                     continue
-                ports.update(range(base, base + _SLOTS_PER_DEVICE))
-    if not ports:
-        ports = set(range(VPCD_BASE_PORT, VPCD_BASE_PORT + _SLOTS_PER_DEVICE))
-    return sorted(port - VPCD_BASE_PORT for port in ports if port >= VPCD_BASE_PORT)
+        if base is not None:
+            for slot in range(_SLOTS_PER_DEVICE):
+                if base + slot >= VPCD_BASE_PORT:
+                    names[base + slot - VPCD_BASE_PORT] = f"{friendly} 00 {slot:02X}"
+    if not names:
+        names = {n: f"{_DEFAULT_NAME} 00 {n:02X}" for n in range(_SLOTS_PER_DEVICE)}
+    return dict(sorted(names.items()))
+
+
+def configured_readers(conf_dir: Path = READER_CONF_DIR) -> list[int]:
+    """The reader numbers vpcd serves here (see `reader_names`)."""
+    return list(reader_names(conf_dir))
 
 
 def reader_port(n: int) -> int:
@@ -87,10 +109,9 @@ def reader_port(n: int) -> int:
     return VPCD_BASE_PORT + n
 
 
-def reader_name(port: int) -> str | None:
-    """PC/SC name of the reader behind a vpcd port, or None for a non-standard port."""
-    n = port - VPCD_BASE_PORT
-    return f"Virtual PCD 00 {n:02d}" if 0 <= n < 100 else None
+def reader_name(port: int, conf_dir: Path = READER_CONF_DIR) -> str | None:
+    """PC/SC name of the reader behind a vpcd port, or None for a port vpcd does not use."""
+    return reader_names(conf_dir).get(port - VPCD_BASE_PORT)
 
 
 def unreachable_message(host: str, port: int, err: OSError) -> str:
@@ -106,6 +127,10 @@ def unreachable_message(host: str, port: int, err: OSError) -> str:
 
 class _Closed(Exception):
     """The peer closed the connection (possibly in the middle of a message)."""
+
+
+class _Idle(Exception):
+    """No message began within the time allowed."""
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -124,12 +149,34 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
+def _recv_message(sock: socket.socket, frame_timeout: float, idle: float | None = None) -> bytes:
+    """One message's payload.  Its first byte may take ``idle`` seconds (None: forever; then
+    _Idle); the rest must follow within ``frame_timeout`` (TimeoutError), and the socket keeps
+    that time-out for the answer."""
+    sock.settimeout(idle)
+    sock.setsockopt(_SOL_TCP, _QUICKACK, 1)
+    try:
+        header = sock.recv(2)
+    except TimeoutError:
+        raise _Idle from None
+    if not header:
+        raise _Closed
+    sock.settimeout(frame_timeout)
+    if len(header) == 1:
+        header += _recv_exact(sock, 1)
+    (size,) = _LEN.unpack(header)
+    return _recv_exact(sock, size)
+
+
 class VpcdClient:
     """Serves one card to one vpcd reader, reconnecting whenever the connection drops.
 
     ``run()`` blocks until ``request_stop()`` is called (from a signal handler or another
     thread).  The card is powered off on every (re)connect; vpcd powers it on when a PC/SC
-    application connects.
+    application connects.  ``remove()`` takes the card out of the reader (the connection is
+    dropped and stays down) until ``insert()``; ``drop()`` drops the connection and connects
+    again at once.  ``on_event`` hears "connected", "disconnected", "power on" and "atr" (an
+    ATR sent), from the thread running ``run()``.
     """
 
     def __init__(
@@ -139,9 +186,11 @@ class VpcdClient:
         port: int = VPCD_BASE_PORT,
         *,
         backoff_initial: float = 0.1,
-        backoff_max: float = 2.0,
+        backoff_max: float = 0.5,
         idle_warning: float = 2.0,
         connect_timeout: float = 5.0,
+        frame_timeout: float = 1.0,
+        on_event: Callable[[str], None] = lambda event: None,
     ) -> None:
         self.card = card
         self.host = host
@@ -150,13 +199,39 @@ class VpcdClient:
         self.backoff_max = backoff_max
         self.idle_warning = idle_warning
         self.connect_timeout = connect_timeout
+        self.frame_timeout = frame_timeout
+        self.on_event = on_event
         self._stopping = False
+        self._inserted = True
         self._sock: socket.socket | None = None
         self._hinted = False
+
+    @property
+    def inserted(self) -> bool:
+        """Whether the card is in the reader (not taken out with ``remove``)."""
+        return self._inserted
+
+    @property
+    def connected(self) -> bool:
+        """Whether the card is connected to vpcd now."""
+        return self._sock is not None
 
     def request_stop(self) -> None:
         """Make ``run()`` return soon.  Safe from signal handlers and other threads."""
         self._stopping = True
+        self.drop()
+
+    def remove(self) -> None:
+        """Take the card out of the reader: drop the connection, stay away until ``insert``."""
+        self._inserted = False
+        self.drop()
+
+    def insert(self) -> None:
+        """Put the card back: connect to vpcd again (within 50 ms)."""
+        self._inserted = True
+
+    def drop(self) -> None:
+        """Drop the connection (vpcd reports the card gone at its next poll)."""
         sock = self._sock
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -166,6 +241,9 @@ class VpcdClient:
         """Connect, serve, and reconnect with back-off until stopped."""
         delay = self.backoff_initial
         while not self._stopping:
+            if not self._inserted:
+                time.sleep(0.05)
+                continue
             try:
                 address = (self.host, self.port)
                 sock = socket.create_connection(address, timeout=self.connect_timeout)
@@ -182,7 +260,8 @@ class VpcdClient:
             finally:
                 self._sock = None
                 sock.close()
-            if not self._stopping:
+                self.on_event("disconnected")
+            if not self._stopping and self._inserted:
                 log.info("vpcd at %s:%d closed the connection; reconnecting", self.host, self.port)
                 self._sleep(delay)
                 delay = min(delay * 2, self.backoff_max)
@@ -213,17 +292,16 @@ class VpcdClient:
             return False
         self._hinted = True
         log.info("connected to vpcd at %s:%d", self.host, self.port)
+        self.on_event("connected")
         self._control(sock, CTRL_POWER_OFF)
         try:
-            header = self._first_header(sock)
-        except (_Closed, OSError):
+            payload = self._first_message(sock)
+        except (_Closed, OSError):  # a stall (TimeoutError) included
             return False
         card = self.card
         try:
             while True:
-                (size,) = _LEN.unpack(header)
-                payload = _recv_exact(sock, size)
-                if size == 1:
+                if len(payload) == 1:
                     self._control(sock, payload[0])
                 else:
                     try:
@@ -245,37 +323,42 @@ class VpcdClient:
                     sock.sendall(_LEN.pack(len(rapdu)) + rapdu)
                 if self._stopping:
                     break
-                header = _recv_exact(sock, 2)
+                payload = _recv_message(sock, self.frame_timeout)
+        except TimeoutError:
+            log.warning(
+                "vpcd at %s:%d stalled in the middle of a message for %s s; reconnecting",
+                self.host,
+                self.port,
+                self.frame_timeout,
+            )
         except (_Closed, OSError):
             pass
         return True
 
-    def _first_header(self, sock: socket.socket) -> bytes:
+    def _first_message(self, sock: socket.socket) -> bytes:
         """Wait for vpcd's first message, warning if it is slow to come (busy reader)."""
-        sock.settimeout(self.idle_warning)
         try:
-            return _recv_exact(sock, 2)
-        except TimeoutError:
+            return _recv_message(sock, self.frame_timeout, idle=self.idle_warning)
+        except _Idle:
             log.warning(
                 "connected to vpcd at %s:%d but it sends nothing; "
                 "is another card already using this reader?",
                 self.host,
                 self.port,
             )
-            sock.settimeout(None)
-            return _recv_exact(sock, 2)
-        finally:
-            sock.settimeout(None)
+            return _recv_message(sock, self.frame_timeout)
 
     def _control(self, sock: socket.socket, code: int) -> None:
         card = self.card
         if code == CTRL_GET_ATR:
             atr = card.atr
             sock.sendall(_LEN.pack(len(atr)) + atr)
+            self.on_event("atr")
             return
         try:
             if code == CTRL_POWER_ON:
                 card.power_on()
+                self.on_event("power on")
             elif code == CTRL_POWER_OFF:
                 card.power_off()
             elif code == CTRL_RESET:
