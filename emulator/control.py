@@ -191,7 +191,7 @@ class ControlServer:
         finally:
             probe.close()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o077)
+        old_umask = os.umask(0o177)  # the socket: 0600
         try:
             listener.bind(str(path))
         finally:

@@ -326,7 +326,8 @@ class VpcdClient:
                 payload = _recv_message(sock, self.frame_timeout)
         except TimeoutError:
             log.warning(
-                "vpcd at %s:%d stalled in the middle of a message for %s s; reconnecting",
+                "vpcd at %s:%d stalled for %s s with a message half read or half sent; "
+                "reconnecting",
                 self.host,
                 self.port,
                 self.frame_timeout,
