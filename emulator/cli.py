@@ -271,6 +271,13 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reader_conf(args: argparse.Namespace) -> int:
+    from importlib.resources import files
+
+    print(files("mynacard").joinpath("reader.conf.d/mynacard-vpcd").read_text("utf-8"), end="")
+    return 0
+
+
 def _absolute(path: str | None) -> str | None:
     return str(Path(path).absolute()) if path else None
 
@@ -614,6 +621,10 @@ def _add_ctl_parser(sub: Any) -> None:
     wait = actions.add_parser("wait-ready", help="wait until pcscd sees the card (exit 2: not)")
     wait.add_argument("--timeout", type=float, default=10.0, metavar="S", help="default 10")
     ctl.set_defaults(func=cmd_ctl)
+    conf = sub.add_parser(
+        "reader-conf", help="print the reader.conf snippet that adds vpcd readers 2 and 3"
+    )
+    conf.set_defaults(func=cmd_reader_conf)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
