@@ -74,29 +74,43 @@ def reader_names(conf_dir: Path = READER_CONF_DIR) -> dict[int, str]:
     Without a vpcd configuration (pcscd not installed here, say) the two default readers.
     """
     names: dict[int, str] = {}
+    for entry in _conf_entries(conf_dir):
+        device = entry.get("DEVICENAME", "")
+        if not device.startswith("/dev/null:"):
+            continue
+        try:
+            base = int(device.removeprefix("/dev/null:"), 0)
+        except ValueError:
+            continue
+        friendly = entry.get("FRIENDLYNAME", _DEFAULT_NAME)
+        for slot in range(_SLOTS_PER_DEVICE):
+            if base + slot >= VPCD_BASE_PORT:
+                names[base + slot - VPCD_BASE_PORT] = f"{friendly} 00 {slot:02X}"
+    if not names:
+        names = {n: f"{_DEFAULT_NAME} 00 {n:02X}" for n in range(_SLOTS_PER_DEVICE)}
+    return dict(sorted(names.items()))
+
+
+def _conf_entries(conf_dir: Path) -> list[dict[str, str]]:
+    """The reader entries of the files in `conf_dir` (a key seen again starts a new entry)."""
+    entries: list[dict[str, str]] = []
     for path in sorted(conf_dir.glob("*")) if conf_dir.is_dir() else []:
         try:
             lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
             continue
-        friendly, base = _DEFAULT_NAME, None
+        entry: dict[str, str] = {}
+        entries.append(entry)
         for line in lines:
-            key, _, value = line.strip().partition(" ")
-            value = value.strip()
-            if key == "FRIENDLYNAME":
-                friendly = value.strip('"')
-            elif key == "DEVICENAME" and value.startswith("/dev/null:"):
-                try:
-                    base = int(value.removeprefix("/dev/null:"), 0)
-                except ValueError:
-                    continue
-        if base is not None:
-            for slot in range(_SLOTS_PER_DEVICE):
-                if base + slot >= VPCD_BASE_PORT:
-                    names[base + slot - VPCD_BASE_PORT] = f"{friendly} 00 {slot:02X}"
-    if not names:
-        names = {n: f"{_DEFAULT_NAME} 00 {n:02X}" for n in range(_SLOTS_PER_DEVICE)}
-    return dict(sorted(names.items()))
+            words = line.split(None, 1)
+            if len(words) != 2 or words[0].startswith("#"):
+                continue
+            key, value = words
+            if key in entry:
+                entry = {}
+                entries.append(entry)
+            entry[key] = value.strip().strip('"')
+    return entries
 
 
 def configured_readers(conf_dir: Path = READER_CONF_DIR) -> list[int]:

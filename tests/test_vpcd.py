@@ -28,6 +28,7 @@ from pcsc import (
     wait_for_card,
 )
 
+from mynacard import vpcd as vpcd_module
 from mynacard.vpcd import VpcdClient, reader_port, unreachable_message
 
 ATR = bytes.fromhex("3B80800101")
@@ -142,6 +143,26 @@ def vpcd() -> Iterator[FakeVpcd]:
 def test_reader_ports() -> None:
     assert reader_port(0) == 35963
     assert reader_port(1) == 35964
+
+
+def test_reader_names_follow_reader_conf(tmp_path: Path) -> None:
+    """Each DEVICENAME gives two readers named after its FRIENDLYNAME, as pcscd names them."""
+    from mynacard.cli import main
+
+    (tmp_path / "vpcd").write_text(
+        'FRIENDLYNAME "Virtual PCD"\nDEVICENAME   /dev/null:0x8C7B\n'
+        "LIBPATH      /usr/lib/pcsc/drivers/serial/libifdvpcd.so\nCHANNELID    0x8C7B\n"
+    )
+    with open(tmp_path / "mynacard-vpcd", "w") as out, contextlib.redirect_stdout(out):
+        assert main(["reader-conf"]) == 0
+    assert vpcd_module.reader_names(tmp_path) == {
+        0: "Virtual PCD 00 00",
+        1: "Virtual PCD 00 01",
+        2: "Virtual PCD B 00 00",
+        3: "Virtual PCD B 00 01",
+    }
+    assert vpcd_module.reader_name(35966, tmp_path) == "Virtual PCD B 00 01"
+    assert vpcd_module.reader_name(35967, tmp_path) is None
 
 
 def test_control_codes(vpcd: FakeVpcd) -> None:
