@@ -66,6 +66,16 @@ def _counter(text: str) -> tuple[str, int]:
     return name, int(value)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds above 0, got {text!r}")
+    return value
+
+
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
@@ -482,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--frame-timeout",
-        type=float,
+        type=_seconds,
         default=1.0,
         metavar="S",
         help="drop a vpcd connection stalled this long in the middle of a message (default 1)",

@@ -38,8 +38,8 @@ _CONFIRM_TIMEOUT = 2.0  # how long pcscd may take to report a card vpcd has powe
 class CardSpec:
     """What to serve where: a profile and its state on a vpcd reader (or any vpcd port)."""
 
-    profile: str | Path = "default"
-    state: Path = Path("state")
+    profile: str | Path
+    state: Path
     reader: int = 0
     host: str = VPCD_HOST
     port: int | None = None  # default: the port of `reader`
@@ -127,12 +127,12 @@ class ServedCard:
         self.on_ready = on_ready
         self.port = spec.vpcd_port
         self.name = reader_name(self.port) if spec.host == VPCD_HOST else None
-        self.plan: str | None = None
         self._lock = threading.RLock()
         self._ready = threading.Event()
         self._generation = 0  # connections so far; a stale readiness check is ignored
         self._powered = False  # vpcd powered the card on in this connection
-        self._faults: tuple[list[Fault], int] = ([], 0)
+        self._faults: tuple[list[Fault], int] = read_plan(spec.fault) if spec.fault else ([], 0)
+        self.plan = str(spec.fault) if spec.fault else None
         self._trace: Trace | None = None
         self.profile, self.state = spec.profile, spec.state
         self._base, self.profile_name = self._open(spec.profile, spec.state)
@@ -146,8 +146,7 @@ class ServedCard:
             on_event=self._vpcd_event,
         )
         self._thread: threading.Thread | None = None
-        if spec.fault is not None:
-            self.apply_faults(spec.fault)
+        self._stack_faults()
 
     # -- building the stack -------------------------------------------------------------------
 
@@ -281,15 +280,13 @@ class ServedCard:
         """Apply a fault plan (TOML, docs/faults.md) from the next command on."""
         faults = read_plan(plan)
         with self._lock:
-            self._faults = faults
-            self.plan = str(plan)
+            self._faults, self.plan = faults, str(plan)
             self._stack_faults()
 
     def clear_faults(self) -> None:
         """Remove every fault: the card behaves normally from the next command on."""
         with self._lock:
-            self._faults = ([], 0)
-            self.plan = None
+            self._faults, self.plan = ([], 0), None
             self._stack_faults()
 
     def _stack_faults(self) -> None:

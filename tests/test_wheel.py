@@ -3,6 +3,7 @@ fresh venv outside it, and used from another directory (the card through pcscd i
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -106,3 +107,34 @@ def test_the_installed_card_through_pcscd(pcscd: int, installed: tuple[Path, Pat
     with serve_card("default", elsewhere / "state", 1, python=python, cwd=elsewhere) as reader:
         named = run("opensc-tool", "--reader", reader, "--name", cwd=elsewhere)
     assert named.stdout.strip() == "jpki", named
+
+
+def test_ctl_from_the_installed_wheel(
+    pcscd: int, installed: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`mynacard serve` prints READY, `mynacard ctl` drives it, `reader-conf` prints the
+    shipped snippet: all from the wheel, outside the checkout."""
+    venv, elsewhere = installed
+    mynacard = venv / "bin" / "mynacard"
+    conf = run(mynacard, "reader-conf", cwd=elsewhere)
+    assert conf.returncode == 0 and 'FRIENDLYNAME "Virtual PCD B"' in conf.stdout, conf
+    control = tmp_path / "control"
+    ctl = (mynacard, "ctl", "--reader", "1", "--control-dir", control)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    server = subprocess.Popen(
+        [str(part) for part in (mynacard, "serve", "--reader", "1", "--state",
+                                elsewhere / "ctl-state", "--control-dir", control)],
+        cwd=elsewhere, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        ready = run(*ctl, "wait-ready", "--timeout", "30", cwd=elsewhere)
+        assert ready.returncode == 0, ready.stderr
+        removed = run(*ctl, "remove", cwd=elsewhere)
+        assert removed.returncode == 0 and "ready=false" in removed.stdout, removed
+        status = run(*ctl, "status", "--json", cwd=elsewhere)
+        assert json.loads(status.stdout)["inserted"] is False, status
+    finally:
+        server.terminate()
+        out, err = server.communicate(timeout=10)
+    assert server.returncode == 0 and "Traceback" not in err, err
+    assert 'READY reader=1 name="Virtual PCD 00 01"' in out
