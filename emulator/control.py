@@ -220,15 +220,14 @@ class ControlServer:
 
     def _handle(self, conn: socket.socket) -> None:
         with conn:
-            uid = _peer_uid(conn)
-            if uid != os.getuid():
-                log.warning("control socket %s: refused a client of uid %d", self.path, uid)
-                with contextlib.suppress(OSError):
-                    _send(conn, {"ok": False, "error": f"refused: uid {uid} is not the owner"})
-                return
             try:
                 conn.settimeout(10)
                 message = _receive(conn)
+                uid = _peer_uid(conn)
+                if uid != os.getuid():
+                    log.warning("control socket %s: refused a client of uid %d", self.path, uid)
+                    _send(conn, {"ok": False, "error": f"refused: uid {uid} is not the owner"})
+                    return
                 conn.settimeout(None)
                 _send(conn, self._answer(message))
             except (OSError, ControlError):
