@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -281,10 +282,29 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     return 0
 
 
+VPCD_DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
+READER_CONF_SNIPPET = Path("/etc/reader.conf.d/mynacard-vpcd")
+
+
 def cmd_reader_conf(args: argparse.Namespace) -> int:
     from importlib.resources import files
 
-    print(files("mynacard").joinpath("reader.conf.d/mynacard-vpcd").read_text("utf-8"), end="")
+    snippet = files("mynacard").joinpath("reader.conf.d/mynacard-vpcd").read_text("utf-8")
+    if not args.install:
+        print(snippet, end="")
+        return 0
+    if not VPCD_DRIVER.exists():
+        raise UserError(
+            f"{VPCD_DRIVER} is missing: install vsmartcard-vpcd first (apt-get install "
+            "vsmartcard-vpcd)"
+        )
+    library = next(line.split()[1] for line in snippet.splitlines() if line.startswith("LIBPATH"))
+    shutil.copyfile(VPCD_DRIVER, library)  # a copy, not a link: its own driver globals
+    os.chmod(library, 0o644)
+    READER_CONF_SNIPPET.write_text(snippet, encoding="utf-8")
+    print(
+        f"installed {READER_CONF_SNIPPET} and {library}; restart pcscd to get vpcd readers 2 and 3"
+    )
     return 0
 
 
@@ -632,7 +652,12 @@ def _add_ctl_parser(sub: Any) -> None:
     wait.add_argument("--timeout", type=float, default=10.0, metavar="S", help="default 10")
     ctl.set_defaults(func=cmd_ctl)
     conf = sub.add_parser(
-        "reader-conf", help="print the reader.conf snippet that adds vpcd readers 2 and 3"
+        "reader-conf", help="print (or install) the reader.conf snippet adding vpcd readers 2, 3"
+    )
+    conf.add_argument(
+        "--install",
+        action="store_true",
+        help=f"write {READER_CONF_SNIPPET} and the vpcd driver copy it loads (root)",
     )
     conf.set_defaults(func=cmd_reader_conf)
 

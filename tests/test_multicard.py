@@ -91,32 +91,36 @@ def test_two_cards_told_apart(
 SNIPPET_RUN = r"""
 set -e
 mount -t tmpfs tmpfs /run/pcscd
-mount --bind "$CONF" /etc/reader.conf.d
+mount --bind "$ROOT/reader.conf.d" /etc/reader.conf.d
+mount --bind "$ROOT/drivers" /usr/lib/pcsc/drivers/serial
 ip link set lo up
-pcscd --foreground >"$CONF/../pcscd.log" 2>&1 &
+"$PYTHON" -m mynacard reader-conf --install
+pcscd --foreground >"$ROOT/pcscd.log" 2>&1 &
 trap 'kill $!' EXIT
 "$PYTHON" - <<'EOF'
-import json, os, subprocess, sys
+import json, os, sys
+from pathlib import Path
 from smartcard.System import readers
 from mynacard.vpcd import reader_names
 sys.path.insert(0, os.environ["TESTS"])
-from test_ctl import READY, SELECT_SIGN_CERT, Server
-from test_vpcd import SELECT_JPKI, connect, transmit
-from pathlib import Path
-tmp = Path(os.environ["CONF"]).parent
-server = Server(tmp / "control", "--card", f"reader=2,state={tmp / 's2'}",
-                "--card", f"reader=3,profile=no-sign-cert,state={tmp / 's3'}")
-ready = sorted(READY.match(server.line("READY")).group(2) for _ in range(2))
+from test_ctl import READY, Server
+from test_multicard import CARDS, IDENTIFY
+from test_vpcd import connect, transmit
+root = Path(os.environ["ROOT"])
+cards = [f"reader={n},profile={p},state={root / str(n)}" for n, p in CARDS.items()]
+server = Server(root / "control", *(a for card in cards for a in ("--card", card)))
+ready = sorted(READY.match(server.line("READY")).group(2) for _ in CARDS)
 seen = {}
 for name in ready:
     connection = connect(name)
-    seen[name] = [transmit(connection, c).hex() for c in (SELECT_JPKI, SELECT_SIGN_CERT)]
+    seen[name] = [transmit(connection, command).hex() for command in IDENTIFY]
     connection.disconnect()
 server.stop()
 print(json.dumps({"names": reader_names(), "readers": [str(r) for r in readers()],
                   "ready": ready, "seen": seen}))
 EOF
 """
+CARDS = {0: "default", 1: "heisei-born", 2: "no-sign-cert", 3: "reiwa-born"}
 
 
 @pytest.mark.pcsc
@@ -125,27 +129,31 @@ EOF
     reason="needs root, unshare and pcscd",
 )
 def test_shipped_snippet_adds_readers_2_and_3(tmp_path: Path) -> None:
-    """`mynacard reader-conf` installed next to Debian's vpcd file (in a private mount and
+    """`mynacard reader-conf --install` next to Debian's vpcd file (in a private mount and
     network namespace with its own pcscd): readers 2 and 3 appear under the names mynacard
-    expects, and a card served on each answers with its own data."""
-    conf = tmp_path / "reader.conf.d"
-    conf.mkdir()
-    shutil.copy("/etc/reader.conf.d/vpcd", conf / "vpcd")
-    snippet = subprocess.run(
-        [sys.executable, "-m", "mynacard", "reader-conf"],
-        capture_output=True, text=True, check=True, cwd=REPO_ROOT,
-    ).stdout  # fmt: skip
-    (conf / "mynacard-vpcd").write_text(snippet)
-    env = {**os.environ, "CONF": str(conf), "PYTHON": sys.executable}
+    expects, and four cards served from one `serve` each answer with their own data (the
+    copied driver keeps reader 0 from answering with reader 2's card)."""
+    (tmp_path / "reader.conf.d").mkdir()
+    shutil.copy("/etc/reader.conf.d/vpcd", tmp_path / "reader.conf.d" / "vpcd")
+    shutil.copytree("/usr/lib/pcsc/drivers/serial", tmp_path / "drivers", symlinks=True)
+    env = {**os.environ, "ROOT": str(tmp_path), "PYTHON": sys.executable}
     env["TESTS"] = str(REPO_ROOT / "tests")
     result = subprocess.run(
         ["unshare", "-m", "-n", "--propagation", "private", "bash", "-c", SNIPPET_RUN],
-        capture_output=True, text=True, timeout=60, env=env, check=False,
+        capture_output=True, text=True, timeout=60, env=env, check=False, cwd=REPO_ROOT,
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr + (tmp_path / "pcscd.log").read_text()
+    log = tmp_path / "pcscd.log"
+    assert result.returncode == 0, result.stderr + (log.read_text() if log.exists() else "")
+    assert result.stdout.startswith("installed /etc/reader.conf.d/mynacard-vpcd and ")
+    assert (tmp_path / "drivers" / "libifdvpcd-mynacard.so").stat().st_size > 0
     found = json.loads(result.stdout.splitlines()[-1])
-    names = {"2": "Virtual PCD B 00 00", "3": "Virtual PCD B 00 01"}
-    assert {k: v for k, v in found["names"].items() if k in names} == names
-    assert found["readers"] == ["Virtual PCD 00 00", "Virtual PCD 00 01", *names.values()]
-    assert found["ready"] == list(names.values())
-    assert found["seen"] == {names["2"]: ["9000", "9000"], names["3"]: ["9000", "6a82"]}
+    names = dict(enumerate(found["readers"]))
+    assert names == {0: "Virtual PCD 00 00", 1: "Virtual PCD 00 01",
+                     2: "Virtual PCD B 00 00", 3: "Virtual PCD B 00 01"}  # fmt: skip
+    assert found["names"] == {str(n): name for n, name in names.items()}
+    assert found["ready"] == sorted(names.values())
+    expected = {
+        names[n]: [r.hex() for r in in_process(p, [], tmp_path / f"expected-{n}")]
+        for n, p in CARDS.items()
+    }
+    assert found["seen"] == expected
