@@ -190,7 +190,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     printing = threading.Lock()
 
     def ready(card: ServedCard) -> None:
-        reader = card.spec.reader if card.spec.port is None else "-"
+        reader = "-" if card.reader is None else card.reader
         with printing:
             print(f'READY reader={reader} name="{card.name or "-"}" vpcd={card.spec.host}:'
                   f"{card.port}", flush=True)  # fmt: skip
@@ -245,7 +245,9 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     message: dict[str, Any] = {"op": args.action}
     wait = 0.0
     if args.action == "profile":
-        message.update(profile=args.profile, state=_absolute(args.state))
+        is_path = "/" in args.profile or args.profile.endswith(".toml")  # as load_profile
+        profile = _absolute(args.profile) if is_path else args.profile
+        message.update(profile=profile, state=_absolute(args.state))
     elif args.action == "fault":
         from .faults import read_plan
 

@@ -23,7 +23,7 @@ from typing import Any, TextIO
 from .faults import Fault, read_plan, stack_faults
 from .layers import ApduLog, CardInterface, Layer
 from .trace import Trace, TraceFormat
-from .vpcd import VPCD_HOST, VpcdClient, reader_name, reader_port
+from .vpcd import VPCD_BASE_PORT, VPCD_HOST, VpcdClient, reader_name, reader_port
 
 __all__ = ["CardSpec", "Counters", "ServedCard"]
 
@@ -127,6 +127,7 @@ class ServedCard:
         self.on_ready = on_ready
         self.port = spec.vpcd_port
         self.name = reader_name(self.port) if spec.host == VPCD_HOST else None
+        self.reader = self.port - VPCD_BASE_PORT if self.name else None  # vpcd reader number
         self._lock = threading.RLock()
         self._ready = threading.Event()
         self._generation = 0  # connections so far; a stale readiness check is ignored
@@ -296,7 +297,7 @@ class ServedCard:
     def status(self) -> dict[str, Any]:
         """What the card is and does now, with its counters (JSON-ready)."""
         return {
-            "reader": self.spec.reader if self.spec.port is None else None,
+            "reader": self.reader,
             "name": self.name,
             "vpcd": f"{self.spec.host}:{self.port}",
             "profile": self.profile_name,

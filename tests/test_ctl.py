@@ -253,7 +253,7 @@ def served(pcscd: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
 
 
 @pytest.fixture
-def card(served: Served, capsys: pytest.CaptureFixture[str]) -> Iterator[Served]:
+def inserted(served: Served, capsys: pytest.CaptureFixture[str]) -> Iterator[Served]:
     """The served card, inserted, without faults, and pcscd seeing it; left that way."""
     yield served
     ctl_ok(served.control, "clear", capsys=capsys)
@@ -262,60 +262,60 @@ def card(served: Served, capsys: pytest.CaptureFixture[str]) -> Iterator[Served]
 
 
 @pytest.mark.pcsc
-def test_remove_then_insert(card: Served, capsys: pytest.CaptureFixture[str]) -> None:
+def test_remove_then_insert(inserted: Served, capsys: pytest.CaptureFixture[str]) -> None:
     """remove: pcscd reports the reader empty; insert: the card is back and usable."""
-    ctl_ok(card.control, "remove", capsys=capsys)
-    assert wait_for_card(card.name, present=False, timeout=2)
-    status = status_of(card.control, capsys)
+    ctl_ok(inserted.control, "remove", capsys=capsys)
+    assert wait_for_card(inserted.name, present=False, timeout=2)
+    status = status_of(inserted.control, capsys)
     assert (status["inserted"], status["connected"], status["ready"]) == (False, False, False)
-    code, _, err = ctl(card.control, "wait-ready", "--timeout", "0.5", capsys=capsys)
+    code, _, err = ctl(inserted.control, "wait-ready", "--timeout", "0.5", capsys=capsys)
     assert code == 2 and err.count("\n") == 1 and "does not see the card" in err
-    assert not card_present(card.name)  # still out
-    ctl_ok(card.control, "insert", capsys=capsys)
-    ctl_ok(card.control, "wait-ready", "--timeout", "5", capsys=capsys)
-    assert card_present(card.name)
-    connection = connect(card.name)
+    assert not card_present(inserted.name)  # still out
+    ctl_ok(inserted.control, "insert", capsys=capsys)
+    ctl_ok(inserted.control, "wait-ready", "--timeout", "5", capsys=capsys)
+    assert card_present(inserted.name)
+    connection = connect(inserted.name)
     try:
         assert transmit(connection, SELECT_JPKI) == b"\x90\x00"
     finally:
         connection.disconnect()
-    assert card.server.line("READY").startswith("READY reader=0 ")  # announced again
+    assert inserted.server.line("READY").startswith("READY reader=0 ")  # announced again
 
 
 @pytest.mark.pcsc
-def test_reset_is_seen_by_the_client(card: Served, capsys: pytest.CaptureFixture[str]) -> None:
+def test_reset_is_seen_by_the_client(inserted: Served, capsys: pytest.CaptureFixture[str]) -> None:
     """A reset from the card's side: the client's selection is gone (6986)."""
-    before = status_of(card.control, capsys)["counters"]
-    connection = connect(card.name)
+    before = status_of(inserted.control, capsys)["counters"]
+    connection = connect(inserted.name)
     try:
         for command in (SELECT_JPKI, SELECT_AUTH_CERT):
             assert transmit(connection, command) == b"\x90\x00"
         assert transmit(connection, READ_256)[-2:] == b"\x90\x00"
-        ctl_ok(card.control, "reset", capsys=capsys)
+        ctl_ok(inserted.control, "reset", capsys=capsys)
         assert transmit(connection, READ_256) == b"\x69\x86"
     finally:
         connection.disconnect()
-    after = status_of(card.control, capsys)["counters"]
+    after = status_of(inserted.control, capsys)["counters"]
     assert isinstance(before, dict) and isinstance(after, dict)
     assert after["reset"] == before["reset"] + 1 and after["apdus"] >= before["apdus"] + 4
 
 
 @pytest.mark.pcsc
-def test_power_off_is_a_card_event(card: Served, capsys: pytest.CaptureFixture[str]) -> None:
+def test_power_off_is_a_card_event(inserted: Served, capsys: pytest.CaptureFixture[str]) -> None:
     """A power cut: the client's connection fails, pcscd sees the card leave and come back."""
     from smartcard.Exceptions import CardConnectionException
 
-    connection = connect(card.name)
+    connection = connect(inserted.name)
     try:
         assert transmit(connection, SELECT_JPKI) == b"\x90\x00"
-        ctl_ok(card.control, "power-off", capsys=capsys)
-        ctl_ok(card.control, "wait-ready", "--timeout", "5", capsys=capsys)
+        ctl_ok(inserted.control, "power-off", capsys=capsys)
+        ctl_ok(inserted.control, "wait-ready", "--timeout", "5", capsys=capsys)
         with pytest.raises(CardConnectionException):  # the card it had is gone
             transmit(connection, SELECT_JPKI)
     finally:
         with contextlib.suppress(CardConnectionException):
             connection.disconnect()
-    fresh = connect(card.name)
+    fresh = connect(inserted.name)
     try:
         assert transmit(fresh, SELECT_JPKI) == b"\x90\x00"
     finally:
@@ -324,43 +324,43 @@ def test_power_off_is_a_card_event(card: Served, capsys: pytest.CaptureFixture[s
 
 @pytest.mark.pcsc
 def test_fault_at_run_time_then_clear(
-    card: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    inserted: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`ctl fault PLAN` changes what the client sees from the next command on; `clear`
     brings normal answers back."""
     plan = tmp_path / "plan.toml"
     plan.write_text('[[fault]]\nkind = "wrong-le"\nins = ["B0"]\n')
-    connection = connect(card.name)
+    connection = connect(inserted.name)
     try:
         for command in (SELECT_JPKI, SELECT_TOKEN):
             assert transmit(connection, command) == b"\x90\x00"
         assert len(transmit(connection, READ_256)) == 162  # normal: 160 bytes + 9000
-        ctl_ok(card.control, "fault", str(plan), capsys=capsys)
+        ctl_ok(inserted.control, "fault", str(plan), capsys=capsys)
         assert transmit(connection, READ_256) == b"\x6c\xa0"
-        status = status_of(card.control, capsys)
+        status = status_of(inserted.control, capsys)
         assert status["fault_plan"] == str(plan)
-        ctl_ok(card.control, "clear", capsys=capsys)
+        ctl_ok(inserted.control, "clear", capsys=capsys)
         assert len(transmit(connection, READ_256)) == 162
     finally:
         connection.disconnect()
-    assert status_of(card.control, capsys)["fault_plan"] is None
+    assert status_of(inserted.control, capsys)["fault_plan"] is None
 
 
 @pytest.mark.pcsc
-def test_another_profile(card: Served, capsys: pytest.CaptureFixture[str]) -> None:
+def test_another_profile(inserted: Served, capsys: pytest.CaptureFixture[str]) -> None:
     """`ctl profile P` swaps the card: pcscd sees a removal and the new card."""
-    ctl_ok(card.control, "profile", "no-sign-cert", capsys=capsys)
-    ctl_ok(card.control, "wait-ready", "--timeout", "5", capsys=capsys)
-    connection = connect(card.name)
+    ctl_ok(inserted.control, "profile", "no-sign-cert", capsys=capsys)
+    ctl_ok(inserted.control, "wait-ready", "--timeout", "5", capsys=capsys)
+    connection = connect(inserted.name)
     try:
         assert transmit(connection, SELECT_JPKI) == b"\x90\x00"
         assert transmit(connection, SELECT_SIGN_CERT) == b"\x6a\x82"  # no signature cert
     finally:
         connection.disconnect()
-    assert status_of(card.control, capsys)["profile"] == "no-sign-cert"
-    ctl_ok(card.control, "profile", "default", capsys=capsys)
-    ctl_ok(card.control, "wait-ready", "--timeout", "5", capsys=capsys)
-    connection = connect(card.name)
+    assert status_of(inserted.control, capsys)["profile"] == "no-sign-cert"
+    ctl_ok(inserted.control, "profile", "default", capsys=capsys)
+    ctl_ok(inserted.control, "wait-ready", "--timeout", "5", capsys=capsys)
+    connection = connect(inserted.name)
     try:
         assert transmit(connection, SELECT_JPKI) == b"\x90\x00"
         assert transmit(connection, SELECT_SIGN_CERT) == b"\x90\x00"
