@@ -71,7 +71,7 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from . import open_card
-    from .personalize.profile import load_profile, with_quirks
+    from .personalize.profile import load_profile, with_atr, with_quirks
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
@@ -89,6 +89,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _exit_on_signal)
     profile = with_quirks(load_profile(args.profile), args.quirk)
+    if args.atr is not None:
+        profile = with_atr(profile, args.atr)
     state_dir = Path(args.state) if args.state else default_state_dir(profile.name)
     trace_file = _open_trace(args.trace) if args.trace else None
     name = reader_name(port)
@@ -312,6 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=VALUE",
         help="change a quirk switch of the profile, e.g. blocked_sw=0x6983 (repeatable)",
+    )
+    personality = serve.add_mutually_exclusive_group()
+    personality.add_argument(
+        "--interface",
+        dest="atr",
+        choices=("contact", "contactless"),
+        help="present the ATR the card has on that interface (docs/card.md)",
+    )
+    personality.add_argument(
+        "--atr", metavar="NAME|HEX", help="present another ATR: a name of card-spec §1, or hex"
     )
     serve.add_argument("--fault", metavar="FILE", help="a fault plan (TOML): see docs/faults.md")
     serve.add_argument("--trace", metavar="FILE", help="write every exchange to FILE")

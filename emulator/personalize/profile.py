@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from mynacard.personalize.eras import FIRST_ERA_DAY, era_yymmdd
-from mynacard.personalize.fields import Field, Table, document
+from mynacard.personalize.fields import Field, FieldError, Table, document
 from mynacard.personalize.fields import ProfileError as ProfileError  # re-exported
 from mynacard.personalize.free_area import FreeAreaSpec, free_area_as_json, free_area_from
 from mynacard.personalize.mynumber import my_number_check_digit
@@ -62,6 +62,10 @@ KNOWN_ATRS: dict[str, bytes] = {
     "jpki-09": bytes.fromhex("3B888001004B51FFB381D1000F"),
 }
 DEFAULT_ATR = KNOWN_ATRS["jpki"]
+
+# The card's two interfaces and the ATR of each that `serve --interface` presents
+# (docs/card.md#contact-and-contactless).
+INTERFACE_ATRS: dict[str, str] = {"contact": "jpki", "contactless": "jpki-06"}
 
 # Largest DER certificate that fits the certificate EFs (3808 bytes, docs/card-spec.md §3.1).
 MAX_CERT_SIZE = 3808
@@ -420,6 +424,18 @@ def with_quirks(profile: Profile, assignments: Sequence[tuple[str, str]]) -> Pro
         del table["verified_query_sw"]
     quirks = read_quirks(Field(table, "--quirk", ""))
     return dataclasses.replace(profile, quirks=quirks)
+
+
+def with_atr(profile: Profile, atr: str) -> Profile:
+    """`profile` presenting another ATR: an interface (contact, contactless), a name of
+    KNOWN_ATRS or hex; ProfileError listing the names if it is none of them."""
+    try:
+        value = _atr(Field(INTERFACE_ATRS.get(atr.lower(), atr), "--atr", "ATR"))
+    except FieldError as error:
+        raise ProfileError(
+            f"--atr {atr}: {error.problem} (or an interface: {', '.join(INTERFACE_ATRS)})"
+        ) from None
+    return dataclasses.replace(profile, atr=value)
 
 
 def _counters(field: Field) -> dict[str, int]:
