@@ -137,7 +137,7 @@ def script_exchanges(lines: Iterable[str]) -> list[Exchange]:
         if text.startswith("#"):
             if text.endswith(_MASKED_SUFFIX):
                 raise TranscriptError(
-                    f"line {number}: a masked command ({text[1:15].strip()}…); replaying it "
+                    f"line {number}: the data of {text[1:].strip()[:14]}… is masked; replaying it "
                     "needs a trace made with --trace-secrets"
                 )
             continue
