@@ -37,7 +37,7 @@ from bench_card import READ_32, SELECT_TOKEN, _pinned, _round_trip_ns, pcsc
 from mynacard import open_card
 from mynacard.faults import Fault, FaultLayer, stack_faults
 from mynacard.layers import CardInterface, Layer
-from mynacard.trace import Trace
+from mynacard.trace import Trace, TraceFormat
 
 SELECT_JPKI = bytes.fromhex("00A4040C0AD392F000260100000001")
 PAIRS = 20_000
@@ -45,11 +45,11 @@ PAIRS = 20_000
 Variant = Callable[[CardInterface, ExitStack], CardInterface]
 
 
-def _trace(fmt: str) -> Variant:
+def _trace(fmt: TraceFormat) -> Variant:
     def stack(card: CardInterface, resources: ExitStack) -> CardInterface:
         scratch = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
-        out = resources.enter_context(tempfile.TemporaryFile("w+", dir=scratch))
-        return Trace(card, out, reader="bench", fmt="json" if fmt == "json" else "scriptor")
+        out = resources.enter_context(tempfile.TemporaryFile("w+", dir=scratch))  # noqa: SIM115
+        return Trace(card, out, reader="bench", fmt=fmt)
 
     return stack
 

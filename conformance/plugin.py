@@ -10,9 +10,9 @@ a run asks for them). The suite (mynacard/conformance/suite.py) has one test per
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest

@@ -165,7 +165,7 @@ def test_a_scriptor_script_prints_the_answers(
         *("> reset", "< 3B E0 00 FF 81 31 FE 45 14"),
         *(f"> {SELECT_JPKI.hex(' ').upper()}", "< 90 00"),
         *(f"> {SELECT_TOKEN.hex(' ').upper()}", "< 90 00"),
-        *(f"> {READ_TOKEN.hex(' ').upper()}", "< 4A 50 4B 49 41 50 49 43 43 54 4F 4B 45 4E 32 20 90 00"),
+        *(f"> {READ_TOKEN.hex(' ').upper()}", f"< {b'JPKIAPICCTOKEN2 '.hex(' ').upper()} 90 00"),
     ]  # fmt: skip
     assert re.fullmatch(r"< ([0-9A-F]{2} ){8}90 00", out.splitlines()[7])
     script.write_text("00A4040C0AD392F000260100000001\nselect it\n")

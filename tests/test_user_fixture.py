@@ -15,7 +15,7 @@ pytest_plugins = ("pytester",)
 
 EXAMPLE = REPO_ROOT / "examples" / "pcsc-client"
 
-USER_TESTS = '''
+USER_TESTS = """
 import pytest
 from mynacard import open_card
 from mynacard.faults import CardRemoved
@@ -72,7 +72,7 @@ def test_state_is_released(tmp_path, request):
     first = tmp_path.parent / "test_default_card0" / "mynacard-state"
     with open_card("default", first) as card:
         assert card.transmit(SELECT_JPKI) == b"\\x90\\x00"
-'''
+"""
 
 
 def test_fixture_in_process(pytester: pytest.Pytester) -> None:
@@ -107,9 +107,7 @@ def test_worked_example_through_pcscd(pcscd: int, tmp_path: Path) -> None:
 
 
 @pytest.mark.pcsc
-def test_worked_example_catches_a_client_without_get_response(
-    pcscd: int, tmp_path: Path
-) -> None:
+def test_worked_example_catches_a_client_without_get_response(pcscd: int, tmp_path: Path) -> None:
     project = tmp_path / "project"
     shutil.copytree(EXAMPLE, project)
     client = project / "jpki_reader.py"

@@ -1,6 +1,6 @@
 """Tests of jpki_reader.py against an emulated My Number Card served through pcscd.
 
-    pytest --mynacard-backend pcsc     (pytest.ini here sets it)
+pytest --mynacard-backend pcsc     (pytest.ini here sets it)
 """
 
 from __future__ import annotations
