@@ -45,7 +45,9 @@ def read_replay_input(path: Path, reader: str | None = None) -> ReplayInput:
     except OSError as error:
         raise TranscriptError(f"{path}: cannot read: {error.strerror or error}") from None
     except UnicodeDecodeError as error:
-        raise TranscriptError(f"{path}: not UTF-8 text at byte {error.start}") from None
+        raise TranscriptError(
+            f"{path}: not a transcript (not UTF-8 text at byte {error.start})"
+        ) from None
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     try:
         if first.startswith("{"):
