@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -191,22 +191,21 @@ class PcscCard(FixtureCard):
             self._target = PcscTarget(self.reader)
         return self._target
 
-    def _through(self, call: str, *args: bytes) -> bytes:
+    def _through(self, call: Callable[[PcscTarget], bytes | None]) -> bytes:
         try:
-            answer: bytes | None = getattr(self.target, call)(*args)
+            return call(self.target) or b""
         except TargetError:
             self._drop_target()  # after a removal the next call connects again
             raise
-        return answer or b""
 
     def transmit(self, command: bytes) -> bytes:
-        return self._through("transmit", command)
+        return self._through(lambda target: target.transmit(command))
 
     def reset(self) -> bytes:
-        return self._through("reset")
+        return self._through(PcscTarget.reset)
 
     def power_cycle(self) -> bytes:
-        return self._through("power_cycle")
+        return self._through(PcscTarget.power_cycle)
 
     def _drop_target(self) -> None:
         target, self._target = self._target, None

@@ -3,7 +3,8 @@
 
 - A JSON-lines trace becomes a transcript that expects every answer exactly as traced: each
   command, ``reset`` as RESET and ``power on`` as POWER (answering the traced ATR); the
-  answers to GET CHALLENGE, random on any card, only by their length.
+  answers to GET CHALLENGE, random on any card, only by their length. A command the card
+  never answered (it was removed) is left out.
 - A scriptor script (hex commands, ``reset`` lines, ``#`` comments; pcsc-tools' `scriptor`,
   `opensc-tool -s`, or ``--trace-format scriptor``) becomes lines that accept any answer:
   replay prints the answers instead of checking them.
@@ -104,6 +105,8 @@ def _trace_record(number: int, record: dict[str, object]) -> Exchange | None:
             f"line {number}: the data of {command_text[:14]}… is masked; replaying it needs a "
             "trace made with --trace-secrets"
         )
+    if record.get("response", "") is None:
+        return None  # never answered: the card left the reader (a `remove` fault)
     command = _hex(number, "command", command_text)
     response = _hex(number, "response", record.get("response", ""))
     if len(command) < 4:

@@ -13,6 +13,7 @@ import time
 from datetime import UTC, datetime
 from typing import Literal, TextIO
 
+from .faults import CardRemoved
 from .layers import CardInterface, Layer, masked
 
 TraceFormat = Literal["json", "scriptor"]
@@ -61,7 +62,11 @@ class Trace(Layer):
 
     def transmit(self, capdu: bytes) -> bytes:
         start = time.perf_counter_ns()
-        response = self.inner.transmit(capdu)
+        try:
+            response = self.inner.transmit(capdu)
+        except CardRemoved:
+            self._unanswered(capdu)
+            raise
         micros = (time.perf_counter_ns() - start) // 1000
         command = capdu.hex(" ").upper() if self._secrets else masked(capdu)
         if self._fmt == "json":
@@ -71,6 +76,14 @@ class Trace(Layer):
             self._line(f"{'# ' if hidden else ''}{command}{'  (masked)' if hidden else ''}")
             self._line(f"# > {response.hex(' ').upper()}  ({micros} µs)")
         return response
+
+    def _unanswered(self, capdu: bytes) -> None:
+        """A command the card never answered (it left the reader): no response."""
+        command = capdu.hex(" ").upper() if self._secrets else masked(capdu)
+        if self._fmt == "json":
+            self._json(command=command, response=None)
+        else:
+            self._line(f"# {command}  (not answered: the card left the reader)")
 
     def _exchange(self, command: str, response: str, micros: int) -> None:
         """One exchange as a JSON line, written without json.dumps (every field but the

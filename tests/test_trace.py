@@ -201,3 +201,30 @@ def test_a_trace_through_pcscd_replays(
         status, out, _ = replay(capsys, str(script), "--target", f"pcsc:{name}")
         assert status == 0
         assert out.splitlines()[-2:] == ["> reset", "< 3B E0 00 FF 81 31 FE 45 14"]
+
+
+def test_a_command_never_answered(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mynacard.faults import CardRemoved, Fault, stack_faults
+
+    path = tmp_path / "trace.jsonl"
+    notes: list[Trace] = []
+    faulty = stack_faults(
+        open_card("default", tmp_path / "state"), [Fault("remove", ins=frozenset({0xB0}))],
+        seed=0, note=lambda event: notes[0].note(event),
+    )  # fmt: skip
+    with path.open("w") as out, Trace(faulty, out, secrets=True) as card:
+        notes.append(card)
+        card.power_on()
+        assert card.transmit(SELECT_JPKI) == b"\x90\x00"
+        with pytest.raises(CardRemoved):
+            card.transmit(READ_TOKEN)
+        card.power_off()
+        card.power_on()
+        assert card.transmit(SELECT_JPKI) == b"\x90\x00"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert records[2]["command"] == READ_TOKEN.hex(" ").upper()
+    assert records[2]["response"] is None and records[2]["events"] == ["fault remove"]
+    status, out, _ = replay(capsys, str(path), "--convert")
+    assert status == 0 and "00B0000010" not in out  # the unanswered command is left out
+    status, out, _ = replay(capsys, str(path))
+    assert status == 0 and "all 4 exchanges matched" in out

@@ -103,7 +103,7 @@ def test_worked_example_through_pcscd(pcscd: int, tmp_path: Path) -> None:
     shutil.copytree(EXAMPLE, project)
     result = _run_example(project)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 passed" in result.stdout
+    assert "4 passed" in result.stdout
 
 
 @pytest.mark.pcsc
@@ -116,5 +116,5 @@ def test_worked_example_catches_a_client_without_get_response(pcscd: int, tmp_pa
     client.write_text(client.read_text().replace(loop, "    while False:\n"))
     result = _run_example(project, "-k", "61xx")
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "1 failed, 2 deselected" in result.stdout
+    assert "1 failed, 3 deselected" in result.stdout
     assert "FAILED test_jpki_reader.py::test_collects_an_answer_in_61xx_pieces" in result.stdout
