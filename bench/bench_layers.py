@@ -4,6 +4,8 @@ The card alone (`open_card`, the stack `serve` builds without --fault, --trace o
 baseline; each variant's round is measured between two of the bare card's, in the same run,
 and the median of the per-round ratios of APDUs per second is printed:
 
+- `serve without options`: what `serve` stacks with no fault plan: nothing, the bare card
+  itself, so its ratio's distance from 1 is the noise of the run;
 - `pass-through layer`: one `Layer` that changes nothing (a layer compiled in but off);
 - `idle fault`: a fault layer whose plan never hits (a delay for an INS never sent);
 - `trace json` / `trace scriptor`: `--trace FILE` in each format (a file in /dev/shm).

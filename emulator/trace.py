@@ -73,8 +73,10 @@ class Trace(Layer):
             self._exchange(command, response.hex(" ").upper(), micros)
         else:
             hidden = _MASK in command
-            self._line(f"{'# ' if hidden else ''}{command}{'  (masked)' if hidden else ''}")
-            self._line(f"# > {response.hex(' ').upper()}  ({micros} µs)")
+            self._line(
+                f"{'# ' if hidden else ''}{command}{'  (masked)' if hidden else ''}\n"
+                f"# > {response.hex(' ').upper()}  ({micros} µs)"
+            )
         return response
 
     def _unanswered(self, capdu: bytes) -> None:
