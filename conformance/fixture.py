@@ -52,6 +52,8 @@ class CardSettings:
                 f"mynacard: no setting {', '.join(unknown)} (settings: {', '.join(SETTINGS)})"
             )
         given = dict(values)
+        if "interface" in given and "atr" in given:
+            raise CardSetupError("mynacard: give interface or atr, not both")
         if "interface" in given:
             given["atr"] = given.pop("interface")
         return cls(**given)
