@@ -3,8 +3,8 @@
 
 - A JSON-lines trace becomes a transcript that expects every answer exactly as traced: each
   command, ``reset`` as RESET and ``power on`` as POWER (answering the traced ATR); the
-  answers to GET CHALLENGE, random on any card, only by their length. A command the card
-  never answered (it was removed) is left out.
+  answers that are random on any card (GET CHALLENGE, RSASSA-PSS signatures) only by their
+  length. A command the card never answered (it was removed) is left out.
 - A scriptor script (hex commands, ``reset`` lines, ``#`` comments; pcsc-tools' `scriptor`,
   `opensc-tool -s`, or ``--trace-format scriptor``) becomes lines that accept any answer:
   replay prints the answers instead of checking them.
@@ -20,7 +20,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .apdu import INS
 from .transcript import HEADER, Action, Exchange, Pattern, TranscriptError, parse
 
 ANY = Pattern("[*]")
@@ -114,9 +113,15 @@ def _trace_record(number: int, record: dict[str, object]) -> Exchange | None:
     return Exchange(Action.APDU, command, _expected(command, response), note)
 
 
+def _random_answer(command: bytes) -> bool:
+    """Whether every card answers `command` differently: GET CHALLENGE, and COMPUTE DIGITAL
+    SIGNATURE with RSASSA-PSS (P1 04, 05: a random salt)."""
+    return command[:2] == b"\x00\x84" or (command[:2] == b"\x80\x2a" and command[2] in (4, 5))
+
+
 def _expected(command: bytes, response: bytes) -> Pattern:
-    """The traced answer; a challenge (random on every card) only by its length."""
-    if command[1] == INS.GET_CHALLENGE and response[-2:] == b"\x90\x00":
+    """The traced answer; one that is random on every card only by its length."""
+    if response[-2:] == b"\x90\x00" and _random_answer(command):
         return Pattern(f"[{len(response) - 2}] 9000")
     return Pattern.exact(response)
 

@@ -228,3 +228,25 @@ def test_a_command_never_answered(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert status == 0 and "00B0000010" not in out  # the unanswered command is left out
     status, out, _ = replay(capsys, str(path))
     assert status == 0 and "all 4 exchanges matched" in out
+
+
+def test_a_pss_signature_is_replayed_by_its_length(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "trace.jsonl"
+    sign_pss = bytes.fromhex("802A048020") + bytes(31) + b"\x01\x00"  # a 32-byte hash
+    with (
+        trace.open("w") as out,
+        Trace(open_card("default", tmp_path / "s"), out, secrets=True) as card,
+    ):
+        card.transmit(SELECT_JPKI)
+        card.transmit(bytes.fromhex("00A4020C020017"))  # the auth key, its PIN not verified
+        assert card.transmit(sign_pss) == b"\x69\x82"
+        for command in (SELECT_AUTH_PIN, VERIFY_1234, bytes.fromhex("00A4020C020017")):
+            assert card.transmit(command) == b"\x90\x00"
+        signature = card.transmit(sign_pss)
+        assert len(signature) == 258 and signature[-2:] == b"\x90\x00"
+    status, out, _ = replay(capsys, str(trace), "--convert")
+    assert status == 0 and out.splitlines()[-1] == f"{sign_pss.hex().upper()} -> [256] 9000"
+    status, out, _ = replay(capsys, str(trace))
+    assert status == 0 and "all 7 exchanges matched" in out
