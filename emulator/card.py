@@ -2,7 +2,8 @@
 (commands/); `open_card` builds it from a profile and stacks the layers it asks for.
 
 One APDU's path: vpcd.VpcdClient._serve -> [layers] -> Card.transmit -> CommandApdu.parse
--> commands.ISO / commands.PROPRIETARY -> a handler(Context, CommandApdu) -> bytes.
+-> commands.ISO / commands.PROPRIETARY (CLA 08 / 0C: commands.secure_messaging)
+-> a handler(Context, CommandApdu) -> bytes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from types import TracebackType
 from . import commands
 from .apdu import INS, SW, CommandApdu, StatusError
 from .apps import common, free_area, jpki, juki, text, visual
+from .commands import secure_messaging
 from .files import Application, Pin
 from .layers import CardInterface, T0Chaining, masked
 from .personalize import profile as _profiles
@@ -99,11 +101,13 @@ class Card:
         try:
             apdu = CommandApdu.parse(capdu)
             table = self._handlers.get(apdu.cla)
-            if table is None:
-                return sw(class_error(apdu.cla, apdu.ins))
-            handler = table.get(apdu.ins)
+            handler = secure_messaging.handler_for(apdu.cla) if table is None else table.get(apdu.ins)
             if handler is None:
-                return sw(self._unknown_instruction(apdu))
+                return sw(
+                    class_error(apdu.cla, apdu.ins)
+                    if table is None
+                    else self._unknown_instruction(apdu)
+                )
             if apdu.extended and not self._extended_length:
                 return sw(SW.WRONG_LENGTH)
             return handler(self._context, apdu)
