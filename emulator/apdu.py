@@ -60,6 +60,7 @@ class INS(IntEnum):
     UPDATE_BINARY = 0xD6
     UPDATE_RECORD = 0xDC
     APPEND_RECORD = 0xE2
+    LAST_COMMAND = 0xFC  # CLA 80: the iPhone JPKI token's last-command indicator
 
 
 class StatusError(Exception):

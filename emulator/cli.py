@@ -191,6 +191,7 @@ def cmd_profile_new(args: argparse.Namespace) -> int:
         free_area=args.free_area,
         holder_name=args.name,
         unified_pin=args.unified_pin,
+        form=args.form,
     )
     print(path)
     return 0
@@ -373,6 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--unified-pin",
         action="store_true",
         help="one value for the auth, text, juki and common PINs (else they differ)",
+    )
+    new.add_argument(
+        "--form",
+        choices=("card", "smartphone-android", "smartphone-ios"),  # profile.FORMS
+        default="card",
+        help="the plastic card, or スマホ用電子証明書 on a phone (only the JPKI-AP)",
     )
     new.set_defaults(func=cmd_profile_new)
 

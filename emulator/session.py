@@ -70,6 +70,8 @@ class Context:
     quirks: Quirks
     store: CardStore
     pins: dict[bytes, dict[int, PinState]]  # by AID, then PIN FID
+    form: str = "card"  # the profile's form: "card" or a smartphone (profile.FORMS)
+    card_objects: dict[int, bytes] = field(default_factory=dict)  # MF-level GET DATA, by tag
 
     @property
     def app(self) -> Application:

@@ -31,6 +31,7 @@ PROPRIETARY: dict[int, Handler] = {  # CLA 80
     INS.COMPUTE_SIGNATURE: keys.compute_signature,
     INS.CHANGE_KEY: pins.change_key,
     INS.SET_SESSION_KEY: secure_messaging.set_session_key,
+    INS.LAST_COMMAND: card_data.last_command,
 }
 
 DISPATCH: Mapping[int, Mapping[int, Handler]] = {0x00: ISO, 0x80: PROPRIETARY}
