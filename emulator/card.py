@@ -108,7 +108,7 @@ class Card:
         try:
             apdu = CommandApdu.parse(capdu)
             table = self._handlers.get(apdu.cla)
-            handler = secure_messaging.handler_for(apdu.cla) if table is None else table.get(apdu.ins)
+            handler = secure_messaging.route(self._context, apdu, table)
             if handler is None:
                 return sw(
                     class_error(apdu.cla, apdu.ins)

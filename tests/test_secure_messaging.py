@@ -4,7 +4,7 @@ the client flow of myna-card's example, then every fault case of the public desc
 from __future__ import annotations
 
 import pytest
-from cardtest import TestedCard, apdu, ok, select, select_ef, sw, tx
+from cardtest import CardProfile, TestedCard, apdu, ok, select, select_ef, sw, tx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mynacard.conformance.secure_messaging import (
@@ -219,3 +219,29 @@ def test_the_session_ends(card: TestedCard[object], how: str) -> None:
         select(card.transmit, TEXT_AP)
     assert sw(card.transmit(client.select_ef(0x0002))) == "6882"
     assert sw(card.transmit(client.read_binary())) == "69FC"
+
+
+@pytest.mark.parametrize(
+    ("card_profile", "plain"),
+    [
+        (CardProfile(), "FF100C9000"),
+        (
+            CardProfile.of(
+                edits={"t0_chaining = false": "t0_chaining = false\nsm_break_blocks_plain = true"}
+            ),
+            "69FC",
+        ),
+    ],
+    ids=["plain-goes-on", "quirk-plain-69FC"],
+    indirect=["card_profile"],
+)
+def test_plain_commands_after_a_break(card: TestedCard[object], plain: str) -> None:
+    """docs/decisions.md #37: after 6988 only SM commands answer 69FC, unless the quirk
+    `sm_break_blocks_plain` makes every command but SELECT of an application do so."""
+    client = opened(card)
+    client.counter = 5
+    assert sw(card.transmit(client.select_ef(0x0001))) == "6988"
+    assert tx(card, "00A4020C020001", "00B0000003") == plain
+    select(card.transmit, TEXT_AP)  # a new selection ends the broken session, the PIN stays
+    assert tx(card, "00A4020C020001", "00B0000003") == "FF100C9000"
+    assert tx(card, "08A4020C0486020000") == "6882"

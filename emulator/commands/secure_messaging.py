@@ -9,6 +9,8 @@ both the command's DO 86 and the answer's. Confidentiality only: no MAC, CLA 0C 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.ciphers import Cipher
@@ -37,9 +39,29 @@ _COMMANDS: dict[int, tuple[int, Handler]] = {
 }
 
 
-def handler_for(cla: int) -> Handler | None:
-    """The handler of a secure-messaging class (08 / 0C), None for any other class."""
-    return secure if cla in (SM_CLASS, SM_MAC_CLASS) else None
+def route(ctx: Context, apdu: CommandApdu, table: Mapping[int, Handler] | None) -> Handler | None:
+    """The handler of an APDU whose class `table` routes by INS (None: no such class).
+
+    CLA 08 / 0C come here; so does every plain command while a broken session lasts, with
+    the `sm_break_blocks_plain` quirk (but SELECT by DF name, which ends the session).
+    """
+    if apdu.cla in (SM_CLASS, SM_MAC_CLASS):
+        return secure
+    if table is None:
+        return None
+    channel = ctx.session.channel
+    if (
+        channel is not None
+        and channel.broken
+        and ctx.quirks.sm_break_blocks_plain
+        and (apdu.ins, apdu.p1) != (INS.SELECT, 0x04)
+    ):
+        return _session_gone
+    return table.get(apdu.ins)
+
+
+def _session_gone(ctx: Context, apdu: CommandApdu) -> bytes:
+    raise StatusError(SW.SM_DATA_OBJECT_MISSING)
 
 
 def set_session_key(ctx: Context, apdu: CommandApdu) -> bytes:

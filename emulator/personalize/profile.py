@@ -98,6 +98,7 @@ class Quirks:
     filler: int = 0xFF
     extended_length: bool = True
     t0_chaining: bool = False
+    sm_break_blocks_plain: bool = False  # after a broken SM session, plain commands 69FC too
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,7 @@ def profile_as_json(profile: Profile) -> dict[str, object]:
             "filler": f"{quirks.filler:02X}",
             "extended_length": quirks.extended_length,
             "t0_chaining": quirks.t0_chaining,
+            "sm_break_blocks_plain": quirks.sm_break_blocks_plain,
         },
         "free_area": free_area_as_json(profile.free_area),
     }
@@ -460,6 +462,7 @@ def read_quirks(field: Field) -> Quirks:
         filler=table["filler"].choice((0xFF, 0x00), default.filler, spell=hex_int),
         extended_length=table["extended_length"].boolean(default.extended_length),
         t0_chaining=table["t0_chaining"].boolean(default.t0_chaining),
+        sm_break_blocks_plain=table["sm_break_blocks_plain"].boolean(default.sm_break_blocks_plain),
     )
 
 
