@@ -425,7 +425,9 @@ class Bench:
         if self.secondary is not None and not secondary_first:
             second = self._send(self.secondary, other_command)
         derived = key if self.model.session.last_challenge is not None else b""
-        exchange = Exchange(Action.APDU, sent, expectation.pattern, cmac_key=derived)
+        exchange = Exchange(
+            Action.APDU, sent, expectation.pattern, expectation.note, cmac_key=derived
+        )
         self._record(exchange, expectation, response)
         if self.secondary is not None and self.secondary_model is not None:
             other = self.secondary_model.expect(other_command)

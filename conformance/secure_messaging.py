@@ -9,13 +9,24 @@ AES-ECB of the counter), so the reference predicts every byte of a wrapped answe
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher
 from cryptography.hazmat.primitives.ciphers.algorithms import AES
 from cryptography.hazmat.primitives.ciphers.modes import CBC, ECB
+
+from . import model as _model
+from .apdu import Apdu, MalformedApdu, select_aid, select_ef
+from .spec import TEXT
+from .transcript import Pattern
+
+if TYPE_CHECKING:
+    from .machine import ConformanceMachine
+    from .model import CardModel, Expectation
 
 SET_SESSION_KEY = bytes.fromhex("80AE0000")
 SEED_HEADER = bytes.fromhex("A0228020")
@@ -181,3 +192,230 @@ def describe(client: SmClient, command: bytes, response: bytes) -> str | None:
     except ValueError as error:
         got = f"got {error}"
     return f"SM N={client.last}: {sent}; {got}"
+
+
+# -- the reference model: what the card must answer under SM ------------------------------
+
+SEEDS: dict[bytes, bytes] = {}  # SET SESSION KEY commands the bench made -> their seeds
+
+
+@dataclass
+class SmState:
+    """The session the card must hold: its key, the counter of the next SM command."""
+
+    key: bytes
+    counter: int = 1
+    broken: bool = False
+
+
+def expect(model: CardModel, command: bytes, plain: Callable[[bytes], Expectation]) -> Expectation:
+    """The model's expectation of `command` with secure messaging taken into account:
+    `plain` is the model without it (which knows 6882/69FC for SM with no session)."""
+    if len(command) < 4:
+        return plain(command)
+    cla, ins, p1 = command[0], command[1], command[2]
+    state = model.session.secure
+    if cla in (0x08, 0x0C) and state is not None:
+        return _protected(model, state, command, plain)
+    base = plain(command)
+    if (cla, ins) == (0x80, 0xAE):
+        return _set_session_key(model, command, base)
+    if (cla, ins, p1) == (0x00, 0xA4, 0x04) and state is not None:
+        return _ending_on_success(model, base)
+    return base
+
+
+def _set_session_key(model: CardModel, command: bytes, base: Expectation) -> Expectation:
+    """9000 and a new session when the text AP takes a key (its refusals match 6A80) and the
+    bench made this cryptogram; otherwise what the model says, and any session stays."""
+    seed = SEEDS.get(command)
+    if seed is None or not base.pattern.matches(b"\x6a\x80"):
+        return base
+
+    def effect(response: bytes) -> None:
+        if response == OK:
+            model.session.secure = SmState(seed[:16])
+
+    note = f"SET SESSION KEY: a seed of {SEED_SIZE} bytes, K = its first 16; N starts at 1"
+    return replace(base, pattern=Pattern.exact(OK), effect=effect, note=note)
+
+
+def _ending_on_success(model: CardModel, base: Expectation) -> Expectation:
+    """A SELECT of an application ends the session when it succeeds."""
+
+    def effect(response: bytes) -> None:
+        if response[-2:] == OK:
+            model.session.secure = None
+        if base.effect is not None:
+            base.effect(response)
+
+    return replace(base, effect=effect)
+
+
+def _protected(
+    model: CardModel, state: SmState, command: bytes, plain: Callable[[bytes], Expectation]
+) -> Expectation:
+    """A CLA 08 / 0C command in a session (docs/secure-messaging.md, decisions.md #42-#46)."""
+    try:
+        Apdu.parse(command)
+    except MalformedApdu:
+        return plain(command)  # 6700: the card parses before anything else
+    if state.broken:
+        return _status(SESSION_GONE)
+    if command[0] == 0x0C:
+        return _status(MAC_CLASS)
+    counter = state.counter
+    inner = _inner_command(state.key, counter, command)
+
+    def moved(response: bytes) -> None:
+        state.counter = counter + 1
+
+    if inner is None:  # a malformed body or a wrong counter
+
+        def broke(response: bytes) -> None:
+            state.counter, state.broken = counter + 1, True
+
+        return _status(WRONG_COUNTER, broke, f"SM N={counter}: does not decrypt: 6988, broken")
+    if inner == b"":
+        return _status(NO_SM_SELECT, moved, f"SM N={counter}: not an SM instruction")
+    base = plain(inner)
+
+    def effect(response: bytes) -> None:
+        moved(response)
+        if base.effect is not None:
+            base.effect(_plain_answer(state.key, counter, response))
+
+    note = f"SM N={counter}: {_shown(inner)}"
+    if command[1] != 0xB0:  # VERIFY and SELECT answer their plain status word
+        return replace(base, effect=effect, note=note)
+    exact = _exact(base.pattern)
+    if exact is not None and exact[-2:] == OK:
+        answer = wrapped_answer(state.key, counter, exact[:-2])
+        shown = exact[:-2].hex().upper() or "no data"
+        return replace(
+            base, pattern=Pattern.exact(answer), effect=effect, note=f"{note} -> {shown} 9000"
+        )
+
+    def check(response: bytes) -> str | None:
+        return base.problem(_plain_answer(state.key, counter, response))
+
+    return replace(base, pattern=Pattern("[*]"), effect=effect, check=check, note=note)
+
+
+def _inner_command(key: bytes, counter: int, command: bytes) -> bytes | None:
+    """The plain command a CLA 08 command stands for; b"" for an INS SM does not carry, None
+    for a body the card must refuse with 6988 (not one DO, the wrong one, a wrong counter)."""
+    header, ins = command[1:4], command[1]
+    tag = {0xA4: 0x86, 0x20: 0x86, 0xB0: 0x96}.get(ins)
+    if tag is None:
+        return b""
+    body = command[7:-2] if len(command) > 5 and command[4] == 0 else command[5:]
+    if len(body) < 2 or body[0] != tag:
+        return None
+    try:
+        length, start = _length(body, 1)
+    except IndexError:
+        return None
+    value = body[start:]
+    if len(value) != length:
+        return None
+    if tag == 0x96:
+        if not 1 <= len(value) <= 3 or (len(value) == 3 and value[0]):
+            return None
+        le = int.from_bytes(value, "big") or 65536
+        return b"\x00" + header + b"\x00" + (le & 0xFFFF).to_bytes(2, "big")
+    if value[:1] != b"\x01" or len(value) == 1 or (len(value) - 1) % BLOCK:
+        return None
+    try:
+        data = decrypt(key, counter, value[1:])
+    except ValueError:
+        return None
+    return b"\x00" + header + (bytes((len(data),)) + data if data else b"")
+
+
+def _plain_answer(key: bytes, counter: int, response: bytes) -> bytes:
+    """A wrapped READ answer as its plain self (for the plain model's effects and checks)."""
+    if response[-2:] != OK or len(response) == 2 or response[0] != 0x86:
+        return response
+    try:
+        length, start = _length(response, 1)
+        value = response[start : start + length]
+        return decrypt(key, counter, value[1:]) + OK
+    except (ValueError, IndexError):
+        return response
+
+
+def _exact(pattern: Pattern) -> bytes | None:
+    """The one response a pattern allows, if it allows exactly one."""
+    text = pattern.text.replace(" ", "")
+    if not text or any(c not in "0123456789ABCDEFabcdef" for c in text):
+        return None
+    return bytes.fromhex(text)
+
+
+def _shown(inner: bytes) -> str:
+    """The plain command for a transcript comment, with a VERIFY's secret masked."""
+    if inner[1] == 0x20:
+        return f"VERIFY P2={inner[3]:02X} with a {len(inner) - 5}-byte secret (masked)"
+    return inner.hex().upper()
+
+
+def _status(sw: bytes, effect: Callable[[bytes], None] | None = None, note: str = "") -> Expectation:
+    return _model.Expectation(Pattern.exact(sw), "secure messaging", effect, note=note)
+
+
+def session_rule(machine: ConformanceMachine, seed: bytes, steps: list[str]) -> None:
+    """The bench's SM session: the text PIN in clear, SET SESSION KEY, then `steps` (SM
+    commands with the right counter, a skipped counter, CLA 0C, plain commands between, a
+    new key, the AP selected again), each answer checked byte for byte by `expect`."""
+    model = machine.bench.model
+    machine.enter(TEXT)
+    machine.log_in(TEXT, frozenset({0x0011}))
+    if not model.is_verified(TEXT, 0x0011):
+        return
+    machine.send(select_ef(0x0006))
+    answer = machine.send(Apdu(0x00, 0xB0, 0, 0, le=65536, extended=True).encode())
+    if answer is None or answer[-2:] != OK:
+        return
+    client = _opened(machine, SmClient(session_public_key(answer[:-2]), seed))
+    code_a = TEXT.pin(0x0014)
+    for step in steps:
+        if step == "verify-a" and code_a is not None and model.value(TEXT, code_a):
+            machine.send(client.verify(0x94, model.value(TEXT, code_a) or b""))
+        elif step.startswith("select-"):
+            machine.send(client.select_ef(int(step[7:], 16)))
+        elif step == "read":
+            machine.send(client.read_binary())
+        elif step == "skip-counter":
+            client.counter += 1
+            machine.send(client.select_ef(0x0001))
+        elif step == "mac-class":
+            machine.send(b"\x0c" + client.select_ef(0x0001)[1:])
+            client.counter -= 1
+        elif step == "plain":
+            machine.send(select_ef(0x0002))
+        elif step == "reopen":
+            client = _opened(machine, SmClient(client.public_key, client.seed[::-1]))
+        elif step == "reselect-ap":
+            machine.send(select_aid(TEXT.aid))
+
+
+STEPS = (
+    "verify-a",
+    "select-0001",
+    "select-0002",
+    "select-0099",
+    "read",
+    "skip-counter",
+    "mac-class",
+    "plain",
+    "reopen",
+    "reselect-ap",
+)
+
+
+def _opened(machine: ConformanceMachine, client: SmClient) -> SmClient:
+    command = client.open()
+    SEEDS[command] = client.seed
+    machine.send(command)
+    return client

@@ -3,6 +3,9 @@ the client flow of myna-card's example, then every fault case of the public desc
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 from cardtest import CardProfile, TestedCard, apdu, ok, select, select_ef, sw, tx
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -16,6 +19,15 @@ from mynacard.conformance.secure_messaging import (
     wrapped_answer,
 )
 from mynacard.conformance.secure_messaging import _OAEP as OAEP
+from mynacard import commands, open_card
+from mynacard.apdu import INS, CommandApdu
+from mynacard.commands import secure_messaging
+from mynacard.conformance.bench import Bench
+from mynacard.conformance.profile import read_profile
+from mynacard.conformance.runner import RunConfig, make_link, run_bench
+from mynacard.conformance.targets import CardLike, EmulatorTarget, RecordingTarget
+from mynacard.conformance.transcript import Recorder, format_transcript
+from mynacard.session import Context, Handler
 
 TEXT_AP = bytes.fromhex("D3921000310001010408")
 JPKI_AP = bytes.fromhex("D392F000260100000001")
@@ -245,3 +257,73 @@ def test_plain_commands_after_a_break(card: TestedCard[object], plain: str) -> N
     select(card.transmit, TEXT_AP)  # a new selection ends the broken session, the PIN stays
     assert tx(card, "00A4020C020001", "00B0000003") == "FF100C9000"
     assert tx(card, "08A4020C0486020000") == "6882"
+
+
+# -- the conformance bench's SM reference ------------------------------------------------------
+
+
+def _key_from_the_wrong_half(ctx: Context, apdu: CommandApdu) -> bytes:
+    """SET SESSION KEY keeping seed[16:32] as the key (the source says seed[0:16])."""
+    answer = secure_messaging.set_session_key(ctx, apdu)
+    channel = ctx.session.channel
+    assert channel is not None
+    session_key = ctx.session.app.session_key if ctx.session.app else None
+    assert session_key is not None
+    seed = session_key.decrypt(apdu.data, OAEP)[4:]
+    channel.key = seed[16:]
+    return answer
+
+
+def _counter_from_zero(ctx: Context, apdu: CommandApdu) -> bytes:
+    """SET SESSION KEY starting the counter at 0 (the source says 1)."""
+    answer = secure_messaging.set_session_key(ctx, apdu)
+    assert ctx.session.channel is not None
+    ctx.session.channel.counter = 0
+    return answer
+
+
+def _mutant(handler: Handler) -> Callable[[Path], CardLike]:
+    handlers = {cla: dict(table) for cla, table in commands.DISPATCH.items()}
+    handlers[0x80][INS.SET_SESSION_KEY] = handler
+    return lambda state: open_card("default", state, handlers=handlers)
+
+
+@pytest.mark.parametrize(
+    "mutant",
+    [
+        pytest.param(_key_from_the_wrong_half, id="key-from-seed-16-32"),
+        pytest.param(_counter_from_zero, id="counter-from-0"),
+    ],
+)
+def test_the_bench_catches_a_wrong_session(mutant: Handler) -> None:
+    """The bench's SM rule checks answers byte for byte: a card with the wrong key or the
+    wrong first counter deviates, and the transcript shows the plaintext of SM exchanges."""
+    target = EmulatorTarget("default", opener=_mutant(mutant))
+    try:
+        bench = Bench(make_link(target, read_profile("default"), {}, 0))
+        result = run_bench(bench, RunConfig(seed=2024, max_examples=100))
+    finally:
+        target.close()
+    assert result.deviations
+    text = format_transcript(result.deviations[0].transcript)
+    assert "SET SESSION KEY: a seed of 32 bytes" in text
+    assert "80AE0000000100" in text and "\n08" in text
+
+
+def test_the_bench_opens_uses_breaks_and_reopens_sessions() -> None:
+    """On the real emulator the SM rule finds nothing, and its traffic has every case."""
+    recorder = Recorder()
+    target = EmulatorTarget("default")
+    try:
+        bench = Bench(make_link(RecordingTarget(target, recorder), read_profile("default"), {}, 0))
+        result = run_bench(bench, RunConfig(seed=3, max_examples=60))
+    finally:
+        target.close()
+    assert not result.deviations
+    answers = {
+        exchange.command[:4].hex().upper() + exchange.expected.text[-4:]
+        for exchange in recorder
+        if exchange.command[:1] in (b"\x80", b"\x08", b"\x0c")
+    }
+    for seen in ("80AE00009000", "08B000009000", "08A4020C6988", "08A4020C69FC", "0CA4020C6987"):
+        assert seen in answers, seen
