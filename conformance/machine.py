@@ -24,6 +24,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from . import secure_messaging
 from .adversarial import (
     NEAR_MISS_KINDS,
     OUTSIDE_KINDS,
@@ -36,7 +37,6 @@ from .adversarial import (
 )
 from .apdu import INS, SW, Apdu, select_aid, select_ef, sw_of, verify
 from .bench import SWEEP_EVENTS, Bench, read_back_commands
-from . import secure_messaging
 from .model import SHA256_DIGEST_INFO, cmac
 from .secure_messaging import STEPS as SM_STEPS
 from .spec import (

@@ -360,7 +360,9 @@ def _shown(inner: bytes) -> str:
     return inner.hex().upper()
 
 
-def _status(sw: bytes, effect: Callable[[bytes], None] | None = None, note: str = "") -> Expectation:
+def _status(
+    sw: bytes, effect: Callable[[bytes], None] | None = None, note: str = ""
+) -> Expectation:
     return _model.Expectation(Pattern.exact(sw), "secure messaging", effect, note=note)
 
 

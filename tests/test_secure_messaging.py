@@ -10,6 +10,13 @@ import pytest
 from cardtest import CardProfile, TestedCard, apdu, ok, select, select_ef, sw, tx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from mynacard import commands, open_card
+from mynacard.apdu import INS, CommandApdu
+from mynacard.commands import secure_messaging
+from mynacard.conformance.bench import Bench
+from mynacard.conformance.profile import read_profile
+from mynacard.conformance.runner import RunConfig, make_link, run_bench
+from mynacard.conformance.secure_messaging import _OAEP as OAEP
 from mynacard.conformance.secure_messaging import (
     SEED_HEADER,
     SmClient,
@@ -18,13 +25,6 @@ from mynacard.conformance.secure_messaging import (
     session_public_key,
     wrapped_answer,
 )
-from mynacard.conformance.secure_messaging import _OAEP as OAEP
-from mynacard import commands, open_card
-from mynacard.apdu import INS, CommandApdu
-from mynacard.commands import secure_messaging
-from mynacard.conformance.bench import Bench
-from mynacard.conformance.profile import read_profile
-from mynacard.conformance.runner import RunConfig, make_link, run_bench
 from mynacard.conformance.targets import CardLike, EmulatorTarget, RecordingTarget
 from mynacard.conformance.transcript import Recorder, format_transcript
 from mynacard.session import Context, Handler

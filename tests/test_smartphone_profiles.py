@@ -45,7 +45,10 @@ def test_only_the_jpki_application_answers(card: TestedCard, label: bytes) -> No
     for aid in OTHER_AIDS.values():
         assert tx(card, f"00A4040C{len(aid) // 2:02X}{aid}") == "6A82", aid
     assert tx(card, "00CA5F5100") == "6A88"  # no MF-level objects on a phone
-    assert tx(card, JPKI, SELECT_EF + "0006", "00B0000020") == label.ljust(32, b" ").hex().upper() + "9000"
+    assert (
+        tx(card, JPKI, SELECT_EF + "0006", "00B0000020")
+        == label.ljust(32, b" ").hex().upper() + "9000"
+    )
     assert tx(card, SELECT_EF + "0008", "00B0000000") == "8F8F009000"
 
 
@@ -54,14 +57,18 @@ def test_auth_certificate_needs_the_auth_pin(card: TestedCard, label: bytes) -> 
     jpki = card.profile.jpki
     assert jpki is not None
     assert tx(card, JPKI, SELECT_EF + "000A", "00B0000004") == "6982"
-    assert tx(card, SELECT_EF + "000B", "00B0000002")[-4:] == "9000"  # the CA certificates stay free
+    assert (
+        tx(card, SELECT_EF + "000B", "00B0000002")[-4:] == "9000"
+    )  # the CA certificates stay free
     assert tx(card, SELECT_EF + "0018", verify(card.profile.pins["auth"])) == "9000"
     auth = certificate(read_ef(card.transmit, 0x000A))
     assert auth == x509.load_der_x509_certificate(jpki.auth_cert)
     digest = hashes.Hash(hashes.SHA256())
     digest.update("スマホで署名　１２３".encode())
     digest_info = bytes.fromhex("3031300d060960864801650304020105000420") + digest.finalize()
-    signature = bytes.fromhex(tx(card, SELECT_EF + "0017", f"802A0080{len(digest_info):02X}{digest_info.hex()}00")[:-4])
+    signature = bytes.fromhex(
+        tx(card, SELECT_EF + "0017", f"802A0080{len(digest_info):02X}{digest_info.hex()}00")[:-4]
+    )
     public = auth.public_key()
     assert isinstance(public, rsa.RSAPublicKey)
     public.verify(signature, "スマホで署名　１２３".encode(), padding.PKCS1v15(), hashes.SHA256())
@@ -82,7 +89,10 @@ def test_last_command_indicator(card: TestedCard, expected: str) -> None:
 def test_the_plastic_card_keeps_its_free_auth_certificate_and_mf_objects(card: TestedCard) -> None:
     profile = card.profile
     assert tx(card, "00CA00F000") == profile.municipality_code.encode().hex().upper() + "9000"
-    assert tx(card, "00CA00F200") == profile.card_expiry.strftime("%Y%m%d").encode().hex().upper() + "9000"
+    assert (
+        tx(card, "00CA00F200")
+        == profile.card_expiry.strftime("%Y%m%d").encode().hex().upper() + "9000"
+    )
     assert tx(card, "00CA004500") == profile.card_serial.encode().hex().upper() + "9000"
     assert tx(card, "00CA5F5100") == profile.atr[1:].hex().upper() + "9000"
     assert tx(card, "00CA004200") == "6A88"
@@ -116,7 +126,10 @@ def test_opensc_finds_the_phone_and_signs_with_both_keys(
     assert "-----BEGIN CERTIFICATE-----" in read.stdout, read.stderr
     data = tmp_path / "data.txt"
     data.write_text("スマホ用電子証明書で署名\n", encoding="utf-8")
-    for key_id, token, pin in (("01", "User Authentication PIN", "auth"), ("02", "Digital Signature PIN", "sign")):
+    for key_id, token, pin in (
+        ("01", "User Authentication PIN", "auth"),
+        ("02", "Digital Signature PIN", "sign"),
+    ):
         signed = opensc(
             "pkcs11-tool", "--module", PKCS11_MODULE, "--token-label", f"JPKI ({token})",
             "--login", "--pin", pins[pin], "--sign", "--id", key_id, "--mechanism",

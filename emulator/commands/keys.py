@@ -51,4 +51,3 @@ def internal_authenticate(ctx: Context, apdu: CommandApdu) -> bytes:
     if apdu.extended or apdu.le is None:
         raise StatusError(SW.WRONG_LENGTH)
     return key.authenticate(apdu.data) + OK
-

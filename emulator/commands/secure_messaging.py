@@ -198,4 +198,3 @@ def _ber_length(length: int) -> bytes:
         return bytes((length,))
     size = 1 if length < 0x100 else 2
     return bytes((0x80 | size,)) + length.to_bytes(size, "big")
-
