@@ -436,7 +436,7 @@ class Bench:
                 other.effect(second)
         if expectation.effect is not None:
             expectation.effect(response)
-        self._observe(sent, response)
+        self._observe(expectation.observed or sent, response)
         return response
 
     def _send(self, link: Link, command: bytes) -> bytes:

@@ -291,6 +291,7 @@ class Expectation:
     check: Check | None = None
     portable: bool = True  # every conformant card answers these very bytes (differential mode)
     note: str = ""  # a transcript comment (secure messaging: the plaintext)
+    observed: bytes = b""  # the plain command an SM one stands for, for the invariants
 
     def problem(self, response: bytes) -> str | None:
         """Why `response` does not conform, or None."""

@@ -287,19 +287,25 @@ def _protected(
 
     note = f"SM N={counter}: {_shown(inner)}"
     if command[1] != 0xB0:  # VERIFY and SELECT answer their plain status word
-        return replace(base, effect=effect, note=note)
+        return replace(base, effect=effect, note=note, observed=inner)
     exact = _exact(base.pattern)
     if exact is not None and exact[-2:] == OK:
         answer = wrapped_answer(state.key, counter, exact[:-2])
         shown = exact[:-2].hex().upper() or "no data"
         return replace(
-            base, pattern=Pattern.exact(answer), effect=effect, note=f"{note} -> {shown} 9000"
+            base,
+            pattern=Pattern.exact(answer),
+            effect=effect,
+            note=f"{note} -> {shown} 9000",
+            observed=inner,
         )
 
     def check(response: bytes) -> str | None:
         return base.problem(_plain_answer(state.key, counter, response))
 
-    return replace(base, pattern=Pattern("[*]"), effect=effect, check=check, note=note)
+    return replace(
+        base, pattern=Pattern("[*]"), effect=effect, check=check, note=note, observed=inner
+    )
 
 
 def _inner_command(key: bytes, counter: int, command: bytes) -> bytes | None:
