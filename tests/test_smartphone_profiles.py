@@ -76,11 +76,11 @@ def test_auth_certificate_needs_the_auth_pin(card: TestedCard, label: bytes) -> 
 
 @pytest.mark.parametrize(
     ("card_profile", "expected"),
-    [("smartphone-ios", "9000"), ("smartphone-android", "6700"), ("default", "6700")],
+    [("smartphone-ios", "9000"), ("smartphone-android", "6700")],
     indirect=["card_profile"],
 )
 def test_last_command_indicator(card: TestedCard, expected: str) -> None:
-    """80 FC 00 00 ends an iPhone JPKI session; the plastic card refuses it (SOL)."""
+    """80 FC 00 00 ends an iPhone JPKI session (SOL); Android answers as the card."""
     assert tx(card, JPKI, "80FC0000") == expected
 
 
@@ -99,6 +99,7 @@ def test_the_plastic_card_keeps_its_free_auth_certificate_and_mf_objects(card: T
     assert tx(card, JPKI, "00CA5F5100") == "6A88"  # an application is selected
     assert tx(card, "00A4040C07A0000001510000", "00CA00F000")[-4:] == "9000"  # the ISD: MF again
     assert tx(card, JPKI, SELECT_EF + "000A", "00B0000002") == "30829000"
+    assert tx(card, "80FC0000") == "6700"  # the iPhone's last-command indicator (SOL)
 
 
 # -- through pcscd: OpenSC ---------------------------------------------------------------------
