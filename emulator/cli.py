@@ -151,6 +151,7 @@ def cmd_profile_show(args: argparse.Namespace) -> int:
         ("profile", f"{profile.name} ({profile.path})"),
         ("description", profile.description),
         ("ATR", profile.atr.hex(" ").upper()),
+        *([("form", f"{profile.form} (the JPKI-AP alone)")] if profile.form != "card" else []),
         ("holder", holder.name),
         ("address", holder.address),
         ("birth date", holder.birth_date.isoformat()),

@@ -5,6 +5,7 @@ what OpenSC makes of them."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,15 @@ def test_the_plastic_card_keeps_its_free_auth_certificate_and_mf_objects(card: T
     assert tx(card, "00A4040C07A0000001510000", "00CA00F000")[-4:] == "9000"  # the ISD: MF again
     assert tx(card, JPKI, SELECT_EF + "000A", "00B0000002") == "30829000"
     assert tx(card, "80FC0000") == "6700"  # the iPhone's last-command indicator (SOL)
+
+
+def test_profile_show_names_the_form() -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", "mynacard", "profile", "show", "smartphone-ios"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert "form         smartphone-ios (the JPKI-AP alone)" in shown
+    assert "ATR          3B 80 80 01 01" in shown
 
 
 # -- through pcscd: OpenSC ---------------------------------------------------------------------
