@@ -153,6 +153,7 @@ def cmd_profile_show(args: argparse.Namespace) -> int:
         ("profile", f"{profile.name} ({profile.path})"),
         ("description", profile.description),
         ("ATR", profile.atr.hex(" ").upper()),
+        *([("form", f"{profile.form} (the JPKI-AP alone)")] if profile.form != "card" else []),
         ("holder", holder.name),
         ("address", holder.address),
         ("birth date", holder.birth_date.isoformat()),
@@ -193,6 +194,7 @@ def cmd_profile_new(args: argparse.Namespace) -> int:
         free_area=args.free_area,
         holder_name=args.name,
         unified_pin=args.unified_pin,
+        form=args.form,
     )
     print(path)
     return 0
@@ -385,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--unified-pin",
         action="store_true",
         help="one value for the auth, text, juki and common PINs (else they differ)",
+    )
+    new.add_argument(
+        "--form",
+        choices=("card", "smartphone-android", "smartphone-ios"),  # profile.FORMS
+        default="card",
+        help="the plastic card, or スマホ用電子証明書 on a phone (only the JPKI-AP)",
     )
     new.set_defaults(func=cmd_profile_new)
 
