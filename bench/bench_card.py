@@ -3,7 +3,9 @@
 1. In process: small APDUs per second (SELECT EF + READ BINARY of 32 bytes), target >= 500,000.
 2. RSA-2048 signatures per second through the card (80 2A, DigestInfo) versus calling
    `cryptography` directly with the same key, alternating; target within 1.05x.
-3. Round trip through pcscd + vpcd: the emulator versus a minimal echo card (9000 to
+3. Secure messaging: READ BINARY of text EF 0002 per second under SM (docs/secure-messaging.md)
+   beside the same read in clear, alternating rounds.
+4. Round trip through pcscd + vpcd: the emulator versus a minimal echo card (9000 to
    everything), alternating; both cards pinned to CPU 0, this process to CPU 1; target 1.1x.
 
     .venv/bin/python bench/bench_card.py [--rounds N] [--skip-pcsc]
@@ -35,6 +37,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 import pcsc  # noqa: E402  (the tests' pcscd helpers)
 
 from mynacard import open_card  # noqa: E402
+from mynacard.conformance.secure_messaging import SmClient, session_public_key  # noqa: E402
 from mynacard.personalize.profile import load_profile  # noqa: E402
 
 SELECT_JPKI = bytes.fromhex("00A4040C0AD392F000260100000001")
@@ -87,6 +90,37 @@ def signing(rounds: int) -> tuple[float, float]:
                 key.sign(digest, pkcs1, prehashed)
             raw_rates.append(per_round / (time.perf_counter() - start))
     return statistics.median(card_rates), statistics.median(raw_rates)
+
+
+def secure_messaging_reads(rounds: int) -> tuple[float, float]:
+    """READ BINARY of the whole text EF 0002 per second (median of rounds): in clear, then
+    under SM with a fresh counter each time (SELECT once, DO 96 Le 0 = the whole EF)."""
+    profile = load_profile("default")
+    per_round = 2_000
+    plain_read = bytes.fromhex("00B00000000000")
+    with tempfile.TemporaryDirectory() as state, open_card(profile, state) as card:
+        transmit = card.transmit
+        transmit(bytes.fromhex("00A4040C0AD3921000310001010408"))
+        transmit(bytes.fromhex("00A4020C020011"))
+        assert transmit(b"\x00\x20\x00\x80\x04" + profile.pins["text"].encode()) == b"\x90\x00"
+        transmit(bytes.fromhex("00A4020C020006"))
+        client = SmClient(session_public_key(transmit(plain_read)[:-2]))
+        assert transmit(client.open()) == b"\x90\x00"
+        assert transmit(client.select_ef(0x0002)) == b"\x90\x00"
+        attributes = transmit(plain_read)[:-2]
+        assert client.unwrap(transmit(client.read_binary())) == attributes
+        plain_rates, sm_rates = [], []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for _ in range(per_round):
+                transmit(plain_read)
+            plain_rates.append(per_round / (time.perf_counter() - start))
+            start = time.perf_counter()
+            for _ in range(per_round):
+                transmit(client.read_binary())
+            sm_rates.append(per_round / (time.perf_counter() - start))
+        assert client.unwrap(transmit(client.read_binary())) == attributes
+    return statistics.median(plain_rates), statistics.median(sm_rates)
 
 
 def _pinned(cpu: int) -> Callable[[], None]:
@@ -182,6 +216,11 @@ def main() -> int:
     print(
         f"signing: card {card_rate:,.1f}/s, cryptography {raw_rate:,.1f}/s, "
         f"ratio {raw_rate / card_rate:.3f}x (target <= 1.05x)"
+    )
+    plain_reads, sm_reads = secure_messaging_reads(args.rounds)
+    print(
+        f"text EF 0002 reads: in clear {plain_reads:,.0f}/s, under SM {sm_reads:,.0f}/s, "
+        f"ratio {plain_reads / sm_reads:.2f}x (SM read rate beside the plain rate)"
     )
     if not args.skip_pcsc:
         card_us, echo_us, ratio = through_pcscd(args.rounds)

@@ -425,7 +425,9 @@ class Bench:
         if self.secondary is not None and not secondary_first:
             second = self._send(self.secondary, other_command)
         derived = key if self.model.session.last_challenge is not None else b""
-        exchange = Exchange(Action.APDU, sent, expectation.pattern, cmac_key=derived)
+        exchange = Exchange(
+            Action.APDU, sent, expectation.pattern, expectation.note, cmac_key=derived
+        )
         self._record(exchange, expectation, response)
         if self.secondary is not None and self.secondary_model is not None:
             other = self.secondary_model.expect(other_command)
@@ -434,7 +436,7 @@ class Bench:
                 other.effect(second)
         if expectation.effect is not None:
             expectation.effect(response)
-        self._observe(sent, response)
+        self._observe(expectation.observed or sent, response)
         return response
 
     def _send(self, link: Link, command: bytes) -> bytes:

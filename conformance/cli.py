@@ -10,7 +10,7 @@ from typing import Any
 from .profile import PROFILES_DIR, ProfileProblem, read_profile
 from .spec import PIN_NAMES
 from .targets import TargetError, open_target
-from .transcript import TranscriptError, load, save
+from .transcript import TranscriptError, save
 
 PROG = "mynacard"
 
@@ -83,9 +83,22 @@ def register(sub: Any) -> None:
     )
     conformance.set_defaults(func=cmd_conformance)
 
-    replay = sub.add_parser("replay", help="re-run a transcript against a target")
-    replay.add_argument("file", metavar="FILE")
+    replay = sub.add_parser(
+        "replay",
+        help="re-run a transcript or a trace against a target, or send a scriptor script",
+    )
+    replay.add_argument(
+        "file", metavar="FILE", help="a transcript, a `serve --trace` file or a scriptor script"
+    )
     _card_options(replay)
+    replay.add_argument(
+        "--reader", metavar="NAME", help="the reader whose exchanges to take from a trace"
+    )
+    replay.add_argument(
+        "--convert",
+        action="store_true",
+        help="print FILE as a transcript (to edit, e.g. into wildcards) instead of running it",
+    )
     replay.set_defaults(func=cmd_replay)
 
 
@@ -210,27 +223,45 @@ def cmd_conformance(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from .replay import replay
-    from .transcript import Recorder
+    from .traces import read_replay_input
+    from .transcript import Recorder, format_transcript
 
     try:
-        exchanges = load(Path(args.file))
+        replayed = read_replay_input(Path(args.file), args.reader)
+        if args.convert:
+            print(format_transcript(replayed.exchanges, [f"{replayed.kind} {args.file}"]), end="")
+            return 0
         _check_pins(args.pin)
         _check_profile(args.profile)
         pins = _pins(args)
         target = open_target(args.target, args.profile)
     except (TargetError, ProfileProblem, TranscriptError) as error:
         return _fail(str(error))
-    recorder = Recorder() if args.record else None
+    script = replayed.kind == "script"
+    recorder = Recorder() if args.record or script else None
+    exchanges = replayed.exchanges
     try:
         result = replay(exchanges, target, pins=pins, budget=args.pin_budget, recorder=recorder)
     except TargetError as error:
         return _fail(str(error))
     finally:
         target.close()
-    if recorder is not None:
+    if args.record and recorder is not None:
         save(Path(args.record), recorder.exchanges, [f"replay of {args.file} on {args.target}"])
+    if script and recorder is not None:
+        for sent, answered in zip(exchanges, recorder.exchanges, strict=False):
+            print(f"> {sent.command.hex(' ').upper() if sent.command else 'reset'}")
+            print(f"< {_spaced(answered.expected.text)}")
+        if not result.ok:
+            return _fail(f"{args.file}: command {result.line}: {result.problem}")
+        return 0
     if result.ok:
         print(f"{args.file}: all {result.total} exchanges matched on {target.name}")
         return 0
     print(f"{args.file}: exchange {result.line} of {result.total}: {result.problem}")
     return 1
+
+
+def _spaced(exact: str) -> str:
+    """An exact response pattern ("9000", "[0]" for nothing) as spaced hex bytes."""
+    return bytes.fromhex(exact.removeprefix("[0]")).hex(" ").upper()

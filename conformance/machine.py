@@ -24,6 +24,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from . import secure_messaging
 from .adversarial import (
     NEAR_MISS_KINDS,
     OUTSIDE_KINDS,
@@ -37,6 +38,7 @@ from .adversarial import (
 from .apdu import INS, SW, Apdu, select_aid, select_ef, sw_of, verify
 from .bench import SWEEP_EVENTS, Bench, read_back_commands
 from .model import SHA256_DIGEST_INFO, cmac
+from .secure_messaging import STEPS as SM_STEPS
 from .spec import (
     CATALOGUE,
     ISD_AID,
@@ -918,6 +920,13 @@ class ConformanceMachine(RuleBasedStateMachine):
             self.send(select_aid(app.aid))
             for _app, pin in model.pins():
                 self.send(verify(b"", 0x80 | pin.fid))
+
+    @precondition(lambda self: not self.careful and self.bench.extended_ok)
+    @rule(seed=st.binary(min_size=32, max_size=32), steps=st.lists(st.sampled_from(SM_STEPS)))
+    @counted
+    def secure_messaging_session(self, seed: bytes, steps: list[str]) -> None:
+        """docs/secure-messaging.md: open, use, break and reopen a session, byte for byte."""
+        secure_messaging.session_rule(self, seed, steps)
 
     # -- what no client sends (only where nothing real can be harmed) --------------------
 

@@ -15,7 +15,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.cmac import CMAC
 
+from . import secure_messaging
 from .apdu import INS, ISO_INS, PROPRIETARY_INS, SW, WRITE_INS, Apdu, MalformedApdu, sw_of
 from .profile import FreeApp, ProfileFacts, Quirks
 from .spec import (
@@ -41,6 +42,9 @@ from .spec import (
     key_credential,
 )
 from .transcript import Pattern
+
+if TYPE_CHECKING:
+    from .secure_messaging import SmState
 
 ObjectKey = tuple[bytes, int]  # (AID, FID)
 CardObject = EfSpec | PinSpec | KeySpec
@@ -286,6 +290,8 @@ class Expectation:
     effect: Effect | None = None
     check: Check | None = None
     portable: bool = True  # every conformant card answers these very bytes (differential mode)
+    note: str = ""  # a transcript comment (secure messaging: the plaintext)
+    observed: bytes = b""  # the plain command an SM one stands for, for the invariants
 
     def problem(self, response: bytes) -> str | None:
         """Why `response` does not conform, or None."""
@@ -333,6 +339,7 @@ class Session:
     # application was selected since: whether that drops it, no document says).
     challenge: bytes | Unknown | None = None
     last_challenge: bytes | None = None  # the last GET CHALLENGE answer, used up or not
+    secure: SmState | None = None  # an open secure-messaging session (secure_messaging.py)
 
 
 class CardModel:
@@ -421,6 +428,10 @@ class CardModel:
     # -- commands -----------------------------------------------------------------------
 
     def expect(self, command: bytes) -> Expectation:
+        """What the card must answer; secure messaging is secure_messaging.expect's."""
+        return secure_messaging.expect(self, command, self._expect_plain)
+
+    def _expect_plain(self, command: bytes) -> Expectation:
         try:
             apdu = Apdu.parse(command)
         except MalformedApdu:

@@ -1,14 +1,16 @@
-"""pytest plugin: `pytest --card-target TARGET` runs the conformance suite against a card.
+"""pytest plugin: `pytest --card-target TARGET` runs the conformance suite against a card,
+and the `mynacard_card` fixture serves a card to users' own tests.
 
-Registered as a pytest11 entry point; without --card-target it only adds its options and
-imports nothing else (the bench and the card load when a run asks for them). The suite
-(mynacard/conformance/suite.py) has one test per spec section (as in the JUnit report) and
-one per golden client-flow transcript.
+Registered as a pytest11 entry point; without --card-target it only adds its options, the
+`mynacard` marker and the fixture, and imports nothing else (the bench and the card load when
+a run asks for them). The suite (mynacard/conformance/suite.py) has one test per spec section
+(as in the JUnit report) and one per golden client-flow transcript.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from .fixture import FixtureCard
     from .runner import RunConfig
 
 SUITE = Path(__file__).resolve().with_name("suite.py")
@@ -38,9 +41,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--card-steps", type=int, default=None, metavar="N")
     group.addoption("--card-seed", type=int, default=None, metavar="S")
     group.addoption("--card-differential", metavar="TARGET")
+    group.addoption(
+        "--mynacard-backend",
+        choices=("inproc", "pcsc"),
+        default="inproc",
+        help="where the `mynacard_card` fixture serves its card: in this process (default) or "
+        "through pcscd + vpcd",
+    )
+    group.addoption(
+        "--mynacard-reader",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the vpcd reader the pcsc backend serves on (default 0: 'Virtual PCD 00 00')",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "mynacard(profile='default', quirks={}, faults=[] or FILE, seed=0, atr=None, "
+        "interface=None): the card the `mynacard_card` fixture serves",
+    )
     if not config.getoption("card_target"):
         return
     if config.getoption("card_seed") is None:  # every run can be repeated: say its seed
@@ -104,3 +126,29 @@ def card_run_config(request: pytest.FixtureRequest) -> RunConfig:
         pin_budget=option("card_pin_budget"),
         differential=option("card_differential"),
     )
+
+
+@pytest.fixture
+def mynacard_card(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FixtureCard]:
+    """A card served for this test (docs/testing-your-middleware.md): in process or through
+    pcscd (`--mynacard-backend`), as the `mynacard` marker or an indirect parameter asks;
+    state in tmp_path, stopped when the test ends."""
+    from .fixture import CardSetupError, open_fixture_card
+
+    marker = request.node.get_closest_marker("mynacard")
+    values = dict(marker.kwargs) if marker is not None else {}
+    values.update(getattr(request, "param", None) or {})
+    option = request.config.getoption
+    problem = ""
+    try:
+        card = open_fixture_card(
+            values, option("mynacard_backend"), tmp_path, option("mynacard_reader")
+        )
+    except CardSetupError as error:
+        problem = str(error)
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield card
+    finally:
+        card.close()

@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     load_pem_private_key,
-    load_pem_public_key,
 )
 
 from .apdu import INS
@@ -306,7 +305,7 @@ def _facts(document: dict[str, object], path: Path) -> ProfileFacts:
     text_ap, visual_ap = table("text_ap"), table("visual_ap")
     text_keys, visual_keys = _ap_keys(text_ap, "text_ap"), _ap_keys(visual_ap, "visual_ap")
     session = text_ap.get("session_key")
-    session_key = _public_pem(session, "text_ap.session_key") if session else None
+    session_key = _private_pem(session, "text_ap.session_key") if session else None
     image = visual_ap.get("my_number_image")
     public_keys = {(app.spec.aid, key.fid): public for app in free for key, public in app.rsa_keys}
     common_key = keys.get("common_auth_key")
@@ -353,16 +352,6 @@ def _private_key(pem: object, where: str) -> rsa.RSAPrivateKey:
 
 def _private_pem(pem: object, where: str) -> rsa.RSAPublicKey:
     return _private_key(pem, where).public_key()
-
-
-def _public_pem(pem: object, where: str) -> rsa.RSAPublicKey:
-    try:
-        key = load_pem_public_key(str(pem).encode())
-    except (ValueError, TypeError) as error:
-        raise ProfileProblem(f"{where}: {error}") from None
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise ProfileProblem(f"{where}: expected an RSA public key")
-    return key
 
 
 def _base64(text: object, where: str) -> bytes:

@@ -23,6 +23,8 @@ class SW(IntEnum):
     REFERENCE_DATA_BLOCKED = 0x6984
     CONDITIONS_NOT_SATISFIED = 0x6985
     NO_CURRENT_EF = 0x6986
+    SM_OBJECTS_MISSING = 0x6987  # CLA 0C in a secure-messaging session (no checksum key)
+    SM_OBJECTS_INCORRECT = 0x6988  # a wrong counter or a malformed SM body: the session breaks
     SM_DATA_OBJECT_MISSING = 0x69FC
     WRONG_DATA = 0x6A80
     FILE_NOT_FOUND = 0x6A82
@@ -58,6 +60,7 @@ class INS(IntEnum):
     UPDATE_BINARY = 0xD6
     UPDATE_RECORD = 0xDC
     APPEND_RECORD = 0xE2
+    LAST_COMMAND = 0xFC  # CLA 80: the iPhone JPKI token's last-command indicator
 
 
 class StatusError(Exception):

@@ -2,7 +2,8 @@
 (commands/); `open_card` builds it from a profile and stacks the layers it asks for.
 
 One APDU's path: vpcd.VpcdClient._serve -> [layers] -> Card.transmit -> CommandApdu.parse
--> commands.ISO / commands.PROPRIETARY -> a handler(Context, CommandApdu) -> bytes.
+-> commands.ISO / commands.PROPRIETARY (CLA 08 / 0C: commands.secure_messaging)
+-> a handler(Context, CommandApdu) -> bytes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from types import TracebackType
 from . import commands
 from .apdu import INS, SW, CommandApdu, StatusError
 from .apps import common, free_area, jpki, juki, text, visual
+from .commands import secure_messaging
+from .commands.card_data import card_data_objects
 from .files import Application, Pin
 from .layers import CardInterface, T0Chaining, masked
 from .personalize import profile as _profiles
@@ -30,7 +33,8 @@ log = logging.getLogger(__name__)
 class Card:
     """A powered (or not) card holding applications, answering APDUs as bytes.
 
-    `handlers` routes CLA, then INS, to a command handler (`commands.DISPATCH`).
+    `handlers` routes CLA, then INS, to a command handler (`commands.DISPATCH`); `form` is
+    the profile's ("card" or a smartphone), `card_objects` the MF-level GET DATA objects.
     """
 
     def __init__(
@@ -40,6 +44,9 @@ class Card:
         atr: bytes,
         quirks: Quirks,
         handlers: Mapping[int, Mapping[int, Handler]] = commands.DISPATCH,
+        *,
+        form: str = "card",
+        card_objects: Mapping[int, bytes] | None = None,
     ) -> None:
         self.atr = atr
         self._handlers = handlers
@@ -56,6 +63,8 @@ class Card:
                 app.aid: {pin.fid: store.pins[pin.state_name] for pin in app.pins()}
                 for app in applications
             },
+            form=form,
+            card_objects=dict(card_objects or {}),
         )
 
     # -- power ------------------------------------------------------------------------------
@@ -99,11 +108,13 @@ class Card:
         try:
             apdu = CommandApdu.parse(capdu)
             table = self._handlers.get(apdu.cla)
-            if table is None:
-                return sw(class_error(apdu.cla, apdu.ins))
-            handler = table.get(apdu.ins)
+            handler = secure_messaging.route(self._context, apdu, table)
             if handler is None:
-                return sw(self._unknown_instruction(apdu))
+                return sw(
+                    class_error(apdu.cla, apdu.ins)
+                    if table is None
+                    else self._unknown_instruction(apdu)
+                )
             if apdu.extended and not self._extended_length:
                 return sw(SW.WRONG_LENGTH)
             return handler(self._context, apdu)
@@ -148,13 +159,11 @@ def open_card(
     deliberately broken cards in tests).
     """
     loaded = profile if isinstance(profile, Profile) else _profiles.load_profile(profile)
-    applications = [
-        jpki.build(loaded),
-        text.build(loaded),
-        visual.build(loaded),
-        juki.build(loaded),
-        common.build(loaded),
-    ]
+    phone = loaded.form != "card"  # a smartphone holds the JPKI-AP alone
+    applications = [jpki.build(loaded)]
+    if not phone:
+        applications += [text.build(loaded), visual.build(loaded), juki.build(loaded)]
+        applications.append(common.build(loaded))
     store = store_type.open(
         Path(state_dir),
         profile_id=loaded.fingerprint,
@@ -168,7 +177,15 @@ def open_card(
     except BaseException:
         store.close()
         raise
-    card: CardInterface = Card(applications, store, loaded.atr, loaded.quirks, handlers)
+    card: CardInterface = Card(
+        applications,
+        store,
+        loaded.atr,
+        loaded.quirks,
+        handlers,
+        form=loaded.form,
+        card_objects={} if phone else card_data_objects(loaded),
+    )
     if loaded.quirks.t0_chaining:
         card = T0Chaining(card)
     return card

@@ -81,11 +81,11 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-CARD_KEYS = ("reader", "profile", "state", "quirk", "fault", "trace")
+CARD_KEYS = ("reader", "profile", "state", "quirk", "atr", "fault", "trace")
 
 
 def parse_card(text: str) -> dict[str, list[str]]:
-    """``--card reader=0,profile=default,state=DIR,quirk=NAME=VALUE,fault=FILE,trace=FILE``
+    """``--card reader=0,profile=default,state=DIR,quirk=NAME=VALUE,atr=NAME,fault=FILE,trace=FILE``
     as key -> values (`quirk` may repeat)."""
     card: dict[str, list[str]] = {}
     for item in text.split(","):
@@ -120,13 +120,13 @@ def _card_specs(args: argparse.Namespace) -> list[CardSpec]:
         host, port = parse_hostport(args.vpcd) if args.vpcd else (VPCD_HOST, None)
         return [
             _spec(args.profile or "default", args.state, args.reader, args.quirk, args.fault,
-                  args.trace, host=host, port=port, **common)
+                  args.trace, host=host, port=port, atr=args.atr, **common)
         ]  # fmt: skip
-    single = ("profile", "state", "vpcd", "fault", "trace", "quirk")
+    single = ("profile", "state", "vpcd", "fault", "trace", "quirk", "atr")
     if any(getattr(args, name) for name in single) or args.reader != 0:
         raise UserError(
-            "--card describes each card: put profile=, state=, quirk=, fault=, trace= in it "
-            "instead of --profile, --state, --quirk, --fault, --trace, --reader, --vpcd"
+            "--card describes each card: put profile=, state=, quirk=, atr=, fault=, trace= in "
+            "it instead of --profile, --state, --quirk, --atr, --fault, --trace, --reader, --vpcd"
         )
     specs: list[CardSpec] = []
     for text in args.card:
@@ -142,7 +142,8 @@ def _card_specs(args: argparse.Namespace) -> list[CardSpec]:
         quirks = [_assignment(q) for q in card.get("quirk", [])]
         specs.append(
             _spec(card.get("profile", ["default"])[0], card.get("state", [None])[0], reader,
-                  quirks, card.get("fault", [None])[0], card.get("trace", [None])[0], **common)
+                  quirks, card.get("fault", [None])[0], card.get("trace", [None])[0],
+                  atr=card.get("atr", [None])[0], **common)
         )  # fmt: skip
     return specs
 
@@ -346,6 +347,7 @@ def cmd_profile_show(args: argparse.Namespace) -> int:
         ("profile", f"{profile.name} ({profile.path})"),
         ("description", profile.description),
         ("ATR", profile.atr.hex(" ").upper()),
+        *([("form", f"{profile.form} (the JPKI-AP alone)")] if profile.form != "card" else []),
         ("holder", holder.name),
         ("address", holder.address),
         ("birth date", holder.birth_date.isoformat()),
@@ -386,6 +388,7 @@ def cmd_profile_new(args: argparse.Namespace) -> int:
         free_area=args.free_area,
         holder_name=args.name,
         unified_pin=args.unified_pin,
+        form=args.form,
     )
     print(path)
     return 0
@@ -528,6 +531,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="change a quirk switch of the profile, e.g. blocked_sw=0x6983 (repeatable)",
     )
+    personality = serve.add_mutually_exclusive_group()
+    personality.add_argument(
+        "--interface",
+        dest="atr",
+        choices=("contact", "contactless"),
+        help="present the ATR the card has on that interface (docs/card.md)",
+    )
+    personality.add_argument(
+        "--atr", metavar="NAME|HEX", help="present another ATR: a name of card-spec §1, or hex"
+    )
     serve.add_argument("--fault", metavar="FILE", help="a fault plan (TOML): see docs/faults.md")
     serve.add_argument("--trace", metavar="FILE", help="write every exchange to FILE")
     serve.add_argument(
@@ -589,6 +602,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--unified-pin",
         action="store_true",
         help="one value for the auth, text, juki and common PINs (else they differ)",
+    )
+    new.add_argument(
+        "--form",
+        choices=("card", "smartphone-android", "smartphone-ios"),  # profile.FORMS
+        default="card",
+        help="the plastic card, or スマホ用電子証明書 on a phone (only the JPKI-AP)",
     )
     new.set_defaults(func=cmd_profile_new)
 

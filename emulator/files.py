@@ -260,7 +260,9 @@ class Application:
 
     `default_key` is the key COMPUTE DIGITAL SIGNATURE uses with P2 = 00 (the 券面 APs);
     `keys` are the AES keys EXTERNAL AUTHENTICATE names by number (free area).
-    SET SESSION KEY (80 AE) answers 6982 without `session_key_use`, else `session_key_sw`.
+    SET SESSION KEY (80 AE) answers 6982 without `session_key_use`; then, with a
+    `session_key` (the text AP's EF 0006 key pair, whose private half nothing reads), it
+    opens secure messaging, else it answers `session_key_sw`.
     """
 
     aid: bytes
@@ -270,6 +272,7 @@ class Application:
     keys: dict[int, AesKey] = field(default_factory=dict)
     session_key_sw: int = SW.INS_NOT_SUPPORTED
     session_key_use: Access = ALWAYS
+    session_key: RSAPrivateKey | None = field(default=None, repr=False)
 
     def pins(self) -> Iterator[Pin]:
         return (obj for obj in self.objects.values() if isinstance(obj, Pin))

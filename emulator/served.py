@@ -44,6 +44,7 @@ class CardSpec:
     host: str = VPCD_HOST
     port: int | None = None  # default: the port of `reader`
     quirks: tuple[tuple[str, str], ...] = ()
+    atr: str | None = None  # another ATR: an interface, a name of card-spec §1, or hex
     fault: Path | None = None
     trace: TextIO | None = None
     trace_format: TraceFormat = "json"
@@ -154,9 +155,11 @@ class ServedCard:
     def _open(self, profile: str | Path, state: Path) -> tuple[CardInterface, str]:
         """The card of `profile` (with the spec's quirks) on `state`, and the profile's name."""
         from .card import open_card
-        from .personalize.profile import load_profile, with_quirks
+        from .personalize.profile import load_profile, with_atr, with_quirks
 
         loaded = with_quirks(load_profile(profile), list(self.spec.quirks))
+        if self.spec.atr is not None:
+            loaded = with_atr(loaded, self.spec.atr)
         return open_card(loaded, state), loaded.name
 
     def _outer_layers(self, card: CardInterface) -> CardInterface:

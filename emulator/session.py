@@ -13,24 +13,40 @@ from .store import CardStore, PinState
 
 
 @dataclass(slots=True)
+class SecureChannel:
+    """A secure-messaging session of the text AP (docs/secure-messaging.md): the AES-128
+    key SET SESSION KEY delivered, the counter the next CLA 08 command must use, and
+    whether a wrong counter broke it (then every SM command answers 69FC)."""
+
+    key: bytes = field(repr=False)
+    counter: int = 1
+    broken: bool = False
+
+
+@dataclass(slots=True)
 class Session:
     """Security state and selection; all of it ends on reset, power-off and (for the
-    verified keys and the challenge) on a change of application."""
+    verified keys and the challenge) on a change of application; the secure-messaging
+    session on any SELECT of an application."""
 
     app: Application | None = None
     ef: CardObject | None = None
     verified: set[int] = field(default_factory=set)  # PIN FIDs, key_access() of AES keys
     challenge: bytes = b""  # the last GET CHALLENGE, until EXTERNAL AUTHENTICATE uses it
+    channel: SecureChannel | None = None  # open by SET SESSION KEY until an AP is selected
 
     def clear(self) -> None:
         self.app = None
         self.ef = None
         self.verified.clear()
         self.challenge = b""
+        self.channel = None
 
     def enter(self, app: Application, *, keep_security: bool) -> None:
         """Make `app` current with no current EF; its security state starts over unless
-        `keep_security` (the same application selected again, without the quirk)."""
+        `keep_security` (the same application selected again, without the quirk). A
+        secure-messaging session ends either way."""
+        self.channel = None
         if not keep_security:
             self.verified.clear()
             self.challenge = b""
@@ -54,6 +70,8 @@ class Context:
     quirks: Quirks
     store: CardStore
     pins: dict[bytes, dict[int, PinState]]  # by AID, then PIN FID
+    form: str = "card"  # the profile's form: "card" or a smartphone (profile.FORMS)
+    card_objects: dict[int, bytes] = field(default_factory=dict)  # MF-level GET DATA, by tag
 
     @property
     def app(self) -> Application:

@@ -13,6 +13,7 @@ import time
 from datetime import UTC, datetime
 from typing import Literal, TextIO
 
+from .faults import CardRemoved
 from .layers import CardInterface, Layer, masked
 
 TraceFormat = Literal["json", "scriptor"]
@@ -37,6 +38,9 @@ class Trace(Layer):
         self._fmt = fmt
         self._secrets = secrets
         self._notes: list[str] = []
+        self._reader_json = json.dumps(reader, ensure_ascii=False)
+        self._second = -1
+        self._prefix = ""
 
     def note(self, event: str) -> None:
         """Attach what another layer did (e.g. an injected fault) to the next line."""
@@ -58,16 +62,53 @@ class Trace(Layer):
 
     def transmit(self, capdu: bytes) -> bytes:
         start = time.perf_counter_ns()
-        response = self.inner.transmit(capdu)
+        try:
+            response = self.inner.transmit(capdu)
+        except CardRemoved:
+            self._unanswered(capdu)
+            raise
         micros = (time.perf_counter_ns() - start) // 1000
         command = capdu.hex(" ").upper() if self._secrets else masked(capdu)
         if self._fmt == "json":
-            self._json(command=command, response=response.hex(" ").upper(), us=micros)
+            self._exchange(command, response.hex(" ").upper(), micros)
         else:
             hidden = _MASK in command
-            self._line(f"{'# ' if hidden else ''}{command}{'  (masked)' if hidden else ''}")
-            self._line(f"# > {response.hex(' ').upper()}  ({micros} µs)")
+            self._line(
+                f"{'# ' if hidden else ''}{command}{'  (masked)' if hidden else ''}\n"
+                f"# > {response.hex(' ').upper()}  ({micros} µs)"
+            )
         return response
+
+    def _unanswered(self, capdu: bytes) -> None:
+        """A command the card never answered (it left the reader): no response."""
+        command = capdu.hex(" ").upper() if self._secrets else masked(capdu)
+        if self._fmt == "json":
+            self._json(command=command, response=None)
+        else:
+            self._line(f"# {command}  (not answered: the card left the reader)")
+
+    def _exchange(self, command: str, response: str, micros: int) -> None:
+        """One exchange as a JSON line, written without json.dumps (every field but the
+        reader and the events is hex or a number; the reader is encoded once)."""
+        events = ""
+        if self._notes:
+            events = f', "events": {json.dumps(self._notes, ensure_ascii=False)}'
+            self._notes = []
+        self._out.write(
+            f'{{"time": "{self._now()}", "reader": {self._reader_json}, "command": "{command}", '
+            f'"response": "{response}", "us": {micros}{events}}}\n'
+        )
+        self._out.flush()
+
+    def _now(self) -> str:
+        """The UTC time as isoformat(timespec="microseconds") gives it, the part up to the
+        second made once per second."""
+        now = time.time_ns()
+        second, fraction = divmod(now, 1_000_000_000)
+        if second != self._second:
+            self._second = second
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._prefix}.{fraction // 1000:06d}+00:00"
 
     def _event(self, event: str, atr: bytes) -> None:
         if self._fmt == "json":
@@ -79,7 +120,7 @@ class Trace(Layer):
 
     def _json(self, **fields: object) -> None:
         record: dict[str, object] = {
-            "time": datetime.now(UTC).isoformat(timespec="microseconds"),
+            "time": self._now(),
             "reader": self._reader,
             **fields,
         }

@@ -109,20 +109,21 @@ def test_access_matrix(card: TestedCard, aid: bytes, access: dict[int, set[int] 
 
 def test_set_session_key_is_refused_as_measured(card: TestedCard) -> None:
     """80 AE (SET SESSION KEY): 6982 before the PIN (docs/card-spec.md §4), 66F1 in the visual
-    AP; secure messaging is not emulated, so 6985 after it, and the verified state stays."""
+    AP; after it a cryptogram that is no OAEP one is 6A80 (docs/secure-messaging.md), and the
+    verified state stays."""
     cryptogram = bytes.fromhex("80AE0000000100") + bytes(range(256))
     for aid, expected in [(JPKI_AID, "6982"), (VISUAL_AID, "66F1"), (TEXT_AID, "6982")]:
         select(card.transmit, aid)
         assert sw(card.transmit(cryptogram)) == expected
     assert sw(verify(card.transmit, TEXT_PIN, card.profile.pins["text"])) == "9000"
-    assert sw(card.transmit(cryptogram)) == "6985"
+    assert sw(card.transmit(cryptogram)) == "6A80"
     assert sw(read_ef_first(card.transmit, 0x0001)) == "9000"
     card.reset()
     select(card.transmit, TEXT_AID)
     cryptogram_5a = "80AE0000000100" + "5A" * 256
     assert tx(card, cryptogram_5a) == "6982"
     assert sw(verify(card.transmit, TEXT_PIN, card.profile.pins["text"])) == "9000"
-    assert tx(card, cryptogram_5a) == "6985"
+    assert tx(card, cryptogram_5a) == "6A80"
     assert sw(read_ef_first(card.transmit, 0x0001)) == "9000"
 
 

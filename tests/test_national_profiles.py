@@ -199,7 +199,12 @@ _PHOTO = base64.b64decode("".join(_field("visual_ap", "photo").split()))
             "'''\n" + _field("text_ap", "card_key") + "'''",
             "text_ap.municipality_key: expected a key other than card_key",
         ),
-        ("text_ap", "session_key", '"-----BEGIN"', "text_ap.session_key: expected an RSA-2048 PEM"),
+        (
+            "text_ap",
+            "session_key",
+            '"-----BEGIN"',
+            "text_ap.session_key: expected an unencrypted RSA-2048 PEM private key",
+        ),
         ("visual_ap", "photo", _b64(b"\x89PNG\r\n\x1a\n"), "visual_ap.photo: expected a JP2 image"),
         (
             "visual_ap",

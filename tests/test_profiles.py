@@ -353,6 +353,7 @@ def test_quirk_switches(tmp_path: Path) -> None:
         ("filler", "0x00"),
         ("extended_length", "false"),
         ("t0_chaining", "true"),
+        ("sm_break_blocks_plain", "true"),
     ]:
         text = _set(text, "quirks", key, value)
     text = _set(text, "profile", "atr", '"JPKI-06"')
@@ -368,6 +369,7 @@ def test_quirk_switches(tmp_path: Path) -> None:
         "filler": "00",
         "extended_length": False,
         "t0_chaining": True,
+        "sm_break_blocks_plain": True,
     }
 
 

@@ -5,15 +5,19 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from conftest import ServeCard
 from pcsc import REPO_ROOT
 from test_vpcd import SELECT_JPKI, FakeVpcd, vpcd  # noqa: F401  (the fixture)
 
 from mynacard import open_card
+from mynacard.cli import main
 from mynacard.trace import Trace
 
 SELECT_AUTH_PIN = bytes.fromhex("00A4020C020018")
@@ -75,3 +79,174 @@ def test_serve_writes_a_private_trace(vpcd: FakeVpcd, tmp_path: Path) -> None:  
     records = [json.loads(line) for line in trace.read_text().splitlines()]
     assert records[-1]["command"] == SELECT_JPKI.hex(" ").upper()
     assert records[-1]["reader"] == address
+
+
+# -- traces and scripts replayed (`mynacard replay`) ---------------------------------------
+
+GET_CHALLENGE = bytes.fromhex("0084000008")
+SELECT_TOKEN = bytes.fromhex("00A4020C020006")
+READ_TOKEN = bytes.fromhex("00B0000010")
+
+
+def write_trace(path: Path, fmt: str = "json", secrets: bool = True) -> None:
+    with (
+        path.open("w", encoding="utf-8") as out,
+        Trace(open_card("default", path.parent / "traced"), out, fmt=fmt, secrets=secrets) as card,
+    ):  # fmt: skip
+        card.power_on()
+        for command in (SELECT_JPKI, SELECT_AUTH_PIN, VERIFY_1234, GET_CHALLENGE):
+            card.transmit(command)
+        card.reset()
+        for command in (SELECT_JPKI, SELECT_TOKEN, READ_TOKEN):
+            card.transmit(command)
+
+
+def replay(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    status = main(["replay", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_a_trace_replays(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "trace.jsonl"
+    write_trace(trace)
+    status, out, _ = replay(capsys, str(trace), "--target", "emulator")
+    assert status == 0 and "all 9 exchanges matched on emulator (default)" in out
+    status, out, _ = replay(capsys, str(trace), "--convert")
+    lines = out.splitlines()
+    assert status == 0 and lines[0] == "# mynacard transcript 1"
+    assert lines[2] == "POWER -> 3BE000FF8131FE4514"
+    assert lines[5] == "002000800431323334 -> 9000"
+    assert lines[6] == "0084000008 -> [8] 9000"  # a challenge differs on every card
+    assert lines[7] == "RESET -> 3BE000FF8131FE4514"
+
+
+def test_a_replayed_trace_that_differs_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "trace.jsonl"
+    write_trace(trace)
+    status, out, _ = replay(capsys, str(trace), "--profile", "unified-pin")
+    assert status == 1
+    assert "exchange 4 of 9: expected 9000, got 63C2" in out  # another card's PIN
+
+
+def test_masked_traces_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for fmt, where in (("json", "line 4"), ("scriptor", "line 6")):
+        trace = tmp_path / f"trace.{fmt}"
+        write_trace(trace, fmt=fmt, secrets=False)
+        status, out, err = replay(capsys, str(trace))
+        assert status == 2 and out == "" and err.count("\n") == 1
+        assert f"{trace}: {where}:" in err and "needs a trace made with --trace-secrets" in err
+
+
+def test_a_trace_of_several_readers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "trace.jsonl"
+    record = {"reader": "A", "command": "00A4040C0AD392F000260100000001", "response": "9000"}
+    trace.write_text("\n".join(json.dumps({**record, "reader": r}) for r in "AB") + "\n")
+    status, _, err = replay(capsys, str(trace))
+    assert status == 2 and "several readers; choose one: A, B" in err
+    status, out, _ = replay(capsys, str(trace), "--reader", "B")
+    assert status == 0 and "all 1 exchanges matched" in out
+
+
+def test_a_scriptor_script_prints_the_answers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = tmp_path / "script.txt"
+    write_trace(script, fmt="scriptor")  # the scriptor trace of a card is a script
+    status, out, _ = replay(capsys, str(script))
+    assert status == 0
+    assert out.splitlines() == [
+        *(f"> {SELECT_JPKI.hex(' ').upper()}", "< 90 00"),
+        *(f"> {SELECT_AUTH_PIN.hex(' ').upper()}", "< 90 00"),
+        *("> 00 20 00 80 04 31 32 33 34", "< 90 00"),
+        *(f"> {GET_CHALLENGE.hex(' ').upper()}", out.splitlines()[7]),
+        *("> reset", "< 3B E0 00 FF 81 31 FE 45 14"),
+        *(f"> {SELECT_JPKI.hex(' ').upper()}", "< 90 00"),
+        *(f"> {SELECT_TOKEN.hex(' ').upper()}", "< 90 00"),
+        *(f"> {READ_TOKEN.hex(' ').upper()}", f"< {b'JPKIAPICCTOKEN2 '.hex(' ').upper()} 90 00"),
+    ]  # fmt: skip
+    assert re.fullmatch(r"< ([0-9A-F]{2} ){8}90 00", out.splitlines()[7])
+    script.write_text("00A4040C0AD392F000260100000001\nselect it\n")
+    status, out, err = replay(capsys, str(script))
+    assert status == 2 and out == ""
+    assert "line 2: expected a command in hex, 'reset' or 'exit', got 'select it'" in err
+
+
+@pytest.mark.pcsc
+def test_a_trace_through_pcscd_replays(
+    serve: ServeCard, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pcsc import ScardConnection
+
+    trace = tmp_path / "trace.jsonl"
+    args = ("--trace", str(trace), "--trace-secrets")
+    with serve("default", state_dir=tmp_path / "traced", extra_args=args) as name:
+        connection = ScardConnection(name)
+        for command in (SELECT_JPKI, SELECT_AUTH_PIN, VERIFY_1234, GET_CHALLENGE):
+            connection.transmit(command)
+        connection.reset()
+        for command in (SELECT_JPKI, SELECT_TOKEN, READ_TOKEN):
+            connection.transmit(command)
+        connection.close()
+    with serve("default", state_dir=tmp_path / "replayed") as name:
+        status, out, err = replay(
+            capsys, str(trace), "--target", f"pcsc:{name}", "--profile", "default"
+        )
+        assert status == 0, out + err
+        assert f"on pcsc:{name}" in out
+        script = tmp_path / "script.txt"
+        script.write_text(f"{SELECT_JPKI.hex()}\n{SELECT_TOKEN.hex()}\nreset\n# done\n")
+        status, out, _ = replay(capsys, str(script), "--target", f"pcsc:{name}")
+        assert status == 0
+        assert out.splitlines()[-2:] == ["> reset", "< 3B E0 00 FF 81 31 FE 45 14"]
+
+
+def test_a_command_never_answered(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mynacard.faults import CardRemoved, Fault, stack_faults
+
+    path = tmp_path / "trace.jsonl"
+    notes: list[Trace] = []
+    faulty = stack_faults(
+        open_card("default", tmp_path / "state"), [Fault("remove", ins=frozenset({0xB0}))],
+        seed=0, note=lambda event: notes[0].note(event),
+    )  # fmt: skip
+    with path.open("w") as out, Trace(faulty, out, secrets=True) as card:
+        notes.append(card)
+        card.power_on()
+        assert card.transmit(SELECT_JPKI) == b"\x90\x00"
+        with pytest.raises(CardRemoved):
+            card.transmit(READ_TOKEN)
+        card.power_off()
+        card.power_on()
+        assert card.transmit(SELECT_JPKI) == b"\x90\x00"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert records[2]["command"] == READ_TOKEN.hex(" ").upper()
+    assert records[2]["response"] is None and records[2]["events"] == ["fault remove"]
+    status, out, _ = replay(capsys, str(path), "--convert")
+    assert status == 0 and "00B0000010" not in out  # the unanswered command is left out
+    status, out, _ = replay(capsys, str(path))
+    assert status == 0 and "all 4 exchanges matched" in out
+
+
+def test_a_pss_signature_is_replayed_by_its_length(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "trace.jsonl"
+    sign_pss = bytes.fromhex("802A048020") + bytes(31) + b"\x01\x00"  # a 32-byte hash
+    with (
+        trace.open("w") as out,
+        Trace(open_card("default", tmp_path / "s"), out, secrets=True) as card,
+    ):
+        card.transmit(SELECT_JPKI)
+        card.transmit(bytes.fromhex("00A4020C020017"))  # the auth key, its PIN not verified
+        assert card.transmit(sign_pss) == b"\x69\x82"
+        for command in (SELECT_AUTH_PIN, VERIFY_1234, bytes.fromhex("00A4020C020017")):
+            assert card.transmit(command) == b"\x90\x00"
+        signature = card.transmit(sign_pss)
+        assert len(signature) == 258 and signature[-2:] == b"\x90\x00"
+    status, out, _ = replay(capsys, str(trace), "--convert")
+    assert status == 0 and out.splitlines()[-1] == f"{sign_pss.hex().upper()} -> [256] 9000"
+    status, out, _ = replay(capsys, str(trace))
+    assert status == 0 and "all 7 exchanges matched" in out

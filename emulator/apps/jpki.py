@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 from ..apdu import INS, SW
-from ..files import Application, CardObject, Pin, RsaKey, TransparentEF, any_of
+from ..files import ALWAYS, Application, CardObject, Pin, RsaKey, TransparentEF, any_of
 from ..personalize.profile import Profile
 
 AID = bytes.fromhex("D392F000260100000001")
@@ -22,16 +22,21 @@ KEY_SIGN = 0x001A
 PIN_SIGN = 0x001B
 
 CERT_EF_SIZE = 3808  # measured allocation of the certificate EFs (docs/card-spec.md §9)
-TOKEN_LABEL = b"JPKIAPICCTOKEN2"
+# EF 0006's label by the profile's form (docs/card-spec.md §1: MYNA-GO, SOL).
+TOKEN_LABELS = {
+    "card": b"JPKIAPICCTOKEN2",
+    "smartphone-android": b"JPKIAPGPSETOKEN",
+    "smartphone-ios": b"JPKIAPIOSTOKEN",
+}
 _CERT_PRESENT = 0x8F
 
 
-def token_info() -> bytes:
+def token_info(form: str = "card") -> bytes:
     """EF 0006: a serialised PKCS#11 CK_TOKEN_INFO, 160 bytes (docs/card-spec.md §3.1, SOL
-    fixture)."""
+    fixture); only the label tells a phone from the card (its other fields are not public)."""
     return b"".join(
         (
-            TOKEN_LABEL.ljust(32, b" "),
+            TOKEN_LABELS[form].ljust(32, b" "),
             b"0" * 31 + b"1",  # manufacturerID
             b"E16R01NJ".ljust(16, b" "),  # model
             b"0000000020500003",  # serialNumber
@@ -60,7 +65,8 @@ def _padded(der: bytes, filler: int) -> bytes:
 
 
 def build(profile: Profile) -> Application:
-    """The JPKI-AP of `profile`. A card without a signature certificate has no 0001/001A/001B."""
+    """The JPKI-AP of `profile`. A card without a signature certificate has no 0001/001A/001B;
+    on a smartphone the auth certificate needs the auth PIN (MYNA-RS, MYNA-GO)."""
     credentials = profile.jpki
     if credentials is None:
         raise ValueError(f"profile {profile.name} has no JPKI keys")
@@ -68,11 +74,15 @@ def build(profile: Profile) -> Application:
     has_sign = credentials.sign_key is not None and credentials.sign_cert is not None
     objects: list[CardObject] = [
         TransparentEF(EF_SIGN_CA_CERT, _padded(credentials.sign_ca_cert, filler)),
-        TransparentEF(EF_TOKEN_INFO, token_info()),
+        TransparentEF(EF_TOKEN_INFO, token_info(profile.form)),
         TransparentEF(
             EF_CERT_AVAILABILITY, bytes((_CERT_PRESENT if has_sign else 0x00, _CERT_PRESENT, 0))
         ),
-        TransparentEF(EF_AUTH_CERT, _padded(credentials.auth_cert, filler)),
+        TransparentEF(
+            EF_AUTH_CERT,
+            _padded(credentials.auth_cert, filler),
+            ALWAYS if profile.form == "card" else any_of(PIN_AUTH),
+        ),
         TransparentEF(EF_AUTH_CA_CERT, _padded(credentials.auth_ca_cert, filler)),
         RsaKey(KEY_AUTH, credentials.auth_key, use=any_of(PIN_AUTH)),
         Pin(PIN_AUTH, "auth", "auth", 3, r"[0-9]{4}", INS.CHANGE_REFERENCE_DATA),

@@ -7,7 +7,7 @@ import hashlib
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ..apdu import INS, SW
+from ..apdu import INS
 from ..files import ALWAYS, Application, CardObject, Pin, RsaKey, TransparentEF, any_of
 from ..personalize.cvc import key_id, opaque_bytes, sign_sha256
 from ..personalize.profile import PIN_MAX_TRIES, Holder, Profile
@@ -148,13 +148,12 @@ def build(profile: Profile) -> Application:
         Pin(CODE_A, "text.code_a", "code_a", PIN_MAX_TRIES["code_a"], r"[0-9]{12}"),
         Pin(CODE_B, "text.code_b", "code_b", PIN_MAX_TRIES["code_b"], r"[0-9]{14}"),
     ]
-    # SET SESSION KEY needs the PIN (docs/card-spec.md §4); secure messaging itself is not emulated,
-    # so after the PIN it is refused with 6985 (an assumption: a real card opens SM).
+    # SET SESSION KEY needs the PIN, 照合番号A alone is not enough (docs/secure-messaging.md).
     return Application(
         AID,
         "券面事項入力補助AP",
         {obj.fid: obj for obj in objects},
         KEY_CARD,
-        session_key_sw=SW.CONDITIONS_NOT_SATISFIED,
         session_key_use=any_of(PIN_TEXT),
+        session_key=data.session_key,
     )

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from ..apdu import INS
 from ..session import Handler
-from . import card_data, files, free_area, keys, pins, select
+from . import card_data, files, free_area, keys, pins, secure_messaging, select
 
 ISO: dict[int, Handler] = {  # CLA 00
     INS.SELECT: select.select,
@@ -30,7 +30,8 @@ ISO: dict[int, Handler] = {  # CLA 00
 PROPRIETARY: dict[int, Handler] = {  # CLA 80
     INS.COMPUTE_SIGNATURE: keys.compute_signature,
     INS.CHANGE_KEY: pins.change_key,
-    INS.SET_SESSION_KEY: keys.set_session_key,
+    INS.SET_SESSION_KEY: secure_messaging.set_session_key,
+    INS.LAST_COMMAND: card_data.last_command,
 }
 
 DISPATCH: Mapping[int, Mapping[int, Handler]] = {0x00: ISO, 0x80: PROPRIETARY}

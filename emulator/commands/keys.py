@@ -1,5 +1,5 @@
-"""The RSA keys: COMPUTE DIGITAL SIGNATURE (80 2A), INTERNAL AUTHENTICATE, and SET SESSION
-KEY (80 AE) as each application refuses it."""
+"""The RSA keys: COMPUTE DIGITAL SIGNATURE (80 2A) and INTERNAL AUTHENTICATE (SET SESSION
+KEY is in secure_messaging)."""
 
 from __future__ import annotations
 
@@ -51,15 +51,3 @@ def internal_authenticate(ctx: Context, apdu: CommandApdu) -> bytes:
     if apdu.extended or apdu.le is None:
         raise StatusError(SW.WRONG_LENGTH)
     return key.authenticate(apdu.data) + OK
-
-
-def set_session_key(ctx: Context, apdu: CommandApdu) -> bytes:
-    """SET SESSION KEY (80 AE): each national AP refuses it as measured
-    (docs/card-spec.md §2.4); the text AP wants its PIN first. Secure messaging is not
-    emulated."""
-    app = ctx.session.app
-    if app is None:
-        raise StatusError(SW.INS_NOT_SUPPORTED)
-    if not app.session_key_use.granted(ctx.session.verified):
-        raise StatusError(SW.SECURITY_STATUS_NOT_SATISFIED)
-    raise StatusError(app.session_key_sw)

@@ -48,7 +48,7 @@ def _select_application(ctx: Context, apdu: CommandApdu) -> bytes:
     name, p2 = apdu.data, apdu.p2
     if not name:
         raise StatusError(SW.FILE_NOT_FOUND)
-    isd = ISD_AID.startswith(name)
+    isd = ctx.form == "card" and ISD_AID.startswith(name)  # a phone's ISD is not reachable
     app = None if isd else next((a for a in ctx.applications if a.aid.startswith(name)), None)
     if app is None and not isd:
         raise StatusError(SW.FILE_NOT_FOUND)

@@ -26,6 +26,7 @@ from mynacard.personalize.national_sections import national_sections
 from mynacard.personalize.persona import JST, SIGN_CERT_MIN_AGE, Persona, make_persona
 from mynacard.personalize.profile import (
     DEFAULT_ATR,
+    FORMS,
     PIN_MAX_TRIES,
     PROFILE_NAME,
     SET_PIN_NAMES,
@@ -78,6 +79,7 @@ def new_profile(
     free_area: Sequence[str] = (),
     holder_name: str | None = None,
     unified_pin: bool = False,
+    form: str = "card",
 ) -> Path:
     """Write a new profile file at `path` and return `path`.
 
@@ -87,7 +89,8 @@ def new_profile(
     common; `counters` sets initial remaining tries; `free_area` names example free-area
     applications to install (free_area.EXAMPLES); `holder_name` replaces the made-up
     name (family name, U+3000, given name); `unified_pin` gives the JPKI auth, text, 住基
-    and 共通 PINs one value (docs/decisions.md #14), else they differ. Raises ProfileError for a
+    and 共通 PINs one value (docs/decisions.md #14), else they differ; `form` is the card or
+    a smartphone (profile.FORMS). Raises ProfileError for a
     bad argument or an existing file (unless `overwrite`); nothing is written then.
     """
     if path.suffix != ".toml" or not PROFILE_NAME.fullmatch(path.stem):
@@ -97,6 +100,8 @@ def new_profile(
         )
     if path.exists() and not overwrite:
         raise ProfileError(f"{path}: already exists")
+    if form not in FORMS:
+        raise ProfileError(f"form: one of {', '.join(FORMS)}, got {form!r}")
     if holder_age is not None and not 0 <= holder_age <= 120:
         raise ProfileError(f"holder_age: must be 0 to 120, got {holder_age}")
     if sign_cert and holder_age is not None and holder_age < SIGN_CERT_MIN_AGE:
@@ -172,6 +177,8 @@ def new_profile(
         command.append(["--name", holder_name])
     if unified_pin:
         command.append(["--unified-pin"])
+    if form != "card":
+        command.append(["--form", form])
     if description is None:
         description = "Made-up holder" + (f" (seed {seed})" if seed is not None else "")
     text = render_profile(
@@ -179,6 +186,7 @@ def new_profile(
         description=description,
         atr=atr,
         variant=variant,
+        form=form,
         persona=persona,
         sign_cert=sign_cert,
         pins=pin_values,
@@ -208,6 +216,7 @@ def render_profile(
     description: str,
     atr: str,
     variant: str,
+    form: str,
     persona: Persona,
     sign_cert: bool,
     pins: Mapping[str, str],
@@ -251,6 +260,7 @@ def render_profile(
         "# hex bytes, or a name from docs/card-spec.md §1: jpki, jpki-02 ... jpki-09",
         f"atr = {_toml_string(atr)}",
         f"variant = {_toml_string(variant)}",
+        *([] if form == "card" else [f"form = {_toml_string(form)}  # only the JPKI-AP"]),
         "",
         "[holder]",
         f"name = {_toml_string(holder.name)}",

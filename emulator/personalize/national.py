@@ -10,9 +10,8 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from mynacard.personalize.cvc import CVC_ROOTS, ApKind, parse_cvc
 from mynacard.personalize.fields import Field, Table
@@ -51,7 +50,13 @@ class TextApData:
     """What the 券面事項入力補助AP is personalised from besides [holder] and [card]."""
 
     keys: ApKeys
-    session_public_key: rsa.RSAPublicKey  # EF 0006 (SET SESSION KEY is not emulated)
+    # EF 0006's key pair, made at personalisation: the card publishes the public half and
+    # decrypts SET SESSION KEY with the private half, which no APDU reads.
+    session_key: rsa.RSAPrivateKey
+
+    @property
+    def session_public_key(self) -> rsa.RSAPublicKey:
+        return self.session_key.public_key()
 
 
 @dataclass(frozen=True)
@@ -69,9 +74,7 @@ class VisualApData:
 def read_text_ap(field: Field) -> TextApData:
     """The [text_ap] section."""
     section = field.table(("card_key", "municipality_key", "cv_certificate", "session_key"))
-    return TextApData(
-        keys=_keys(section, "text"), session_public_key=_public_key(section["session_key"])
-    )
+    return TextApData(keys=_keys(section, "text"), session_key=read_rsa_key(section["session_key"]))
 
 
 def read_visual_ap(field: Field) -> VisualApData:
@@ -111,18 +114,6 @@ def _keys(section: Table, kind: ApKind) -> ApKeys:
     if certificate.public_key != municipality_key.public_key():
         raise field.fail("a CV certificate of municipality_key")
     return ApKeys(card_key, municipality_key, cv_certificate)
-
-
-def _public_key(field: Field) -> rsa.RSAPublicKey:
-    expected = "an RSA-2048 PEM public key"
-    pem = field.text(expected=expected)
-    try:
-        public = load_pem_public_key(pem.encode())
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise field.fail(f"{expected} ({exc})") from None
-    if not isinstance(public, rsa.RSAPublicKey) or public.key_size != 2048:
-        raise field.fail(expected)
-    return public
 
 
 def _base64(field: Field) -> bytes:

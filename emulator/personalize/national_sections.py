@@ -11,7 +11,6 @@ from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
     PrivateFormat,
-    PublicFormat,
 )
 
 from mynacard.personalize.cvc import (
@@ -73,11 +72,11 @@ def national_sections(seed: int | None, persona: Persona, municipality_code: str
         municipality_key=key(f"mynacard/municipality/{municipality_code}/text"),
         municipality_code=municipality_code,
     )
-    session_key = key(f"mynacard/{seed}/text-session-key").public_key()
-    session_pem = session_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    session_key = key(f"mynacard/{seed}/text-session-key")
     lines += [
-        "# EF 0006: public key for SET SESSION KEY (the command itself is not emulated)",
-        f"session_key = '''\n{session_pem.decode('ascii')}'''",
+        "# EF 0006's key pair: the card publishes the public half; SET SESSION KEY brings",
+        "# a secure-messaging key encrypted to it (docs/secure-messaging.md).",
+        f"session_key = '''\n{_private_pem(session_key)}'''",
         "",
         "[visual_ap]",
         "# 券面事項確認AP (docs/card.md, 'The national applications').",

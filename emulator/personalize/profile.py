@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from mynacard.personalize.eras import FIRST_ERA_DAY, era_yymmdd
-from mynacard.personalize.fields import Field, Table, document
+from mynacard.personalize.fields import Field, FieldError, Table, document
 from mynacard.personalize.fields import ProfileError as ProfileError  # re-exported
 from mynacard.personalize.free_area import FreeAreaSpec, free_area_as_json, free_area_from
 from mynacard.personalize.mynumber import my_number_check_digit
@@ -60,8 +60,20 @@ KNOWN_ATRS: dict[str, bytes] = {
     "jpki-07": bytes.fromhex("3B888001000041E0B381A1003B"),
     "jpki-08": bytes.fromhex("3B888001004B51FF0081D100BC"),
     "jpki-09": bytes.fromhex("3B888001004B51FFB381D1000F"),
+    # A phone's secure element through a contactless reader: the PC/SC part 3 ATR of an
+    # ISO 14443-4 device with no historical bytes (no capture is public: an assumption).
+    "smartphone": bytes.fromhex("3B80800101"),
 }
 DEFAULT_ATR = KNOWN_ATRS["jpki"]
+
+# The card's two interfaces and the ATR of each that `serve --interface` presents
+# (docs/card.md#contact-and-contactless).
+INTERFACE_ATRS: dict[str, str] = {"contact": "jpki", "contactless": "jpki-06"}
+
+# What carries the card's applications (docs/profiles.md, "Smartphone forms"): the plastic
+# card, or スマホ用電子証明書 in a phone's secure element (only the JPKI-AP, token label
+# JPKIAPGPSETOKEN on Android, JPKIAPIOSTOKEN on an iPhone).
+FORMS = ("card", "smartphone-android", "smartphone-ios")
 
 # Largest DER certificate that fits the certificate EFs (3808 bytes, docs/card-spec.md §3.1).
 MAX_CERT_SIZE = 3808
@@ -90,6 +102,7 @@ class Quirks:
     filler: int = 0xFF
     extended_length: bool = True
     t0_chaining: bool = False
+    sm_break_blocks_plain: bool = False  # after a broken SM session, plain commands 69FC too
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,7 @@ class Profile:
     jpki: JpkiCredentials | None = None
     fingerprint: str = ""  # sha256 hex of the profile file, identifies it in a state dir
     variant: str = "standard"  # free text: "standard", "no-sign-cert", "sign-blocked", ...
+    form: str = "card"  # one of FORMS
     resident_code: str = ""  # 住民票コード, 11 digits
     card_serial: str = ""  # 共通カードAP EF 0001: 15 digits
     municipality_code: str = ""  # 共通カードAP EF 0001: 全国地方公共団体コード, 5 digits
@@ -178,7 +192,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
 def parse_profile(data: bytes, *, path: Path, label: str) -> Profile:
     """Build a Profile from the bytes of a profile file; `label` prefixes error messages."""
     root = document(data, label).table(_SECTIONS)
-    name, description, atr, variant = _profile_section(root["profile"])
+    name, description, atr, variant, form = _profile_section(root["profile"])
     holder = _holder(root["holder"])
     card = root["card"].table(_CARD_FIELDS)
     my_number = _my_number(card["my_number"])
@@ -208,6 +222,7 @@ def parse_profile(data: bytes, *, path: Path, label: str) -> Profile:
         jpki=_jpki(keys, with_sign),
         fingerprint=hashlib.sha256(data).hexdigest(),
         variant=variant,
+        form=form,
         resident_code=resident_code,
         card_serial=_digits(card["serial_number"], 15),
         municipality_code=_digits(card["municipality_code"], 5),
@@ -228,6 +243,7 @@ def profile_as_json(profile: Profile) -> dict[str, object]:
         "name": profile.name,
         "description": profile.description,
         "variant": profile.variant,
+        "form": profile.form,
         "path": str(profile.path),
         "fingerprint": profile.fingerprint,
         "atr": profile.atr.hex().upper(),
@@ -257,6 +273,7 @@ def profile_as_json(profile: Profile) -> dict[str, object]:
             "filler": f"{quirks.filler:02X}",
             "extended_length": quirks.extended_length,
             "t0_chaining": quirks.t0_chaining,
+            "sm_break_blocks_plain": quirks.sm_break_blocks_plain,
         },
         "free_area": free_area_as_json(profile.free_area),
     }
@@ -334,8 +351,8 @@ def _digits(field: Field, count: int) -> str:
     return field.text(pattern=f"[0-9]{{{count}}}", expected=f"a string of {count} digits 0-9")
 
 
-def _profile_section(field: Field) -> tuple[str, str, bytes, str]:
-    table = field.table(("name", "description", "atr", "variant"))
+def _profile_section(field: Field) -> tuple[str, str, bytes, str, str]:
+    table = field.table(("name", "description", "atr", "variant", "form"))
     name = table["name"].text(
         pattern=PROFILE_NAME, expected="a name of letters, digits, '.', '_' and '-'"
     )
@@ -343,7 +360,8 @@ def _profile_section(field: Field) -> tuple[str, str, bytes, str]:
     variant = table["variant"].text("standard")
     if not variant.strip():
         raise table["variant"].fail("a non-blank string", repr(variant))
-    return name, description, _atr(table["atr"]), variant
+    form = table["form"].choice(FORMS, "card")
+    return name, description, _atr(table["atr"]), variant, form
 
 
 def _atr(field: Field) -> bytes:
@@ -422,6 +440,18 @@ def with_quirks(profile: Profile, assignments: Sequence[tuple[str, str]]) -> Pro
     return dataclasses.replace(profile, quirks=quirks)
 
 
+def with_atr(profile: Profile, atr: str) -> Profile:
+    """`profile` presenting another ATR: an interface (contact, contactless), a name of
+    KNOWN_ATRS or hex; ProfileError listing the names if it is none of them."""
+    try:
+        value = _atr(Field(INTERFACE_ATRS.get(atr.lower(), atr), "--atr", "ATR"))
+    except FieldError as error:
+        raise ProfileError(
+            f"--atr {atr}: {error.problem} (or an interface: {', '.join(INTERFACE_ATRS)})"
+        ) from None
+    return dataclasses.replace(profile, atr=value)
+
+
 def _counters(field: Field) -> dict[str, int]:
     table = field.table(PIN_NAMES, optional=True)
     return {
@@ -448,6 +478,7 @@ def read_quirks(field: Field) -> Quirks:
         filler=table["filler"].choice((0xFF, 0x00), default.filler, spell=hex_int),
         extended_length=table["extended_length"].boolean(default.extended_length),
         t0_chaining=table["t0_chaining"].boolean(default.t0_chaining),
+        sm_break_blocks_plain=table["sm_break_blocks_plain"].boolean(default.sm_break_blocks_plain),
     )
 
 

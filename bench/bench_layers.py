@@ -1,0 +1,160 @@
+"""Benchmark: what layers cost the card in process (issue 11, item 9).
+
+The card alone (`open_card`, the stack `serve` builds without --fault, --trace or -v) is the
+baseline; each variant's round is measured between two of the bare card's, in the same run,
+and the median of the per-round ratios of APDUs per second is printed:
+
+- `serve without options`: what `serve` stacks with no fault plan: nothing, the bare card
+  itself, so its ratio's distance from 1 is the noise of the run;
+- `pass-through layer`: one `Layer` that changes nothing (a layer compiled in but off);
+- `idle fault`: a fault layer whose plan never hits (a delay for an INS never sent);
+- `trace json` / `trace scriptor`: `--trace FILE` in each format (a file in /dev/shm).
+
+Targets: an idle layer costs at most 3% of the baseline rate, tracing at most 25%.
+
+Then, as a served card is traced: `mynacard serve --trace` against `mynacard serve`, both
+through pcscd + vpcd (readers 0 and 1, the servers pinned to CPU 0, this process to CPU 1),
+READ BINARY round trips in alternating rounds; it needs pcscd with vpcd (starts one if none
+runs), `--skip-pcsc` leaves it out.
+
+    .venv/bin/python bench/bench_layers.py [--rounds N] [--skip-pcsc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+
+from bench_card import READ_32, SELECT_TOKEN, _pinned, _round_trip_ns, pcsc
+
+from mynacard import open_card
+from mynacard.faults import Fault, FaultLayer, stack_faults
+from mynacard.layers import CardInterface, Layer
+from mynacard.trace import Trace, TraceFormat
+
+SELECT_JPKI = bytes.fromhex("00A4040C0AD392F000260100000001")
+PAIRS = 20_000
+
+Variant = Callable[[CardInterface, ExitStack], CardInterface]
+
+
+def _trace(fmt: TraceFormat) -> Variant:
+    def stack(card: CardInterface, resources: ExitStack) -> CardInterface:
+        scratch = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+        out = resources.enter_context(tempfile.TemporaryFile("w+", dir=scratch))  # noqa: SIM115
+        return Trace(card, out, reader="bench", fmt=fmt)
+
+    return stack
+
+
+VARIANTS: dict[str, Variant] = {
+    "serve without options": lambda card, _: stack_faults(card, [], 0, lambda event: None),
+    "pass-through layer": lambda card, _: Layer(card),
+    "idle fault": lambda card, _: FaultLayer(
+        card, Fault("delay", ins=frozenset({0x2A}), ms=1), random.Random(0)
+    ),
+    "trace json": _trace("json"),
+    "trace scriptor": _trace("scriptor"),
+}
+
+
+def rate(card: CardInterface) -> float:
+    """Small APDUs per second: SELECT EF + READ BINARY of 32 bytes, PAIRS times."""
+    transmit = card.transmit
+    start = time.perf_counter()
+    for _ in range(PAIRS):
+        transmit(SELECT_TOKEN)
+        transmit(READ_32)
+    return 2 * PAIRS / (time.perf_counter() - start)
+
+
+def measure(rounds: int) -> dict[str, tuple[float, float]]:
+    """For each variant: (median rate, median of the per-round ratios to the bare card)."""
+    results = {}
+    with tempfile.TemporaryDirectory() as state, ExitStack() as resources:
+        card = resources.enter_context(open_card("default", state))
+        card.power_on()
+        assert card.transmit(SELECT_JPKI) == b"\x90\x00"
+        assert len(card.transmit(SELECT_TOKEN) + card.transmit(READ_32)) == 36
+        for name, variant in VARIANTS.items():
+            stacked = variant(card, resources)
+            rates, ratios = [], []
+            for _ in range(rounds):  # the bare card before and after each variant's round
+                before = rate(card)
+                rates.append(rate(stacked))
+                ratios.append(2 * rates[-1] / (before + rate(card)))
+            results[name] = (statistics.median(rates), statistics.median(ratios))
+    return results
+
+
+def traced_through_pcscd(rounds: int) -> tuple[float, float, float]:
+    """Round trips (µs) of READ BINARY 32 bytes to a traced and an untraced served card:
+    their medians over alternating rounds of 250, and the median of the per-round ratios."""
+    started = None if pcsc.vpcd_listening() else pcsc.start_pcscd()
+    os.sched_setaffinity(0, {1})
+    servers: list[subprocess.Popen[bytes]] = []
+    scratch = "/dev/shm" if Path("/dev/shm").is_dir() else None
+    try:
+        with tempfile.TemporaryDirectory(dir=scratch) as work:
+            serve = [sys.executable, "-m", "mynacard", "serve"]
+            for reader, extra in (("0", ["--trace", f"{work}/trace.jsonl"]), ("1", [])):
+                command = [*serve, "--state", f"{work}/{reader}", "--reader", reader, *extra]
+                servers.append(
+                    subprocess.Popen(command, stdout=subprocess.DEVNULL, preexec_fn=_pinned(0))
+                )
+            for reader in (pcsc.reader_name(0), pcsc.reader_name(1)):
+                if not pcsc.wait_for_card(reader, present=True, timeout=10):
+                    raise RuntimeError(f"no card appeared in {reader}")
+            traced: list[float] = []
+            plain: list[float] = []
+            apdus = [SELECT_JPKI, SELECT_TOKEN, READ_32]
+            for _ in range(rounds * 4):
+                traced.append(statistics.median(_round_trip_ns(pcsc.reader_name(0), apdus, 250)))
+                plain.append(statistics.median(_round_trip_ns(pcsc.reader_name(1), apdus, 250)))
+            ratios = [t / p for t, p in zip(traced, plain, strict=True)]
+            return (
+                statistics.median(traced) / 1000,
+                statistics.median(plain) / 1000,
+                statistics.median(ratios),
+            )
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=10)
+        if started is not None:
+            pcsc.stop_pcscd(started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="what layers cost the card in process")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--skip-pcsc", action="store_true", help="skip the served-card part")
+    args = parser.parse_args()
+    targets = {"trace json": 0.25, "trace scriptor": 0.25}
+    for name, (median, ratio) in measure(args.rounds).items():
+        target = targets.get(name, 0.03)
+        print(
+            f"{name}: {median:,.0f} APDUs/s, {ratio:.3f} of the bare card's rate "
+            f"(cost {1 - ratio:.1%}; target <= {target:.0%}; median of {args.rounds} rounds)"
+        )
+    if not args.skip_pcsc:
+        traced_us, plain_us, ratio = traced_through_pcscd(args.rounds)
+        print(
+            f"served through pcscd: traced {traced_us:.1f} µs, untraced {plain_us:.1f} µs per "
+            f"READ BINARY, median ratio of {4 * args.rounds} alternating rounds {ratio:.3f}x "
+            "(target <= 1.25x)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
