@@ -17,7 +17,7 @@ from test_vpcd import SELECT_JPKI, connect, transmit
 
 from mynacard import load_profile, open_card
 from mynacard.cli import main
-from mynacard.personalize.profile import with_quirks
+from mynacard.personalize.profile import with_atr, with_quirks
 
 READ_256 = bytes.fromhex("00B0000000")
 IDENTIFY = (SELECT_JPKI, SELECT_AUTH_CERT, READ_256)  # the first 256 bytes of the auth cert
@@ -52,15 +52,21 @@ def test_bad_card_options_are_one_line(
 def test_two_cards_told_apart(
     pcscd: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Readers 0 and 1 each answer with their own card's data; `ctl --reader 1` acts on
-    reader 1 alone."""
+    """Readers 0 and 1 each answer with their own card's data and ATR (quirks and ATR per
+    card); `ctl --reader 1` acts on reader 1 alone."""
     control = tmp_path / "control"
     cards = {0: ("default", []), 1: ("heisei-born", [("filler", "0x00")])}
     server = Server(
         control,
         *("--card", f"reader=0,profile=default,state={tmp_path / 's0'}"),
-        *("--card", f"reader=1,profile=heisei-born,state={tmp_path / 's1'},quirk=filler=0x00"),
+        *(
+            "--card",
+            f"reader=1,profile=heisei-born,state={tmp_path / 's1'},quirk=filler=0x00,"
+            "atr=contactless",
+        ),
     )
+    atrs = {0: load_profile("default").atr, 1: with_atr(load_profile("default"), "contactless").atr}
+    assert atrs[0] != atrs[1]
     try:
         names = {}
         for _ in cards:
@@ -73,6 +79,7 @@ def test_two_cards_told_apart(
         for reader, name in names.items():
             connection = connect(name)
             try:
+                assert bytes(connection.getATR()) == atrs[reader]
                 got = [transmit(connection, command) for command in IDENTIFY]
                 assert got == expected[reader]
             finally:
