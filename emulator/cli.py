@@ -183,11 +183,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _exit_on_signal)
     specs = _card_specs(args)
-    control = Path(args.control_dir) if args.control_dir else control_dir()
+    wanted = Path(args.control_dir) if args.control_dir else control_dir()
+    control: Path | None = wanted
     try:
-        private_dir(control)
-    except ControlError as error:
+        private_dir(wanted)
+    except ControlError as error:  # open to others: refuse
         raise UserError(f"--control-dir: {error}") from None
+    except OSError as error:  # cannot be made: serve without `ctl`
+        project.warning("no control sockets (`mynacard ctl`): %s", describe_os_error(error))
+        control = None
     printing = threading.Lock()
 
     def ready(card: ServedCard) -> None:
@@ -203,10 +207,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for spec in specs:
             cards.append(ServedCard(spec, on_ready=ready))
         for card in cards:
-            path = socket_path(control, card.port)
             try:
-                servers.append(ControlServer(card, path).start())
-            except ControlError as error:
+                if control is not None:
+                    servers.append(ControlServer(card, socket_path(control, card.port)).start())
+            except (ControlError, OSError) as error:
                 project.warning("no control socket for this card: %s", error)
             where = f"reader {card.name!r} via vpcd" if card.name else "vpcd"
             with printing:

@@ -366,3 +366,19 @@ def test_another_profile(inserted: Served, capsys: pytest.CaptureFixture[str]) -
         assert transmit(connection, SELECT_SIGN_CERT) == b"\x90\x00"
     finally:
         connection.disconnect()
+
+
+def test_serve_without_a_control_dir_still_serves(vpcd: FakeVpcd, tmp_path: Path) -> None:
+    """A control directory that cannot be made (a file is in the way): `serve` says so and
+    serves the card anyway."""
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    server = Server(blocked / "control", "--state", str(tmp_path / "state"), "--vpcd",
+                    f"127.0.0.1:{vpcd.port}")  # fmt: skip
+    try:
+        conn = vpcd.accept_from(server.proc)
+        conn.control(1)
+        assert conn.apdu(SELECT_JPKI) == b"\x90\x00"
+    finally:
+        err = server.stop()
+    assert "no control sockets (`mynacard ctl`)" in err and "Not a directory" in err
