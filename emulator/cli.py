@@ -190,7 +190,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ControlError as error:  # open to others: refuse
         raise UserError(f"--control-dir: {error}") from None
     except OSError as error:  # cannot be made: serve without `ctl`
-        project.warning("no control sockets (`mynacard ctl`): %s", describe_os_error(error))
+        project.warning("no control sockets for mynacard ctl: %s", describe_os_error(error))
         control = None
     printing = threading.Lock()
 

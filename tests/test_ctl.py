@@ -381,4 +381,4 @@ def test_serve_without_a_control_dir_still_serves(vpcd: FakeVpcd, tmp_path: Path
         assert conn.apdu(SELECT_JPKI) == b"\x90\x00"
     finally:
         err = server.stop()
-    assert "no control sockets (`mynacard ctl`)" in err and "Not a directory" in err
+    assert "no control sockets for mynacard ctl" in err and "Not a directory" in err
