@@ -383,8 +383,8 @@ def assert_reconnects(vpcd: FakeVpcd, conn: VpcdConn, within: float) -> VpcdConn
 
 @pytest.mark.parametrize(
     "partial",
-    [b"\x00", b"\x00\x0c", b"\x00\x0c" + SELECT_UNKNOWN[:5]],
-    ids=["half-a-length", "length-only", "half-a-body"],
+    [b"\x00", b"\x00\x0c", b"\x00\x0c" + SELECT_UNKNOWN[:5], b"\xff\xff" + SELECT_UNKNOWN],
+    ids=["half-a-length", "length-only", "half-a-body", "length-beyond-the-body"],
 )
 def test_peer_stalled_mid_frame_is_dropped(
     vpcd: FakeVpcd, partial: bytes, caplog: pytest.LogCaptureFixture
