@@ -310,7 +310,7 @@ def test_power_off_is_a_card_event(inserted: Served, capsys: pytest.CaptureFixtu
         assert transmit(connection, SELECT_JPKI) == b"\x90\x00"
         ctl_ok(inserted.control, "power-off", capsys=capsys)
         ctl_ok(inserted.control, "wait-ready", "--timeout", "5", capsys=capsys)
-        with pytest.raises(CardConnectionException):  # the card it had is gone
+        with pytest.raises(CardConnectionException, match="0x80100069"):  # REMOVED_CARD
             transmit(connection, SELECT_JPKI)
     finally:
         with contextlib.suppress(CardConnectionException):
