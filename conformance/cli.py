@@ -1,4 +1,5 @@
-"""`mynacard conformance` and `mynacard replay` (registered by emulator/cli.py)."""
+"""`mynacard conformance`, `mynacard replay` and `mynacard learn` (registered by
+emulator/cli.py)."""
 
 from __future__ import annotations
 
@@ -87,6 +88,10 @@ def register(sub: Any) -> None:
     replay.add_argument("file", metavar="FILE")
     _card_options(replay)
     replay.set_defaults(func=cmd_replay)
+
+    from .learn.cli import register as register_learn  # `mynacard learn` (docs/learning.md)
+
+    register_learn(sub, _card_options)
 
 
 def _fail(message: str) -> int:
