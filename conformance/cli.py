@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .fleet import DatabaseError, example_database
 from .profile import PROFILES_DIR, ProfileProblem, read_profile
 from .spec import PIN_NAMES
 from .targets import TargetError, open_target
@@ -81,6 +82,11 @@ def register(sub: Any) -> None:
     conformance.add_argument("--report", metavar="DIR", help="write junit.xml and report.html")
     conformance.add_argument(
         "--differential", metavar="TARGET", help="also drive TARGET and report the first difference"
+    )
+    conformance.add_argument(
+        "--database",
+        metavar="URL",
+        help="example database shared by a fleet: redis://HOST:PORT[/DB] or a folder",
     )
     conformance.set_defaults(func=cmd_conformance)
 
@@ -162,7 +168,8 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         _check_pins(args.pin)
         _check_profile(args.profile)
         report = _report_dir(args.report)
-    except ProfileProblem as error:
+        example_database(args.database)  # reachable now, not after the survey
+    except (ProfileProblem, DatabaseError) as error:
         return _fail(str(error))
     config = RunConfig(
         target=args.target,
@@ -175,6 +182,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         differential=args.differential,
         record=Path(args.record) if args.record else None,
         progress=True,
+        database=args.database,
     )
     chosen = "" if args.seed is not None else " (chosen for this run; --seed repeats it)"
     print(f"seed: {config.seed}{chosen}", flush=True)

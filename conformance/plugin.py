@@ -38,6 +38,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--card-steps", type=int, default=None, metavar="N")
     group.addoption("--card-seed", type=int, default=None, metavar="S")
     group.addoption("--card-differential", metavar="TARGET")
+    group.addoption(
+        "--card-database",
+        metavar="URL",
+        help="example database shared by a fleet: redis://HOST:PORT[/DB] or a folder",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -103,4 +108,5 @@ def card_run_config(request: pytest.FixtureRequest) -> RunConfig:
         seed=option("card_seed"),
         pin_budget=option("card_pin_budget"),
         differential=option("card_differential"),
+        database=option("card_database"),
     )

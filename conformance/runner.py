@@ -22,6 +22,8 @@ from hypothesis import HealthCheck, Phase, Verbosity, seed, settings
 from hypothesis.errors import Flaky
 from hypothesis.stateful import run_state_machine_as_test
 
+from .fleet import example_database
+
 from .bench import Bench, Deviation, Divergence, Link, Stats
 from .guard import GuardRefusal, PinGuard
 from .machine import INVARIANT_SECTIONS, build_machine
@@ -50,6 +52,7 @@ class RunConfig:
     differential: str | None = None
     record: Path | None = None
     progress: bool = False
+    database: str | None = None  # shared example database (`fleet`): redis://... or a folder
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,7 @@ def hypothesis_settings(config: RunConfig) -> settings:
         max_examples=config.max_examples,
         stateful_step_count=config.steps,
         deadline=None,
-        database=None,
+        database=example_database(config.database),
         derandomize=False,
         report_multiple_bugs=False,
         print_blob=False,
