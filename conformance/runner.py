@@ -22,9 +22,8 @@ from hypothesis import HealthCheck, Phase, Verbosity, seed, settings
 from hypothesis.errors import Flaky
 from hypothesis.stateful import run_state_machine_as_test
 
-from .fleet import example_database
-
 from .bench import Bench, Deviation, Divergence, Link, Stats
+from .fleet import example_database
 from .guard import GuardRefusal, PinGuard
 from .machine import INVARIANT_SECTIONS, build_machine
 from .model import CardFacts

@@ -50,9 +50,7 @@ def find_app(name: str, catalogue: tuple[AppSpec, ...]) -> AppSpec:
             f"--app {name}: the profile installs no free-area application {free!r} "
             f"(it has: {', '.join(names) or 'none'})"
         )
-    raise AlphabetError(
-        f"--app {name}: expected jpki, text, visual, juki, common or free:NAME"
-    )
+    raise AlphabetError(f"--app {name}: expected jpki, text, visual, juki, common or free:NAME")
 
 
 def _apdu(command: bytes) -> Step:
@@ -79,10 +77,8 @@ def wrong_value(right: bytes) -> bytes:
     """A value of the same length and alphabet that is not `right`: its last character
     another digit or letter."""
     last = right[-1]
-    if ord("A") <= last <= ord("Z"):
-        swapped = ord("A") + (last - ord("A") + 1) % 26
-    else:
-        swapped = last ^ 1  # digits stay digits
+    letter = ord("A") <= last <= ord("Z")
+    swapped = ord("A") + (last - ord("A") + 1) % 26 if letter else last ^ 1  # digits stay digits
     return right[:-1] + bytes((swapped,))
 
 

@@ -7,11 +7,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from aalpy.automata import MealyMachine
-
+from .learning import Machine
 from .mapper import agrees
-
-Machine = MealyMachine[Any, Any]
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeAlias
 
 from aalpy.automata import MealyMachine
 from aalpy.base import SUL
 from aalpy.learning_algs import run_KV
 from aalpy.oracles import RandomWMethodEqOracle
+
+Machine: TypeAlias = MealyMachine
 
 WALKS_PER_STATE = 40
 WALK_LENGTH = 12
@@ -20,7 +22,7 @@ WALK_LENGTH = 12
 class Learned:
     """A learned machine and what learning it cost."""
 
-    machine: MealyMachine[Any, Any]
+    machine: Machine
     letters: list[str]
     membership_queries: int
     equivalence_queries: int  # the oracle's test words

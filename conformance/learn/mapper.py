@@ -121,9 +121,9 @@ class CardSUL(SUL):  # type: ignore[misc]
     def post(self) -> None:
         """Nothing: the next query starts with `pre`."""
 
-    def _do(self, call: Callable[[], Any]) -> Any:
+    def _do(self, call: Callable[..., Any], *args: bytes) -> Any:
         try:
-            return call()
+            return call(*args)
         except GuardRefusal as refusal:
             raise LearnError(f"the PIN guard refused a command: {refusal}") from None
         except TargetError as error:
@@ -142,7 +142,7 @@ class CardSUL(SUL):  # type: ignore[misc]
             elif action is Action.POWER:
                 answer = self._do(target.power_cycle)
             else:
-                answer = self._do(lambda command=command: target.transmit(command))
+                answer = self._do(target.transmit, command)
             outputs.append(abstract(action, answer))
         output = SEPARATOR.join(outputs)
         self.selection.saw(name, output)

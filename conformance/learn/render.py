@@ -8,7 +8,8 @@ import subprocess
 from collections import defaultdict
 from pathlib import Path
 
-from .diff import Comparison, Machine, state_names
+from .diff import Comparison, state_names
+from .learning import Machine
 
 
 class RenderError(RuntimeError):
@@ -24,7 +25,10 @@ def _quote(text: str) -> str:
 
 
 def to_dot(
-    machine: Machine, letters: list[str], title: str, marked: set[tuple[str, str]] = frozenset()
+    machine: Machine,
+    letters: list[str],
+    title: str,
+    marked: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset(),
 ) -> str:
     """The machine in DOT: states named as `state_names` does, one edge per pair of states
     with a line per letter (``letter / output``); `marked` (state, letter) edges in red."""
@@ -87,7 +91,7 @@ def page(
         for d, t in zip(comparison.differences, transcripts, strict=True)
     )
     states = "".join(
-        f"<li>{html.escape(kind)} {html.escape(state)}: {html.escape(', '.join(sorted(other)))}</li>"
+        f"<li>{html.escape(f'{kind} {state}: ' + ', '.join(sorted(other)))}</li>"
         for kind, found in (("learned", comparison.split), ("expected", comparison.merged))
         for state, other in sorted(found.items())
     )
