@@ -52,6 +52,9 @@ def pytest_configure(config: pytest.Config) -> None:
         from .runner import choose_seed
 
         config.option.card_seed = choose_seed()
+    worker = getattr(config, "workerinput", None)
+    if worker is not None:  # pytest-xdist: worker gwN runs seed + N, so N workers make N runs
+        config.option.card_seed += int(str(worker["workerid"]).removeprefix("gw"))
     suite = str(SUITE)
     if config.args_source == pytest.Config.ArgsSource.ARGS:
         if suite not in config.args:

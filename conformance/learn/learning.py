@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -46,15 +47,17 @@ def learn(sul: SUL, letters: list[str], *, seed: int = 0) -> Learned:
         letters, sul, walks_per_state=WALKS_PER_STATE, walk_len=WALK_LENGTH
     )
     started = time.perf_counter()
-    machine, info = run_KV(
-        letters,
-        sul,
-        oracle,
-        "mealy",
-        cache_and_non_det_check=True,
-        return_data=True,
-        print_level=0,
-    )
+    with warnings.catch_warnings():  # intermediate hypotheses may be non-canonical (KV)
+        warnings.filterwarnings("ignore", "Automaton is non-canonical", UserWarning)
+        machine, info = run_KV(
+            letters,
+            sul,
+            oracle,
+            "mealy",
+            cache_and_non_det_check=True,
+            return_data=True,
+            print_level=0,
+        )
     return Learned(
         machine=machine,
         letters=letters,
