@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,3 +102,41 @@ def test_an_unreachable_database_is_one_line_and_exit_2(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "--database redis://" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_hypofuzz_campaign_shares_its_failure_with_one_dashboard(
+    redis_url: str, tmp_path: Path
+) -> None:
+    pytest.importorskip("hypofuzz", reason="HypoFuzz comes with mynacard[fleet]")
+    env = {**os.environ, "MYNACARD_DATABASE": redis_url, "MYNACARD_FUZZ_TARGET": PLANTED}
+    fuzz = [str(Path(sys.executable).with_name("hypothesis")), "fuzz"]
+    collect = ["--", "--pyargs", "mynacard.conformance.fuzz", "-p", "no:cacheprovider"]
+    campaign = subprocess.run(
+        [*fuzz, "-n", "1", "--no-dashboard", *collect],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
+    )  # fmt: skip
+    assert "Found a failing input for every test" in campaign.stdout + campaign.stderr
+    port = _free_port()
+    dashboard = subprocess.Popen(
+        [*fuzz, "--dashboard-only", "--port", str(port), *collect],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        failures: dict[str, object] = {}
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/tests/") as answer:
+                    tests = json.load(answer)
+                failures = next(iter(tests.values()), {}).get("failures") or {}
+                if failures:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.5)
+        assert failures, "the dashboard shows no failure"
+        assert "6F00" in json.dumps(failures) or "Deviation" in json.dumps(failures)
+    finally:
+        os.killpg(dashboard.pid, signal.SIGTERM)
+        dashboard.wait(timeout=30)
