@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 from test_conformance_mutants import MUTANTS
 
+from mynacard import open_card
+from mynacard.cli import main as mynacard
 from mynacard.conformance.learn.session import plan, run
 from mynacard.conformance.replay import replay
 from mynacard.conformance.targets import EmulatorTarget
 from mynacard.conformance.transcript import load
+from mynacard.store import read_pin_status
 
 HERE = Path(__file__).resolve().parent
 PLANTED = HERE / "planted_cards.py"
@@ -143,3 +148,24 @@ def test_bad_input_is_one_line_and_exit_2(
     done = _mynacard("learn", *options, "--out", "out", cwd=tmp_path)
     assert done.returncode == 2
     assert message in done.stderr and done.stderr.count("\n") == 1
+
+
+@pytest.mark.pcsc
+def test_learning_through_pcscd_restores_every_counter(
+    serve: Callable[..., AbstractContextManager[str]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A card behind pcscd is not disposable: the PIN guard, a budget, counters restored."""
+    state = tmp_path / "state"
+    with serve("default", state_dir=state) as reader:
+        status = mynacard(
+            ["learn", "--target", f"pcsc:{reader}", "--profile", "default", "--app", "juki",
+             "--pin-budget", "1000", "--out", str(tmp_path / "out")]
+        )  # fmt: skip
+        out = capsys.readouterr().out
+    assert status == 0, out
+    assert "the same machine" in out and "wrong PINs sent through the PIN guard: " in out
+    open_card("default", tmp_path / "fresh").close()
+    fresh = {pin.name: pin.remaining for pin in read_pin_status(tmp_path / "fresh")}
+    assert {pin.name: pin.remaining for pin in read_pin_status(state)} == fresh
