@@ -10,7 +10,8 @@ from typing import Any
 
 from ..guard import GuardRefusal
 from ..profile import ProfileProblem
-from ..targets import TargetError, open_target
+from ..targets import RecordingTarget, Target, TargetError, open_target
+from ..transcript import Recorder, save
 from .alphabet import AlphabetError
 
 
@@ -49,9 +50,12 @@ def cmd_learn(args: argparse.Namespace) -> int:
     pins = dict(args.pin)
     profile = args.profile or ("default" if args.target == "emulator" else None)
     try:
-        target = open_target(args.target, profile)
+        target: Target = open_target(args.target, profile)
     except (TargetError, ProfileProblem) as error:
         return _fail(str(error))
+    recorder = Recorder() if args.record else None
+    if recorder is not None:
+        target = RecordingTarget(target, recorder)
     try:
         chosen = plan(args.app, profile, pins, restore=not target.disposable)
         port = card_port(target, chosen, args.pin_budget)
@@ -70,6 +74,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
         return _fail(f"the target failed: {error}")
     finally:
         target.close()
+    if recorder is not None:
+        save(Path(args.record), recorder.exchanges, [f"learning {args.app} on {args.target}"])
     for line in lines:
         print(line)
     comparison = outcome.comparison
