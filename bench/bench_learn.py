@@ -14,6 +14,7 @@
    the ratio of 2 workers to 1 (the baseline) in the same invocation.
 
     .venv/bin/python bench/bench_learn.py [--apps jpki,text,...] [--mutant-apps juki,common]
+                                          [--mutants NAME,...]
                                           [--runs N] [--examples N] [--skip-learning]
                                           [--skip-mutants] [--skip-xdist]
 
@@ -78,10 +79,10 @@ def learning(apps: list[str]) -> None:
         )
 
 
-def mutants(apps: list[str]) -> None:
+def mutants(apps: list[str], names: list[str]) -> None:
     print()
     print(f"2. the project's mutants learned on {', '.join(apps)}")
-    for name in sorted(MUTANTS):
+    for name in names:
         for app in apps:
             outcome = learn_on_emulator(app, MUTANTS[name])
             differences = outcome.comparison.differences
@@ -142,6 +143,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--apps", default=",".join(APPS))
     parser.add_argument("--mutant-apps", default="juki,common")
+    parser.add_argument("--mutants", default=",".join(sorted(MUTANTS)))
     parser.add_argument("--runs", type=int, default=6)
     parser.add_argument("--examples", type=int, default=60)
     parser.add_argument("--skip-learning", action="store_true")
@@ -151,7 +153,7 @@ def main() -> None:
     if not args.skip_learning:
         learning(args.apps.split(","))
     if not args.skip_mutants:
-        mutants(args.mutant_apps.split(","))
+        mutants(args.mutant_apps.split(","), args.mutants.split(","))
     if not args.skip_xdist:
         xdist(args.runs, args.examples)
 

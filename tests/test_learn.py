@@ -15,6 +15,7 @@ from test_conformance_mutants import MUTANTS
 
 from mynacard import open_card
 from mynacard.cli import main as mynacard
+from mynacard.conformance.learn.mapper import agrees
 from mynacard.conformance.learn.session import plan, run
 from mynacard.conformance.replay import replay
 from mynacard.conformance.targets import EmulatorTarget
@@ -132,7 +133,14 @@ def test_a_card_that_is_not_disposable_needs_a_pin_budget(tmp_path: Path) -> Non
     assert refused.stderr.count("\n") == 1
     done = _mynacard(*options, "--out", "b", "--pin-budget", "1000", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "wrong PINs sent through the PIN guard: " in done.stdout
+    assert "wrong PINs sent through the PIN guard: 20" in done.stdout
+    pins = ("--pin", "auth=1234", "--pin", "sign=ABC123")  # no profile: the model from the spec
+    jpki = _mynacard(
+        "learn", "--target", target, *pins, "--app", "jpki", "--pin-budget", "1000",
+        "--out", "c", cwd=tmp_path,
+    )  # fmt: skip
+    assert jpki.returncode == 0, jpki.stdout + jpki.stderr
+    assert "the same machine" in jpki.stdout
 
 
 @pytest.mark.parametrize(
@@ -169,3 +177,22 @@ def test_learning_through_pcscd_restores_every_counter(
     open_card("default", tmp_path / "fresh").close()
     fresh = {pin.name: pin.remaining for pin in read_pin_status(tmp_path / "fresh")}
     assert {pin.name: pin.remaining for pin in read_pin_status(state)} == fresh
+
+
+@pytest.mark.parametrize(
+    ("learned", "expected", "agree"),
+    [
+        ("63C2", "63C.", True),
+        ("6A82", "6A82 | 9000", True),
+        ("9000", "9000 +data?", True),
+        ("9000 +data", "9000 +data?", True),
+        ("6F00", "*", True),
+        ("9000 ; 6982", "9000 ; 9000 +data", False),
+        ("6983", "6984", False),
+        ("9000", "9000 ; 9000", False),
+    ],
+)
+def test_a_learned_output_agrees_with_any_reading_the_model_accepts(
+    learned: str, expected: str, agree: bool
+) -> None:
+    assert agrees(learned, expected) is agree

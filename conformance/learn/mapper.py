@@ -40,14 +40,20 @@ def abstract(action: Action, response: bytes | None) -> str:
     return f"{sw} +data" if len(response) > 2 else sw
 
 
+ANY = "*"  # the model does not know the answer at all (an object it cannot see)
+_STATUS = re.compile(r"[0-9A-F.]{4}")
+
+
 def _abstract_alternative(action: Action, alternative: str) -> str:
     text = alternative.replace(" ", "")
     if action is not Action.APDU:
         return "ATR"
     sw, data = text[-4:], text[:-4]
+    if not _STATUS.fullmatch(sw):
+        return ANY
     if not data or data == "[0]":
         return sw
-    return f"{sw} +data" if data != "[*]" else f"{sw} +data?"
+    return f"{sw} +data?" if data.startswith(("[*]", "[0-")) else f"{sw} +data"
 
 
 def abstract_pattern(action: Action, pattern: Pattern) -> str:
@@ -66,6 +72,8 @@ def _concrete(pattern: Pattern) -> bytes:
 
 
 def _reading(output: str) -> re.Pattern[str]:
+    if output == ANY:
+        return re.compile(".*")
     escaped = re.escape(output).replace(r"\.", "[0-9A-F]")
     return re.compile(escaped.replace(r"\ \+data\?", r"(?: \+data)?"))
 

@@ -35,19 +35,31 @@ class Plan:
         return [letter.name for letter in self.letters]
 
 
+def _without_profile(pins: dict[str, str]) -> CardFacts:
+    """Facts from the spec and `pins`: counters taken to be full (`card_port` makes them so
+    on the card), and an optional object present exactly when every PIN it is or needs has
+    a value (the JPKI-AP's sign PIN, key and certificate come with `--pin sign=`)."""
+    made = CardFacts.learning(pins)
+    for app in made.catalogue:
+        known = {pin.fid for pin in app.pins if (app.aid, pin.fid) in made.pin_values}
+        for pin in app.pins:
+            made.initial_counters.setdefault((app.aid, pin.fid), pin.max_tries)
+        for fid in app.optional_fids:
+            ef, key = app.ef(fid), app.key(fid)
+            needs = ef.read if ef is not None else key.use if key is not None else frozenset({fid})
+            made.objects[(app.aid, fid)] = needs <= known
+    return made
+
+
 def plan(app_name: str, profile: str | None, pins: dict[str, str], *, restore: bool) -> Plan:
-    """The plan for `app_name`; the facts come from `profile` (exact) or the spec and `pins`
-    (counters taken to be full: `card_port` makes them so on the card)."""
+    """The plan for `app_name`; the facts come from `profile` (exact) or from the spec and
+    `pins` (`_without_profile`)."""
     loaded = read_profile(profile) if profile else None
 
     def facts() -> CardFacts:
         if loaded is not None:
             return CardFacts.from_profile(loaded, pins)
-        made = CardFacts.learning(pins)
-        for spec in made.catalogue:
-            for pin in spec.pins:
-                made.initial_counters.setdefault((spec.aid, pin.fid), pin.max_tries)
-        return made
+        return _without_profile(pins)
 
     sample = facts()
     app = find_app(app_name, sample.catalogue)
