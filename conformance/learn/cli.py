@@ -39,6 +39,17 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _replay_command(args: argparse.Namespace, transcript: Path) -> str:
+    """The `mynacard replay` of a difference's transcript on the same card; PINs hidden."""
+    from ..report import HIDDEN
+
+    words = ["mynacard", "replay", str(transcript), "--target", args.target]
+    words += ["--profile", args.profile] if args.profile else []
+    words += ["--pin-budget", str(args.pin_budget)] if args.pin_budget else []
+    hidden = [f"--pin {shlex.quote(name)}={HIDDEN}" for name, _ in args.pin]
+    return " ".join([shlex.join(words), *hidden])
+
+
 def cmd_learn(args: argparse.Namespace) -> int:
     try:
         from .mapper import LearnError
@@ -79,9 +90,6 @@ def cmd_learn(args: argparse.Namespace) -> int:
     for line in lines:
         print(line)
     comparison = outcome.comparison
-    card = f" --target {shlex.quote(args.target)}"
-    card += f" --profile {shlex.quote(args.profile)}" if args.profile else ""
-    card += "".join(f" --pin {shlex.quote(f'{n}={v}')}" for n, v in args.pin)
     transcripts = [path for path in written if path.suffix == ".apdu"]
     for number, (difference, path) in enumerate(
         zip(comparison.differences, transcripts, strict=True), 1
@@ -91,7 +99,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
             f"{difference.letter!r} answered {difference.learned}, "
             f"expected {difference.expected}"
         )
-        print(f"  replay: mynacard replay {shlex.quote(str(path))}{card}")
+        print(f"  replay: {_replay_command(args, path)}")
     for kind, found in (("learned", comparison.split), ("expected", comparison.merged)):
         for state, other in sorted(found.items()):
             print(f"{kind} state {state} stands for {', '.join(sorted(other))}")
