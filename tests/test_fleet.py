@@ -140,3 +140,29 @@ def test_a_hypofuzz_campaign_shares_its_failure_with_one_dashboard(
     finally:
         os.killpg(dashboard.pid, signal.SIGTERM)
         dashboard.wait(timeout=30)
+
+
+SEEDS_TEST = """
+import os
+import pytest
+
+@pytest.mark.parametrize("n", range(8))
+def test_seed(card_run_config, worker_id, n):
+    with open(os.path.join(os.environ["SEEDS"], worker_id), "w") as out:
+        out.write(str(card_run_config.seed))
+"""
+
+
+def test_each_xdist_worker_runs_its_own_seed(tmp_path: Path) -> None:
+    (tmp_path / "test_seeds.py").write_text(SEEDS_TEST)
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+         "-n", "2", "--card-target", "emulator", "--card-seed", "40", "--card-max-examples",
+         "1", "--card-steps", "1", "test_seeds.py"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**os.environ, "SEEDS": str(seeds)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {p.name: p.read_text() for p in seeds.iterdir()} == {"gw0": "40", "gw1": "41"}

@@ -68,7 +68,14 @@ def test_a_free_area_application_learns_as_the_model() -> None:
     assert outcome.comparison.equal, outcome.comparison.differences[:3]
 
 
-@pytest.mark.parametrize("mutant", ["6983-instead-of-6984", "counter-not-decremented"])
+@pytest.mark.parametrize(
+    "mutant",
+    [
+        "counter-not-decremented",
+        pytest.param("6983-instead-of-6984", marks=pytest.mark.slow),
+        pytest.param("counter-reset-by-power-cycle", marks=pytest.mark.slow),
+    ],
+)
 def test_a_mutant_that_changes_the_machine_is_a_diff(mutant: str) -> None:
     outcome = _learn("juki", EmulatorTarget("default", opener=MUTANTS[mutant]))
     assert outcome.comparison.differences
