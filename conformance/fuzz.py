@@ -13,6 +13,7 @@ days and the PIN guard's budget is per run.
 
 from __future__ import annotations
 
+import atexit
 import os
 
 from hypothesis import HealthCheck, settings
@@ -39,6 +40,7 @@ def _bench() -> Bench:
     if not target.disposable:
         target.close()
         raise TargetError(f"{TARGET}: a fuzzing campaign needs a disposable target")
+    atexit.register(target.close)  # its scratch state goes with the process
     bench = Bench(make_link(target, read_profile(PROFILE), {}, 0))
     bench.survey()
     return bench
