@@ -14,7 +14,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$ROOT"
 
-APT_PACKAGES=(pcscd vsmartcard-vpcd libpcsclite-dev opensc python3-venv gcc python3-dev fonts-ipaexfont-gothic)
+APT_PACKAGES=(pcscd vsmartcard-vpcd libpcsclite-dev opensc python3-venv gcc python3-dev fonts-ipaexfont-gothic redis-server graphviz)
 VPCD_PORT_HEX=8C7B # 35963, reader 'Virtual PCD 00 00'
 RUN_DIR=$ROOT/.run
 PID_FILE=$RUN_DIR/pcscd.pid

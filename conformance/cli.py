@@ -1,4 +1,5 @@
-"""`mynacard conformance` and `mynacard replay` (registered by emulator/cli.py)."""
+"""`mynacard conformance`, `mynacard replay` and `mynacard learn` (registered by
+emulator/cli.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .fleet import DatabaseError, example_database
 from .profile import PROFILES_DIR, ProfileProblem, read_profile
 from .spec import PIN_NAMES
 from .targets import TargetError, open_target
@@ -81,6 +83,11 @@ def register(sub: Any) -> None:
     conformance.add_argument(
         "--differential", metavar="TARGET", help="also drive TARGET and report the first difference"
     )
+    conformance.add_argument(
+        "--database",
+        metavar="URL",
+        help="example database shared by a fleet: redis://HOST:PORT[/DB] or a folder",
+    )
     conformance.set_defaults(func=cmd_conformance)
 
     replay = sub.add_parser(
@@ -100,6 +107,10 @@ def register(sub: Any) -> None:
         help="print FILE as a transcript (to edit, e.g. into wildcards) instead of running it",
     )
     replay.set_defaults(func=cmd_replay)
+
+    from .learn.cli import register as register_learn  # `mynacard learn` (docs/learning.md)
+
+    register_learn(sub, _card_options)
 
 
 def _fail(message: str) -> int:
@@ -170,7 +181,8 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         _check_pins(args.pin)
         _check_profile(args.profile)
         report = _report_dir(args.report)
-    except ProfileProblem as error:
+        example_database(args.database)  # reachable now, not after the survey
+    except (ProfileProblem, DatabaseError) as error:
         return _fail(str(error))
     config = RunConfig(
         target=args.target,
@@ -183,6 +195,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         differential=args.differential,
         record=Path(args.record) if args.record else None,
         progress=True,
+        database=args.database,
     )
     chosen = "" if args.seed is not None else " (chosen for this run; --seed repeats it)"
     print(f"seed: {config.seed}{chosen}", flush=True)

@@ -55,6 +55,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="N",
         help="the vpcd reader the pcsc backend serves on (default 0: 'Virtual PCD 00 00')",
     )
+    group.addoption(
+        "--card-database",
+        metavar="URL",
+        help="example database shared by a fleet: redis://HOST:PORT[/DB] or a folder",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -69,6 +74,9 @@ def pytest_configure(config: pytest.Config) -> None:
         from .runner import choose_seed
 
         config.option.card_seed = choose_seed()
+    worker = getattr(config, "workerinput", None)
+    if worker is not None:  # pytest-xdist: worker gwN runs seed + N, so N workers make N runs
+        config.option.card_seed += int(str(worker["workerid"]).removeprefix("gw"))
     suite = str(SUITE)
     if config.args_source == pytest.Config.ArgsSource.ARGS:
         if suite not in config.args:
@@ -125,6 +133,7 @@ def card_run_config(request: pytest.FixtureRequest) -> RunConfig:
         seed=option("card_seed"),
         pin_budget=option("card_pin_budget"),
         differential=option("card_differential"),
+        database=option("card_database"),
     )
 
 

@@ -23,6 +23,7 @@ from hypothesis.errors import Flaky
 from hypothesis.stateful import run_state_machine_as_test
 
 from .bench import Bench, Deviation, Divergence, Link, Stats
+from .fleet import example_database
 from .guard import GuardRefusal, PinGuard
 from .machine import INVARIANT_SECTIONS, build_machine
 from .model import CardFacts
@@ -50,6 +51,7 @@ class RunConfig:
     differential: str | None = None
     record: Path | None = None
     progress: bool = False
+    database: str | None = None  # shared example database (`fleet`): redis://... or a folder
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,7 @@ def hypothesis_settings(config: RunConfig) -> settings:
         max_examples=config.max_examples,
         stateful_step_count=config.steps,
         deadline=None,
-        database=None,
+        database=example_database(config.database),
         derandomize=False,
         report_multiple_bugs=False,
         print_blob=False,
