@@ -57,30 +57,35 @@ class Guess:
         return not self.right and self.remaining == 3
 
 
-def _auth_card(zygote: Zygote, state: Path) -> CardProcess:
-    card = zygote.card("default", state)
-    card.transmit(SELECT_JPKI)
-    card.transmit(SELECT_AUTH_PIN)
+def _auth_card(zygote: Zygote, state: Path, card_name: str = "default") -> CardProcess:
+    """A new card process with the auth PIN selected, warmed up by a right VERIFY of the sign
+    PIN (its writes), so the timed VERIFY pays no first-write costs."""
+    card = zygote.card(card_name, state)
+    for apdu in (SELECT_JPKI, bytes.fromhex("00A4020C02001B"), verify(b"ABC123"), SELECT_AUTH_PIN):
+        card.transmit(apdu)
     return card
 
 
-def verify_latencies(zygote: Zygote, state: Path, rounds: int) -> tuple[list[float], list[float]]:
-    """Microseconds from sending a wrong (then a right) VERIFY to its answer, `rounds` each."""
-    card = _auth_card(zygote, state)
+def verify_latencies(
+    zygote: Zygote, state: Path, rounds: int, card_name: str = "default"
+) -> tuple[list[float], list[float]]:
+    """Microseconds from sending a wrong (then a right) VERIFY to its answer, `rounds` each,
+    each the first VERIFY of a new card process, as in the attack."""
     wrong, right = [], []
-    try:
-        for _ in range(rounds):
-            for value, times in ((WRONG_AUTH, wrong), (RIGHT_AUTH, right)):
-                start = time.perf_counter_ns()
-                card.transmit(verify(value))
-                times.append((time.perf_counter_ns() - start) / 1000)
-    finally:
-        card.close()
+    for _ in range(rounds):
+        for value, times in ((WRONG_AUTH, wrong), (RIGHT_AUTH, right)):
+            if (state / "card.personalised").exists():
+                reset_pin(state, "auth")
+            card = _auth_card(zygote, state, card_name)
+            start = time.perf_counter_ns()
+            card.transmit(verify(value))
+            times.append((time.perf_counter_ns() - start) / 1000)
+            card.close()
     return wrong, right
 
 
 def timed_kill_attack(
-    zygote: Zygote, state: Path, deadlines_us: list[float], guesses: int
+    zygote: Zygote, state: Path, deadlines_us: list[float], guesses: int, card_name: str = "default"
 ) -> list[Guess]:
     """For each deadline T, `guesses` wrong and as many right guesses (interleaved), each on a
     card with a full counter: send VERIFY, kill -9 if no answer within T, restart, read the
@@ -90,7 +95,7 @@ def timed_kill_attack(
         for _ in range(guesses):
             for right in (False, True):
                 reset_pin(state, "auth")
-                card = _auth_card(zygote, state)
+                card = _auth_card(zygote, state, card_name)
                 card.send(verify(RIGHT_AUTH if right else WRONG_AUTH))
                 answer = card.answer(timeout=deadline / 1e6)  # from the send, near enough
                 if answer is None:
@@ -100,6 +105,30 @@ def timed_kill_attack(
                 remaining = {p.name: p.remaining for p in read_pin_status(state)}["auth"]
                 results.append(Guess(deadline, right, answer, remaining))
     return results
+
+
+def deadlines(wrong: list[float], right: list[float], count: int) -> list[float]:
+    """0, then `count - 1` deadlines spaced evenly on a log scale from 10 µs to 1.5 times the
+    slowest typical latency (the 90th percentile of both)."""
+    both = sorted(wrong + right)
+    top = max(both[int(len(both) * 0.9)] * 1.5, 20.0)
+    return [0.0] + [10.0 * (top / 10.0) ** (i / (count - 2)) for i in range(count - 1)]
+
+
+def telling(guesses: list[Guess]) -> dict[float, tuple[float, float]]:
+    """By deadline T: the share of wrong guesses that were free, and of right guesses that
+    were answered. The attack of issue 10 needs a T where both are high (it had 0.98 and 1);
+    when the decrement comes first, a free wrong guess is one killed before the comparison,
+    and a right guess answers only after its own decrement: the two add up to about 1."""
+    table = {}
+    for deadline in sorted({g.deadline_us for g in guesses}):
+        wrong = [g for g in guesses if g.deadline_us == deadline and not g.right]
+        right = [g for g in guesses if g.deadline_us == deadline and g.right]
+        table[deadline] = (
+            sum(g.free for g in wrong) / len(wrong),
+            sum(g.answer is not None for g in right) / len(right),
+        )
+    return table
 
 
 # -- kill -9 during mixed traffic ---------------------------------------------------------------

@@ -8,13 +8,16 @@ over a Unix socket (frames: 2-byte length, then the bytes).
         card.kill()                                 # kill -9, returns once it is gone
 
 Forking from a loaded process makes a restart cost milliseconds, not a Python start-up, so a
-test can kill hundreds of cards. Run as a script, this module is the zygote.
+test can kill hundreds of cards. A profile name "default!compare-first" gives a card with the
+timing bug of issue 10 put back (to show the attack test catches it). Run as a script, this
+module is the zygote.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import struct
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -77,20 +81,11 @@ class CardProcess:
         _send_frame(self._sock, capdu)
 
     def answer(self, timeout: float | None = None) -> bytes | None:
-        """The next answer, or None if none came within `timeout` seconds of now (watched
-        without sleeping: a socket timeout would round up to a millisecond)."""
-        if timeout is not None:
-            deadline = time.perf_counter() + timeout
-            while not self._waiting():
-                if time.perf_counter() >= deadline:
-                    return None
+        """The next answer, or None if none came within `timeout` seconds of now (select's
+        microseconds: a socket timeout would round up to a millisecond)."""
+        if timeout is not None and not select.select([self._sock], [], [], timeout)[0]:
+            return None
         return self._frame(None)
-
-    def _waiting(self) -> bool:
-        try:
-            return bool(self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-        except BlockingIOError:
-            return False
 
     def _frame(self, timeout: float | None) -> bytes | None:
         self._sock.settimeout(timeout)
@@ -172,8 +167,11 @@ def _serve_one(conn: socket.socket, profiles: dict[str, Any]) -> None:
     if request is None:
         return
     profile, state_dir = request.decode().split("\0")
+    name, _, mutant = profile.partition("!")
+    if mutant == "compare-first":
+        _compare_first()
     try:
-        card = open_card(profiles[profile], state_dir)
+        card = open_card(profiles[name], state_dir)
     except StateError as error:
         _send_frame(conn, b"E" + str(error).encode())
         return
@@ -183,6 +181,22 @@ def _serve_one(conn: socket.socket, profiles: dict[str, Any]) -> None:
             _send_frame(conn, card.transmit(capdu))
     finally:
         card.close()
+
+
+def _compare_first() -> None:
+    """Put back, in this card process only, the bug of issue 10: compare first, and write the
+    counter only for a wrong value (a right one answers without writing)."""
+    from mynacard.commands import pins
+
+    def spend_try(ctx: Any, state: Any, compare: Callable[[], bool]) -> bool:
+        if compare():
+            if state.remaining != state.max_tries:
+                ctx.store.set_remaining(state, state.max_tries)
+            return True
+        ctx.store.set_remaining(state, state.remaining - 1)
+        return False
+
+    pins.spend_try = spend_try  # type: ignore[assignment]
 
 
 def _zygote(socket_path: str, names: list[str]) -> None:

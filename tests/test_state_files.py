@@ -249,6 +249,7 @@ def test_a_read_only_database_is_refused(tmp_path: Path) -> None:
         pytest.skip("setpriv (util-linux) is needed to drop root's file-mode override")
     opening = f"from mynacard import open_card; open_card('default', {str(state)!r})"
     for command in (
+        ["-m", "mynacard", "status", "--state", str(state)],
         ["-m", "mynacard", "serve", "--vpcd", "127.0.0.1:9", "--state", str(state)],
         ["-c", f"import sys\n{opening}"],
     ):
@@ -256,7 +257,6 @@ def test_a_read_only_database_is_refused(tmp_path: Path) -> None:
             [*prefix, sys.executable, *command], capture_output=True, text=True, timeout=60,
             check=False,
         )  # fmt: skip
-        assert "attempt to write a readonly database" in result.stderr, result
+        assert "card.sqlite cannot be written (Permission denied)" in result.stderr, result
         assert f"chmod 600 {state / 'card.sqlite'}" in result.stderr
-    serve_result = result  # the last: open_card raises StateError, not sqlite3's error
-    assert "mynacard.store.StateError" in serve_result.stderr
+    assert "mynacard.store.StateError" in result.stderr  # open_card's error, not sqlite's
