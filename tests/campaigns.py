@@ -474,3 +474,112 @@ def random_inputs_campaign(profile: Profile, state: Path, inputs: int, seed: int
     finally:
         checker.card.close()
     return checker.inputs
+
+
+# -- through pcscd --------------------------------------------------------------------------------
+
+# One client's transaction: every answer is fixed when no other client's APDU comes between.
+TRANSACTION = [
+    (SELECT_JPKI, b"\x90\x00"),
+    (SELECT_AUTH_PIN, b"\x90\x00"),
+    (verify(WRONG_AUTH), b"\x63\xc2"),
+    (bytes.fromhex("00200080"), b"\x63\xc2"),  # the retry count
+    (verify(RIGHT_AUTH), b"\x90\x00"),
+    (bytes.fromhex("00A4020C020006"), b"\x90\x00"),
+    (bytes.fromhex("00B0000004"), b"JPKI\x90\x00"),
+]
+
+
+@dataclass(slots=True)
+class ClientsReport:
+    clients: int
+    transactions: int = 0
+    apdus: int = 0
+    inconsistent: list[str] = field(default_factory=list)
+
+
+def concurrent_clients(reader: str, clients: int, seconds: float) -> ClientsReport:
+    """`clients` threads, each with its own PC/SC context and connection, run TRANSACTION
+    inside SCardBeginTransaction / SCardEndTransaction for `seconds`; any answer other than
+    the expected one is an inconsistency (another client's APDU came between)."""
+    import threading
+
+    from smartcard import scard
+
+    report = ClientsReport(clients)
+    lock = threading.Lock()
+    until = time.monotonic() + seconds
+
+    def client() -> None:
+        rc, context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+        protocols = scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1
+        rc, handle, protocol = scard.SCardConnect(
+            context, reader, scard.SCARD_SHARE_SHARED, protocols
+        )
+        try:
+            while time.monotonic() < until:
+                if scard.SCardBeginTransaction(handle) != scard.SCARD_S_SUCCESS:
+                    raise RuntimeError("SCardBeginTransaction failed")
+                answers = []
+                try:
+                    for apdu, _ in TRANSACTION:
+                        rc, answer = scard.SCardTransmit(handle, protocol, list(apdu))
+                        answers.append(bytes(answer) if rc == scard.SCARD_S_SUCCESS else b"")
+                finally:
+                    scard.SCardEndTransaction(handle, scard.SCARD_LEAVE_CARD)
+                with lock:
+                    report.transactions += 1
+                    report.apdus += len(TRANSACTION)
+                    for (apdu, expected), answer in zip(TRANSACTION, answers, strict=True):
+                        if answer != expected:
+                            report.inconsistent.append(f"{apdu.hex()}: {answer.hex()}")
+        finally:
+            scard.SCardDisconnect(handle, scard.SCARD_LEAVE_CARD)
+            scard.SCardReleaseContext(context)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return report
+
+
+def usable_after(reader: str, timeout: float) -> float | None:
+    """Seconds until a SELECT through pcscd answers 9000 (None: not within `timeout`)."""
+    from smartcard import scard
+
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        rc, context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+        if rc == scard.SCARD_S_SUCCESS:
+            try:
+                protocols = scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1
+                rc, handle, protocol = scard.SCardConnect(
+                    context, reader, scard.SCARD_SHARE_SHARED, protocols
+                )
+                if rc == scard.SCARD_S_SUCCESS:
+                    rc, answer = scard.SCardTransmit(handle, protocol, list(SELECT_JPKI))
+                    scard.SCardDisconnect(handle, scard.SCARD_LEAVE_CARD)
+                    if rc == scard.SCARD_S_SUCCESS and bytes(answer) == b"\x90\x00":
+                        return time.monotonic() - start
+            finally:
+                scard.SCardReleaseContext(context)
+        time.sleep(0.02)
+    return None
+
+
+def pcscd_restarts(reader: str, pid: int, restarts: int, timeout: float) -> list[float | None]:
+    """Stop and start our pcscd `restarts` times; each time, the seconds from the new pcscd's
+    start until the served card answers (None: not within `timeout`). Needs a pcscd this
+    repository started (pcsc.owned_pcscd_pid)."""
+    from pcsc import start_pcscd, stop_pcscd
+
+    times = []
+    for _ in range(restarts):
+        stop_pcscd(pid)
+        start = time.monotonic()
+        pid = start_pcscd()
+        usable = usable_after(reader, timeout - (time.monotonic() - start))
+        times.append(None if usable is None else time.monotonic() - start)
+    return times

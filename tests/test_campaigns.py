@@ -6,6 +6,7 @@ bench/reliability.py writes the figures to RELIABILITY.md."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import tempfile
@@ -16,10 +17,13 @@ import campaigns
 import pytest
 from campaigns import Guess, Invariants
 from card_process import Zygote
+from conftest import ServeCard, pcsc_unavailable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pcsc import owned_pcscd_pid
 
 from mynacard import Profile, load_profile
+from mynacard.store import read_pin_status
 
 SHM = Path("/dev/shm")
 
@@ -192,3 +196,39 @@ def test_memory_is_flat_over_a_million_apdus(fast_dir: Path) -> None:
     report = campaigns.memory_campaign(fast_dir / "state", apdus=1_000_000, cycles=1000)
     assert report.apdu_growth < 64 * 1024, report
     assert report.cycle_growth < 256 * 1024, report
+
+
+# -- through pcscd --------------------------------------------------------------------------------
+
+
+@pytest.mark.pcsc
+def test_eight_clients_with_transactions(serve: ServeCard, tmp_path: Path) -> None:
+    """8 PC/SC clients, each in its own transactions: every answer is the one a lone client
+    gets (no APDU of another client comes between), and the counter ends where it began."""
+    state = tmp_path / "state"
+    with serve("default", state) as reader:
+        report = campaigns.concurrent_clients(reader, clients=8, seconds=5)
+    assert report.inconsistent == [] and report.transactions >= 8
+    assert {p.name: p.remaining for p in read_pin_status(state)}["auth"] == 3
+
+
+def restarts(serve: ServeCard, count: int) -> None:
+    pid = owned_pcscd_pid()
+    if pid is None:
+        if os.environ.get("CI") == "true":
+            pcsc_unavailable("pcscd was not started by setup.sh or the test fixture")
+        pytest.skip("pcscd was not started by this repository; not restarting someone else's")
+    with serve("default") as reader:
+        times = campaigns.pcscd_restarts(reader, pid, count, timeout=2.0)
+    assert None not in times, f"card not usable within 2 s after restarts {times}"
+
+
+@pytest.mark.pcsc
+def test_card_usable_after_pcscd_restarts(serve: ServeCard) -> None:
+    restarts(serve, 3)
+
+
+@pytest.mark.pcsc
+@pytest.mark.slow
+def test_card_usable_after_100_pcscd_restarts(serve: ServeCard) -> None:
+    restarts(serve, 100)
