@@ -215,18 +215,20 @@ def _connect(db_path: Path, *, create: bool = False) -> sqlite3.Connection:
     """The card state database, checked whole (quick_check); StateError if it is missing,
     empty or not one. `create` makes a new one 0600 (sqlite gives its -wal and -shm the same
     mode)."""
-    if create:
-        try:
-            os.close(os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600))
-        except OSError as error:
-            raise StateError(f"{db_path}: {error.strerror or error}") from None
-    else:
+    if not create:
         try:
             size = db_path.stat().st_size
         except FileNotFoundError:
             raise damaged(db_path, "the card's database is missing") from None
         if size == 0:
             raise damaged(db_path, "the card's database is empty (0 bytes)")
+    try:  # the card writes before it answers: a database it cannot write is refused now
+        os.close(os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600))
+    except OSError as error:
+        raise StateError(
+            f"{db_path} cannot be written ({error.strerror or error}): the card could not keep "
+            f"its counters; chmod 600 {db_path}, or move it off a read-only filesystem"
+        ) from None
     with _reading(db_path):
         conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
         try:
@@ -503,7 +505,8 @@ def _is_vacant(db_path: Path) -> bool:
     conn = _connect(db_path)
     try:
         with _reading(db_path):
-            return conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+            tables: int = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            return tables == 0
     finally:
         conn.close()
 
@@ -623,14 +626,13 @@ class CardStore:
             checked = _open_checked(state_dir, marker, free_area)
             try:
                 _belongs(checked, card, state_dir)
-                _writable(checked)
                 maxima = {pin.name: pin.max_tries for pin in card.pins}
                 _expect_pins(checked.pins, maxima, checked.db_path, "its profile")
             except BaseException:
                 checked.conn.close()
                 raise
-            pins = {name: state for name, (state, _) in checked.pins.items()}
-            return cls(state_dir, lock_fd, checked.conn, pins)
+            states = {name: state for name, (state, _) in checked.pins.items()}
+            return cls(state_dir, lock_fd, checked.conn, states)
         except BaseException:
             os.close(lock_fd)
             raise
@@ -672,13 +674,6 @@ def _belongs(checked: _Checked, card: Personalisation, state_dir: Path) -> None:
             f"state directory {state_dir} belongs to another card (profile "
             f"{checked.meta.get('profile', '?')}); use a fresh --state for {card.profile_label}"
         )
-
-
-def _writable(checked: _Checked) -> None:
-    """StateError now if the database cannot be written (read-only file or filesystem),
-    rather than a failed write while the card answers."""
-    with _reading(checked.db_path), _transaction(checked.conn):
-        checked.conn.execute("UPDATE meta SET value = value WHERE key = 'profile_id'")
 
 
 def _lived_in(state_dir: Path) -> Marker | None:
