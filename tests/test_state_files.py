@@ -259,4 +259,4 @@ def test_a_read_only_database_is_refused(tmp_path: Path) -> None:
         )  # fmt: skip
         assert "card.sqlite cannot be written (Permission denied)" in result.stderr, result
         assert f"chmod 600 {state / 'card.sqlite'}" in result.stderr
-XX
+    assert "StateError: " in result.stderr  # open_card's error, not sqlite's
