@@ -50,15 +50,16 @@ def attack_rows(zygote: Zygote, work: Path, scale: int) -> list[Row]:
             best = max(table, key=lambda t: table[t][0] * table[t][1])  # the attacker's T
             free, answered = table[best]
             answered_free = sum(g.answer is not None and g.free for g in guesses)
+            untried = sum(g.answer is None and g.remaining == 3 for g in guesses)
             label = "the card" if card == "default" else "issue 10's bug put back (compare first)"
             rows.append((
                 f"timed-kill attack, {label}, state on {where}",
-                f"{len(guesses)} guesses of the auth PIN, kill -9 after T for {len(deadlines)} "
-                f"T from 0 to {deadlines[-1]:,.0f} µs (median answer: wrong "
+                f"{len(guesses)} guesses of the auth PIN, kill -9 if no answer within T, "
+                f"{len(deadlines)} T from 0 to {deadlines[-1]:,.0f} µs (median answer: wrong "
                 f"{median(wrong):,.0f} µs, right {median(right):,.0f} µs)",
-                f"the attacker's best T, {best:,.0f} µs: {free:.0%} of wrong guesses free "
-                f"while {answered:.0%} of right guesses answered (an attack needs both "
-                "near 100 %)",
+                f"{untried} guesses killed with the counter intact; at the attacker's best T, "
+                f"{best:,.0f} µs, {free:.0%} of wrong guesses cost nothing while {answered:.0%} "
+                "of right ones were answered (the attack needs both near 100 %)",
                 f"{answered_free} answered guesses cost no try",
             ))  # fmt: skip
     return rows

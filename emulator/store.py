@@ -7,7 +7,8 @@ power loss, a wrong try is never free, and losing the -wal file loses no answere
 
 A state directory never starts over by itself: personalisation writes a marker
 (card.personalised) after the database, and from then on a missing, empty, damaged or
-inconsistent database, or a value out of range, is a StateError naming the file and the fix.
+inconsistent database, or a value out of range, is a StateError naming the file and the fix
+(state_db.py reads and checks it).
 Only `wipe` (`mynacard state reset`) makes room for a new card.
 """
 
