@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from mynacard import StateError, open_card
+from mynacard.store import read_pin_status
 
 SELECT_JPKI = bytes.fromhex("00A4040C0AD392F000260100000001")
 
@@ -260,3 +261,21 @@ def test_a_read_only_database_is_refused(tmp_path: Path) -> None:
         assert "card.sqlite cannot be written (Permission denied)" in result.stderr, result
         assert f"chmod 600 {state / 'card.sqlite'}" in result.stderr
     assert "StateError: " in result.stderr  # open_card's error, not sqlite's
+
+
+def test_a_state_from_before_the_marker_is_adopted_whole(tmp_path: Path) -> None:
+    """A state made before card.personalised existed keeps its counters and gets its marker;
+    one that lost a PIN row is refused all the same."""
+    state = tmp_path / "state"
+    blocked_auth(state)
+    (state / "card.personalised").unlink()
+    status = mynacard("status", "--state", state, "--json")
+    assert {row["name"]: row["remaining"] for row in json.loads(status.stdout)}["auth"] == 0
+    open_card("default", state).close()
+    assert json.loads((state / "card.personalised").read_text())["pins"]["auth"] == 3
+    assert {p.name: p.remaining for p in read_pin_status(state)}["auth"] == 0
+    (state / "card.personalised").unlink()
+    sql("DELETE FROM pins WHERE name = 'auth'")(state)
+    with pytest.raises(StateError, match="PIN auth is missing"):
+        open_card("default", state)
+    assert not (state / "card.personalised").exists()
