@@ -171,6 +171,8 @@ def open_card(
         pins=[_personalised(pin, loaded) for app in applications for pin in app.pins()],
         free_capacity=loaded.free_area.capacity,
         free_apps=[free_area.record(spec) for spec in loaded.free_area.apps],
+        profile_source=_source(loaded),
+        free_area=free_area.check_stored,
     )
     try:
         applications += free_area.installed(store.free_apps())
@@ -189,6 +191,12 @@ def open_card(
     if loaded.quirks.t0_chaining:
         card = T0Chaining(card)
     return card
+
+
+def _source(profile: Profile) -> str:
+    """What `load_profile` takes to load `profile` again: a shipped name, or its path."""
+    shipped = profile.path.parent == _profiles.PROFILES_DIR
+    return profile.path.stem if shipped else str(profile.path.resolve())
 
 
 def _personalised(pin: Pin, profile: Profile) -> PinRecord:

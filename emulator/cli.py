@@ -402,9 +402,10 @@ def cmd_profile_new(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from .apps.free_area import check_stored
     from .store import read_pin_status
 
-    pins = read_pin_status(Path(args.state))
+    pins = read_pin_status(Path(args.state), check_stored)  # StateError (exit 2) if damaged
     if args.json:
         rows: list[dict[str, Any]] = [
             {
@@ -422,6 +423,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     for p in pins:
         tries = f"{p.remaining}/{p.max_tries}"
         print(f"{p.name:<{width}}  {tries:>5}  {'yes' if p.blocked else 'no'}")
+    return 0
+
+
+def cmd_state_reset(args: argparse.Namespace) -> int:
+    """Re-personalise: the only way a state directory gets a fresh card (docs/state.md)."""
+    from . import open_card
+    from .personalize.profile import load_profile
+    from .store import recorded_profile, wipe
+
+    state_dir = Path(args.state)
+    source = args.profile or recorded_profile(state_dir)
+    if source is None:
+        raise UserError(f"{state_dir} does not record its profile; give --profile NAME|PATH")
+    profile = load_profile(source)  # before anything is removed
+    wipe(state_dir)
+    open_card(profile, state_dir).close()
+    print(f"state {state_dir}: a new card from profile {profile.name!r}, every PIN as issued")
     return 0
 
 
@@ -615,10 +633,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     new.set_defaults(func=cmd_profile_new)
 
-    status = sub.add_parser("status", help="show the PIN counters of a card state")
+    status = sub.add_parser(
+        "status", help="show the PIN counters of a card state (exit 2 if it is damaged)"
+    )
     status.add_argument("--state", metavar="DIR", required=True)
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+
+    state = sub.add_parser("state", help="manage a card's state directory")
+    ssub = state.add_subparsers(dest="state_command", required=True, metavar="ACTION")
+    state_reset = ssub.add_parser(
+        "reset", help="re-personalise: a new card from the profile (all state lost)"
+    )
+    state_reset.add_argument("--state", metavar="DIR", required=True)
+    state_reset.add_argument(
+        "--profile", metavar="NAME|PATH", help="default: the profile the state records"
+    )
+    state_reset.set_defaults(func=cmd_state_reset)
 
     reset = sub.add_parser("reset-pin", help="reset a PIN's counter (the municipal office's job)")
     reset.add_argument("--state", metavar="DIR", required=True)

@@ -1,8 +1,15 @@
 """Durable card state in a state directory (sqlite3): PIN values and retry counters, and the
 free storage area (its applications and the content of their EFs).
 
-Every change is one committed transaction (WAL, synchronous=FULL) before the card answers,
-so a counter or a write survives `kill -9` and power loss and a wrong try is never free.
+Every change is one committed transaction (WAL, synchronous=FULL), copied into the database
+file (a checkpoint) before the card answers, so a counter or a write survives `kill -9` and
+power loss, a wrong try is never free, and losing the -wal file loses no answered change.
+
+A state directory never starts over by itself: personalisation writes a marker
+(card.personalised) after the database, and from then on a missing, empty, damaged or
+inconsistent database, or a value out of range, is a StateError naming the file and the fix
+(state_db.py reads and checks it).
+Only `wipe` (`mynacard state reset`) makes room for a new card.
 """
 
 from __future__ import annotations
@@ -11,14 +18,37 @@ import fcntl
 import os
 import re
 import sqlite3
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from .files import MAX_PIN_LENGTH
+from .state_db import (
+    CAPACITY_KEY,
+    MARKER_NAME,
+    Checked,
+    FreeAreaCheck,
+    Marker,
+    connect,
+    expect_pins,
+    open_checked,
+    read_capacity,
+    read_free_apps,
+    read_marker,
+    reading,
+    write_marker,
+)
+from .state_db import DB_NAME as DB_NAME
+from .state_db import FreeAppRecord as FreeAppRecord
+from .state_db import FreeAreaStatus as FreeAreaStatus
+from .state_db import PinRecord as PinRecord
+from .state_db import PinState as PinState
+from .state_db import PinStatus as PinStatus
+from .state_db import StateError as StateError
+from .state_db import StateLockedError as StateLockedError
 
-DB_NAME = "card.sqlite"
 LOCK_NAME = "card.lock"
 
 _SCHEMA = """
@@ -43,82 +73,6 @@ CREATE TABLE IF NOT EXISTS free_files (
     PRIMARY KEY (aid, fid)
 );
 """
-_CAPACITY_KEY = "free_area_capacity"  # in meta; present once the free area is personalised
-
-
-class StateError(RuntimeError):
-    """A state directory that cannot be used as asked; the message says why."""
-
-
-class StateLockedError(StateError):
-    """The state directory is held by a live card."""
-
-
-@dataclass(slots=True)
-class PinState:
-    """A PIN's live value and counter, mirrored in memory and written through."""
-
-    name: str
-    value: bytes
-    remaining: int
-    max_tries: int
-
-    @property
-    def blocked(self) -> bool:
-        return self.remaining == 0
-
-
-@dataclass(frozen=True, slots=True)
-class PinRecord:
-    """A PIN, or an AES key's retry counter, as first stored.
-
-    `value_format` is the regular expression a new value must match; "" for a key counter,
-    which has no value to set.
-    """
-
-    name: str
-    value: bytes
-    remaining: int
-    max_tries: int
-    value_format: str
-
-
-@dataclass(frozen=True, slots=True)
-class FreeAppRecord:
-    """A free-area application as the store keeps it.
-
-    `definition` is its declaration (JSON) and `size` the bytes of capacity it takes;
-    `files` holds EF contents by FID (initial ones to install, current ones when loaded);
-    `pins` are the PINs and key counters it brings (only read when installing).
-    """
-
-    name: str
-    aid: bytes
-    size: int
-    definition: str
-    files: dict[int, bytes]
-    pins: tuple[PinRecord, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class FreeAreaStatus:
-    capacity: int
-    apps: list[FreeAppRecord]
-
-    @property
-    def used(self) -> int:
-        return sum(app.size for app in self.apps)
-
-
-@dataclass(frozen=True, slots=True)
-class PinStatus:
-    name: str
-    remaining: int
-    max_tries: int
-
-    @property
-    def blocked(self) -> bool:
-        return self.remaining == 0
 
 
 def check_private(state_dir: Path) -> None:
@@ -167,65 +121,25 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+    _checkpoint(conn)
 
 
-def _connect(db_path: Path) -> sqlite3.Connection:
-    """The card state database; StateError if `db_path` is not one (e.g. a damaged file).
-    A new one is created 0600 (sqlite gives its -wal and -shm files the same mode)."""
-    try:
-        os.close(os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600))
-    except OSError as error:
-        raise StateError(f"{db_path}: {error.strerror or error}") from None
-    try:
-        conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.executescript(_SCHEMA)
-        except BaseException:
-            conn.close()
-            raise
-    except sqlite3.DatabaseError as error:
-        raise StateError(
-            f"{db_path} is not a usable card state ({error}); move the state directory "
-            "away (a fresh one starts from the profile) or choose another --state"
-        ) from None
-    return conn
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy the committed changes into the database file, so it holds every answered change
+    by itself (a deleted -wal loses nothing that was acknowledged)."""
+    conn.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
 
 
 def _insert_pins(conn: sqlite3.Connection, pins: Iterable[PinRecord]) -> None:
-    """Add PINs the state does not hold yet; existing ones keep their value and counter."""
     conn.executemany(
-        "INSERT OR IGNORE INTO pins VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO pins VALUES (?, ?, ?, ?, ?)",
         [(p.name, p.value, p.remaining, p.max_tries, p.value_format) for p in pins],
     )
 
 
-def _free_apps(conn: sqlite3.Connection) -> list[FreeAppRecord]:
-    files: dict[bytes, dict[int, bytes]] = {}
-    for aid, fid, content in conn.execute("SELECT aid, fid, content FROM free_files"):
-        files.setdefault(bytes(aid), {})[fid] = bytes(content)
-    return [
-        FreeAppRecord(name, bytes(aid), size, definition, files.get(bytes(aid), {}))
-        for aid, name, size, definition in conn.execute(
-            "SELECT aid, name, size, definition FROM free_apps ORDER BY rowid"
-        )
-    ]
-
-
-def _capacity(conn: sqlite3.Connection, state_dir: Path) -> int:
-    row = conn.execute("SELECT value FROM meta WHERE key = ?", (_CAPACITY_KEY,)).fetchone()
-    if row is None:
-        raise StateError(
-            f"the card state in {state_dir} predates the free area; open it once with "
-            "`mynacard serve` first"
-        )
-    return int(row[0])
-
-
-def _install(conn: sqlite3.Connection, app: FreeAppRecord, capacity: int) -> None:
+def _install(conn: sqlite3.Connection, app: FreeAppRecord, capacity: int, db_path: Path) -> None:
     """Add a free-area application inside the caller's transaction; StateError if it cannot."""
-    installed = _free_apps(conn)
+    installed = read_free_apps(conn, db_path)
     for other in installed:
         if other.name == app.name:
             raise StateError(f"a free-area application named {app.name!r} is installed already")
@@ -255,14 +169,91 @@ def _install(conn: sqlite3.Connection, app: FreeAppRecord, capacity: int) -> Non
     _insert_pins(conn, app.pins)
 
 
+def _is_vacant(db_path: Path) -> bool:
+    """No card ever lived at `db_path`: no database, or one a personalisation cut short left
+    without tables (only asked when there is no marker)."""
+    if not db_path.exists() or db_path.stat().st_size == 0:
+        return True
+    conn = connect(db_path)
+    try:
+        with reading(db_path):
+            tables: int = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            return tables == 0
+    finally:
+        conn.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Personalisation:
+    """What a new card's state is made of (from its profile)."""
+
+    profile_id: str
+    profile_label: str
+    profile_source: str  # what load_profile takes, for `mynacard state reset`
+    pins: tuple[PinRecord, ...]
+    free_capacity: int
+    free_apps: tuple[FreeAppRecord, ...]
+
+
+def _personalise(state_dir: Path, card: Personalisation) -> None:
+    """Make the database of a new card in one transaction, then the marker."""
+    db_path = state_dir / DB_NAME
+    card_id = uuid.uuid4().hex
+    conn = connect(db_path, create=True)
+    try:
+        with reading(db_path), _transaction(conn):
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.executemany(
+                "INSERT INTO meta VALUES (?, ?)",
+                [
+                    ("profile_id", card.profile_id),
+                    ("profile", card.profile_label),
+                    ("card_id", card_id),
+                    (CAPACITY_KEY, str(card.free_capacity)),
+                ],
+            )
+            _insert_pins(conn, card.pins)
+            for app in card.free_apps:
+                _install(conn, app, card.free_capacity, db_path)
+    finally:
+        conn.close()
+    maxima = {pin.name: pin.max_tries for pin in card.pins}
+    write_marker(state_dir, Marker(card_id, card.profile_id, card.profile_source, maxima))
+
+
+def _adopt(state_dir: Path, card: Personalisation, free_area: FreeAreaCheck | None) -> None:
+    """Give a state from before markers its marker (and its free area, if it predates it),
+    once it reads whole and holds every PIN of its profile."""
+    checked = open_checked(state_dir, None, free_area)
+    conn, db_path = checked.conn, checked.db_path
+    try:
+        _belongs(checked, card, state_dir)
+        maxima = {pin.name: pin.max_tries for pin in card.pins}
+        expect_pins(checked.pins, maxima, db_path, "its profile")
+        card_id = checked.meta.get("card_id") or uuid.uuid4().hex
+        with reading(db_path), _transaction(conn):
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('card_id', ?)", (card_id,))
+            if CAPACITY_KEY not in checked.meta:
+                conn.execute("INSERT INTO meta VALUES (?, ?)", (CAPACITY_KEY, card.free_capacity))
+                for app in card.free_apps:
+                    _install(conn, app, card.free_capacity, db_path)
+    finally:
+        conn.close()
+    write_marker(state_dir, Marker(card_id, card.profile_id, card.profile_source, maxima))
+
+
 class CardStore:
     """The state directory of one card, held exclusively while the card is open."""
 
-    def __init__(self, state_dir: Path, lock_fd: int, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self, state_dir: Path, lock_fd: int, conn: sqlite3.Connection, pins: dict[str, PinState]
+    ) -> None:
         self.state_dir = state_dir
         self._lock_fd = lock_fd
         self._conn = conn
-        self.pins: dict[str, PinState] = {}
+        self.pins = pins
 
     @classmethod
     def open(
@@ -274,13 +265,21 @@ class CardStore:
         pins: Iterable[PinRecord],
         free_capacity: int,
         free_apps: Sequence[FreeAppRecord],
+        profile_source: str = "",
+        free_area: FreeAreaCheck | None = None,
     ) -> CardStore:
         """Open (creating 0700 if missing) and lock `state_dir` for the card of `profile_id`.
 
-        `pins` are the personalised PINs; those the state does not hold yet are added,
-        existing ones keep their value and counter. The free area is personalised once, with
-        `free_capacity` and `free_apps`; after that the state alone holds it.
+        A directory where no card lives yet is personalised: `pins`, the free area of
+        `free_capacity` with `free_apps`, then the marker. Otherwise the card that lives there
+        is opened, every stored value checked (the national PINs against `pins`' maxima);
+        StateError if it is damaged, never a fresh card. `free_area` checks the stored
+        free-area declarations; `profile_source` is recorded for `mynacard state reset`.
         """
+        card = Personalisation(
+            profile_id, profile_label, profile_source, tuple(pins), free_capacity,
+            tuple(free_apps),
+        )  # fmt: skip
         try:
             state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as error:
@@ -289,56 +288,51 @@ class CardStore:
         check_private(state_dir)
         lock_fd = _lock(state_dir)
         try:
-            conn = _connect(state_dir / DB_NAME)
-            row = conn.execute("SELECT value FROM meta WHERE key = 'profile_id'").fetchone()
-            if row is None:
-                conn.executemany(
-                    "INSERT INTO meta VALUES (?, ?)",
-                    [("profile_id", profile_id), ("profile", profile_label)],
-                )
-            elif row[0] != profile_id:
-                label = conn.execute("SELECT value FROM meta WHERE key = 'profile'").fetchone()
-                conn.close()
-                raise StateError(
-                    f"state directory {state_dir} belongs to another card (profile "
-                    f"{label[0] if label else '?'}); use a fresh --state for {profile_label}"
-                )
-            store = cls(state_dir, lock_fd, conn)
-            with _transaction(conn):
-                _insert_pins(conn, pins)
-                personalised = conn.execute("SELECT 1 FROM meta WHERE key = ?", (_CAPACITY_KEY,))
-                if personalised.fetchone() is None:
-                    conn.execute("INSERT INTO meta VALUES (?, ?)", (_CAPACITY_KEY, free_capacity))
-                    for app in free_apps:
-                        _install(conn, app, free_capacity)
-            for name, value, remaining, max_tries in conn.execute(
-                "SELECT name, value, remaining, max_tries FROM pins"
-            ):
-                store.pins[name] = PinState(name, bytes(value), remaining, max_tries)
-            return store
+            marker = read_marker(state_dir)
+            if marker is None:
+                if _is_vacant(state_dir / DB_NAME):
+                    _personalise(state_dir, card)
+                else:
+                    _adopt(state_dir, card, free_area)
+                marker = read_marker(state_dir)
+            checked = open_checked(state_dir, marker, free_area)
+            try:
+                _belongs(checked, card, state_dir)
+                maxima = {pin.name: pin.max_tries for pin in card.pins}
+                expect_pins(checked.pins, maxima, checked.db_path, "its profile")
+            except BaseException:
+                checked.conn.close()
+                raise
+            states = {name: state for name, (state, _) in checked.pins.items()}
+            return cls(state_dir, lock_fd, checked.conn, states)
         except BaseException:
             os.close(lock_fd)
             raise
 
+    def _durably(self, statement: str, parameters: tuple[object, ...]) -> int:
+        """One durable autocommitted change, checkpointed; the rows it changed."""
+        changed = self._conn.execute(statement, parameters).rowcount
+        _checkpoint(self._conn)
+        return changed
+
     def set_remaining(self, pin: PinState, remaining: int) -> None:
-        """Durably set a counter (one autocommitted statement), then the in-memory mirror."""
-        self._conn.execute("UPDATE pins SET remaining = ? WHERE name = ?", (remaining, pin.name))
+        """Durably set a counter, then the in-memory mirror."""
+        self._durably("UPDATE pins SET remaining = ? WHERE name = ?", (remaining, pin.name))
         pin.remaining = remaining
 
     def set_value(self, pin: PinState, value: bytes) -> None:
-        self._conn.execute("UPDATE pins SET value = ? WHERE name = ?", (value, pin.name))
+        self._durably("UPDATE pins SET value = ? WHERE name = ?", (value, pin.name))
         pin.value = value
 
     def free_apps(self) -> list[FreeAppRecord]:
         """The installed free-area applications with the current content of their EFs."""
-        return _free_apps(self._conn)
+        with reading(self.state_dir / DB_NAME):
+            return read_free_apps(self._conn, self.state_dir / DB_NAME)
 
     def save_file(self, aid: bytes, fid: int, content: bytes) -> None:
-        """Durably replace a free-area EF's content (one autocommitted statement)."""
-        cursor = self._conn.execute(
-            "UPDATE free_files SET content = ? WHERE aid = ? AND fid = ?", (content, aid, fid)
-        )
-        if cursor.rowcount != 1:
+        """Durably replace a free-area EF's content."""
+        statement = "UPDATE free_files SET content = ? WHERE aid = ? AND fid = ?"
+        if self._durably(statement, (content, aid, fid)) != 1:
             raise StateError(f"no EF {fid:04X} of {aid.hex().upper()} in {self.state_dir}")
 
     def close(self) -> None:
@@ -346,41 +340,54 @@ class CardStore:
         os.close(self._lock_fd)
 
 
-def _existing_db(state_dir: Path) -> Path:
+def _belongs(checked: Checked, card: Personalisation, state_dir: Path) -> None:
+    if checked.meta["profile_id"] != card.profile_id:
+        raise StateError(
+            f"state directory {state_dir} belongs to another card (profile "
+            f"{checked.meta.get('profile', '?')}); use a fresh --state for {card.profile_label}"
+        )
+
+
+def _lived_in(state_dir: Path) -> Marker | None:
+    """The marker of `state_dir`; StateError if no card lives there."""
     check_private(state_dir)
-    db_path = state_dir / DB_NAME
-    if not db_path.is_file():
+    marker = read_marker(state_dir)
+    if marker is None and not (state_dir / DB_NAME).is_file():
         raise StateError(f"no card state in {state_dir} (it is made by the first `mynacard serve`)")
-    return db_path
-
-
-def _open_existing(state_dir: Path) -> sqlite3.Connection:
-    return _connect(_existing_db(state_dir))
+    return marker
 
 
 @contextmanager
-def _offline(state_dir: Path) -> Iterator[sqlite3.Connection]:
-    """The state of a card that is not live (the lock is held meanwhile)."""
-    db_path = _existing_db(state_dir)
+def _existing(state_dir: Path, free_area: FreeAreaCheck | None = None) -> Iterator[Checked]:
+    """The checked state of the card living in `state_dir` (which need not be idle)."""
+    marker = _lived_in(state_dir)
+    checked = open_checked(state_dir, marker, free_area)
+    try:
+        with reading(checked.db_path):
+            yield checked
+    finally:
+        checked.conn.close()
+
+
+@contextmanager
+def _offline(state_dir: Path) -> Iterator[Checked]:
+    """The checked state of a card that is not live (the lock is held meanwhile)."""
+    _lived_in(state_dir)
     lock_fd = _lock(state_dir)
     try:
-        conn = _connect(db_path)
-        try:
-            yield conn
-        finally:
-            conn.close()
+        with _existing(state_dir) as checked:
+            yield checked
     finally:
         os.close(lock_fd)
 
 
-def read_pin_status(state_dir: Path) -> list[PinStatus]:
-    """The counters of the card whose state is in `state_dir` (works while it is live)."""
-    conn = _open_existing(state_dir)
-    try:
-        rows = conn.execute("SELECT name, remaining, max_tries FROM pins ORDER BY rowid")
-        return [PinStatus(name, remaining, max_tries) for name, remaining, max_tries in rows]
-    finally:
-        conn.close()
+def read_pin_status(state_dir: Path, free_area: FreeAreaCheck | None = None) -> list[PinStatus]:
+    """The counters of the card whose state is in `state_dir` (works while it is live), once
+    every stored value is checked (the free area's with `free_area`)."""
+    with _existing(state_dir, free_area) as checked:
+        rows = checked.conn.execute("SELECT name FROM pins ORDER BY rowid").fetchall()
+        pins = [checked.pins[name][0] for (name,) in rows]
+        return [PinStatus(pin.name, pin.remaining, pin.max_tries) for pin in pins]
 
 
 def reset_pin(state_dir: Path, name: str, value: str | None = None) -> None:
@@ -388,14 +395,14 @@ def reset_pin(state_dir: Path, name: str, value: str | None = None) -> None:
 
     Refused while a live card holds the state, so the card's in-memory mirror stays true.
     """
-    with _offline(state_dir) as conn:
-        row = conn.execute(
-            "SELECT max_tries, value_format FROM pins WHERE name = ?", (name,)
-        ).fetchone()
-        if row is None:
-            names = ", ".join(n for (n,) in conn.execute("SELECT name FROM pins"))
-            raise StateError(f"no PIN named {name!r} in {state_dir} (known: {names})")
-        max_tries, value_format = row
+    with _offline(state_dir) as checked:
+        conn = checked.conn
+        stored = checked.pins.get(name)
+        if stored is None:
+            raise StateError(
+                f"no PIN named {name!r} in {state_dir} (known: {', '.join(checked.pins)})"
+            )
+        state, value_format = stored
         if value is not None and not value_format:
             raise StateError(f"{name} is a key's retry counter: it has no value to set")
         too_long = value is not None and len(value) > MAX_PIN_LENGTH
@@ -405,33 +412,32 @@ def reset_pin(state_dir: Path, name: str, value: str | None = None) -> None:
                 "characters"
             )
         with _transaction(conn):
-            conn.execute("UPDATE pins SET remaining = ? WHERE name = ?", (max_tries, name))
+            conn.execute("UPDATE pins SET remaining = ? WHERE name = ?", (state.max_tries, name))
             if value is not None:
                 conn.execute("UPDATE pins SET value = ? WHERE name = ?", (value.encode(), name))
 
 
 def read_free_area(state_dir: Path) -> FreeAreaStatus:
     """The free area of the card whose state is in `state_dir` (works while it is live)."""
-    conn = _open_existing(state_dir)
-    try:
-        return FreeAreaStatus(_capacity(conn, state_dir), _free_apps(conn))
-    finally:
-        conn.close()
+    with _existing(state_dir) as checked:
+        return FreeAreaStatus(read_capacity(checked.conn, checked.db_path), checked.apps)
 
 
 def install_free_app(state_dir: Path, app: FreeAppRecord) -> FreeAreaStatus:
     """The issuer installs a free-area application; refused while the card is live."""
-    with _offline(state_dir) as conn:
-        capacity = _capacity(conn, state_dir)
+    with _offline(state_dir) as checked:
+        conn, db_path = checked.conn, checked.db_path
+        capacity = read_capacity(conn, db_path)
         with _transaction(conn):
-            _install(conn, app, capacity)
-        return FreeAreaStatus(capacity, _free_apps(conn))
+            _install(conn, app, capacity, db_path)
+        return FreeAreaStatus(capacity, read_free_apps(conn, db_path))
 
 
 def remove_free_app(state_dir: Path, name_or_aid: str) -> FreeAppRecord:
     """The issuer deletes a free-area application (by name or AID hex) with its EFs and PINs."""
-    with _offline(state_dir) as conn:
-        for app in _free_apps(conn):
+    with _offline(state_dir) as checked:
+        conn = checked.conn
+        for app in checked.apps:
             if name_or_aid == app.name or name_or_aid.upper() == app.aid.hex().upper():
                 with _transaction(conn):
                     conn.execute("DELETE FROM free_apps WHERE aid = ?", (app.aid,))
@@ -442,6 +448,26 @@ def remove_free_app(state_dir: Path, name_or_aid: str) -> FreeAppRecord:
                     )
                 return app
         raise StateError(f"no free-area application {name_or_aid!r} in {state_dir}")
+
+
+def recorded_profile(state_dir: Path) -> str | None:
+    """The profile the card in `state_dir` was personalised from, as its marker records it."""
+    marker = read_marker(state_dir)
+    return marker.profile if marker is not None and marker.profile else None
+
+
+def wipe(state_dir: Path) -> None:
+    """Remove the card that lives in `state_dir` (refused while it is live): its database
+    first, its marker last, so a cut leaves either the card or a clear error."""
+    if not state_dir.exists():
+        return
+    check_private(state_dir)
+    lock_fd = _lock(state_dir)
+    try:
+        for name in (f"{DB_NAME}-wal", f"{DB_NAME}-shm", DB_NAME, MARKER_NAME):
+            (state_dir / name).unlink(missing_ok=True)
+    finally:
+        os.close(lock_fd)
 
 
 def free_pin_prefix(app_name: str) -> str:

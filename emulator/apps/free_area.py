@@ -168,8 +168,24 @@ def stored_spec(app: FreeAppRecord) -> FreeAppSpec:
 
 
 def installed(apps: Iterable[FreeAppRecord]) -> list[Application]:
-    """The applications of the store's free area, with their current EF contents."""
-    return [build(stored_spec(app), app.files) for app in apps]
+    """The applications of the store's free area, with their current EF contents;
+    StateError if the store lost the content of one of their EFs."""
+    applications = []
+    for app in apps:
+        spec = stored_spec(app)
+        lost = [f"{f.fid:04X}" for f in spec.files if not isinstance(f, RsaKeySpec)]
+        lost = [fid for fid in lost if int(fid, 16) not in app.files]
+        if lost:
+            raise _state_error(app.name, f"no stored content for EF {', '.join(lost)}")
+        applications.append(build(spec, app.files))
+    return applications
+
+
+def check_stored(apps: list[FreeAppRecord]) -> list[PinRecord]:
+    """StateError unless the applications build from the store; the PINs and key counters
+    the store must hold for them (store.FreeAreaCheck)."""
+    installed(apps)
+    return [pin for app in apps for pin in record(stored_spec(app)).pins]
 
 
 def load_app_file(path: Path) -> FreeAppSpec:
