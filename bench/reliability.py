@@ -6,7 +6,7 @@ writes what they measured to RELIABILITY.md (never a hand-typed number).
 Scale 1 runs in about a minute; --scale 10 in about ten. The PC/SC part needs pcscd with the
 vsmartcard vpcd driver (`sudo ./setup.sh test` installs them); it starts pcscd when none is
 running (and then also restarts it, which it never does to someone else's pcscd). Atheris
-runs only when it is installed (`pip install atheris`, or `tox -e fuzz`).
+runs only when it is installed (`pip install atheris`, or `tox -e atheris`).
 """
 
 from __future__ import annotations

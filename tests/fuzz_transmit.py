@@ -1,7 +1,7 @@
 """atheris harness over `transmit()`: each input is a few APDUs (a length byte, then the
 bytes), sent to one card with its invariants checked after every APDU (campaigns.Invariants).
 
-    python tests/fuzz_transmit.py -max_total_time=300 [CORPUS_DIR]   # or: tox -e fuzz
+    python tests/fuzz_transmit.py -max_total_time=300 [CORPUS_DIR]   # or: tox -e atheris
 
 A broken invariant raises AssertionError: atheris stops and writes the input as crash-*.
 """

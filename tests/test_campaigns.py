@@ -170,9 +170,9 @@ ATHERIS = importlib.util.find_spec("atheris") is not None
 HARNESS = Path(__file__).with_name("fuzz_transmit.py")
 
 
-@pytest.mark.skipif(not ATHERIS, reason="atheris is opt-in: pip install atheris (tox -e fuzz)")
+@pytest.mark.skipif(not ATHERIS, reason="atheris is opt-in: pip install atheris (tox -e atheris)")
 def test_atheris_smoke(tmp_path: Path) -> None:
-    """A short atheris run of the harness (tox -e fuzz runs it for minutes)."""
+    """A short atheris run of the harness (tox -e atheris runs it for minutes)."""
     (tmp_path / "corpus").mkdir()
     result = subprocess.run(
         [sys.executable, str(HARNESS), "-atheris_runs=3000", str(tmp_path / "corpus")],
