@@ -14,7 +14,7 @@ from .apdu import INS, SW, Apdu, MalformedApdu, read_binary, select_aid, select_
 from .guard import GuardRefusal, PinGuard
 from .model import CardFacts, CardModel, Expectation, ObjectKey, brief, cmac
 from .spec import ISD_AID, JPKI, AppSpec, EfSpec, KeyUse, PinSpec, Structure, key_credential
-from .targets import ChainedResponses, Target, TargetError
+from .targets import RecordingTarget, Target, TargetError, TargetLayer
 from .transcript import Action, Exchange, Pattern
 
 # What may happen between VERIFY and the use of what it opened (docs/card.md, card-wide
@@ -220,9 +220,10 @@ class Observer:
 
 def restart_of(target: Target) -> Callable[[], bytes] | None:
     """The `restart` of the card under `target` (seen through the layers that only collect
-    61xx pieces), or None when it has none: a power loss between two commands."""
+    61xx pieces or remember answers; a recording would miss it), or None when it has none:
+    a power loss between two commands."""
     inner: object = target
-    while isinstance(inner, ChainedResponses):
+    while isinstance(inner, TargetLayer) and not isinstance(inner, RecordingTarget):
         inner = inner.inner
     restart = getattr(inner, "restart", None)
     return restart if callable(restart) else None
@@ -508,9 +509,8 @@ class Bench:
     def power_cycle(self) -> None:
         self._power(Action.POWER)
 
-    # Reopening a card costs as much as ~100 steps: a run restarts at most this often, once
-    # per example, and only when what the card must keep (counters, PINs, free-area EFs)
-    # has changed since it was last powered on.
+    # Reopening the emulator costs a few steps; a run restarts at most this often (once
+    # per example), so that a target slower to reopen stays usable.
     max_restarts = 16
 
     @property
@@ -518,20 +518,22 @@ class Bench:
         """Every target is disposable and has `restart`."""
         return all(link.restart is not None for link in self.links)
 
-    def power_loss(self) -> bool:
-        """A power loss between two commands: a restart where it can show something (True),
-        a power cycle otherwise."""
-        worth_it = not self._restarted and self.model.kept() != self._kept_at_power_on
-        if worth_it and self.restarts < self.max_restarts and self.restartable:
-            self._restarted = True
-            self.restart()
-            return True
-        self._power(Action.POWER)
-        return False
+    @property
+    def may_restart(self) -> bool:
+        """A power loss may be a restart now: restartable targets, once per example, at most
+        `max_restarts` times a run."""
+        return self.restartable and not self._restarted and self.restarts < self.max_restarts
+
+    @property
+    def kept_changed(self) -> bool:
+        """Whether what the card must keep (counters, PINs, free-area EFs) changed since it
+        was last powered on: what a restart now must not lose."""
+        return self.model.kept() != self._kept_at_power_on
 
     def restart(self) -> None:
         """Every target closed and opened again from its state (`restartable` ones)."""
         self.restarts += 1
+        self._restarted = True
         self._power(Action.RESTART)
 
     def _observe(self, command: bytes, response: bytes) -> None:

@@ -902,14 +902,40 @@ class ConformanceMachine(RuleBasedStateMachine):
     @counted
     def power_loss(self) -> None:
         """A power loss or a process restart between two commands (disposable targets with
-        `restart`): once something durable has changed, the card is closed and opened again
-        from its state directory and every counter is read back at once; else a power
-        cycle."""
-        if self.bench.power_loss():
-            self.look_back()
-            # Back to the power-on state either way: what rules may run next must not
-            # depend on whether the run's restarts were used up (hypothesis replays).
-            self.bench.reset()
+        `restart`): the card is closed and opened again from its state directory and every
+        counter is read back at once. When nothing it must keep has changed since it was
+        powered on, a wrong VERIFY first gives it something to lose (the right one puts the
+        counter back after). A power cycle once the run's restarts are used up."""
+        bench = self.bench
+        if not bench.may_restart:
+            bench.power_cycle()
+            return
+        spent = None if bench.kept_changed else self.spend_a_try()
+        bench.restart()
+        self.look_back()
+        if spent is not None:
+            app, pin, value = spent
+            self.send(select_aid(app.aid))
+            self.send(verify(value, 0x80 | pin.fid))
+        # Back to the power-on state either way: what rules may run next must not depend
+        # on whether the run's restarts were used up (hypothesis replays).
+        bench.reset()
+
+    def spend_a_try(self) -> tuple[AppSpec, PinSpec, bytes] | None:
+        """A wrong VERIFY (one character off) of the first PIN the run knows that has tries
+        to spare; the PIN and its right value, or None if there is none."""
+        model = self.bench.model
+        for app in model.present_apps():
+            for pin in app.pins:
+                key = (app.aid, pin.fid)
+                value, remaining = model.values.get(key), model.counters.get(key)
+                present = model.facts.present(app, pin.fid) is True
+                if not present or not value or not remaining or remaining < 2:
+                    continue
+                self.send(select_aid(app.aid))
+                self.send(verify(near_misses(value)["change"][0], 0x80 | pin.fid))
+                return app, pin, value
+        return None
 
     def look_back(self) -> None:
         """Read every PIN counter of every application (the retry query costs nothing)."""

@@ -803,24 +803,7 @@ def passes(transcript: list[Exchange], target: EmulatorTarget, profile: str) -> 
         target.close()
 
 
-OPEN = {"state-lost-on-restart", "free-area-flushed-at-power-off"}  # restart rule: see below
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            name,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="open: the restart rule does not catch it within the default budget yet",
-            ),
-        )
-        if name in OPEN
-        else name
-        for name in sorted(MUTANTS)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(MUTANTS))
 def test_mutant_is_caught_within_the_default_budget(name: str) -> None:
     deviation, again = catch(name, seed=2024)
     assert deviation is not None, f"{name} was not caught"
