@@ -1065,10 +1065,19 @@ class CardModel:
         if not self._granted(app, key.use):
             raise _Refused(SW.SECURITY_STATUS_NOT_SATISFIED)
         data, scheme = apdu.data, apdu.p1
+        public = self.facts.public_key(app, key)
+
+        def check(response: bytes) -> str | None:
+            if public is None or sw_of(response) != SW.OK:
+                return None
+            return signature_problem(public, scheme, data, response[:-2])
+
         if key.how is not KeyUse.SIGN:
             # docs/card-spec.md §6: this key answers INTERNAL AUTHENTICATE "instead"; whether 80 2A
-            # is refused or signs too is not recorded anywhere.
-            return Expectation(_pattern(f"6985 | 6700 | [{RSA_BYTES}] 9000"), SECTION_SIGN)
+            # is refused or signs too is not recorded anywhere. A signature must still be P1's
+            # scheme exactly, and differs between cards (their keys; PSS is randomised).
+            pattern = _pattern(f"6985 | 6700 | [{RSA_BYTES}] 9000")
+            return Expectation(pattern, SECTION_SIGN, check=check, portable=False)
         bad_length = (
             not 1 <= len(data) <= RSA_BYTES - 11
             if scheme == 0
@@ -1076,13 +1085,6 @@ class CardModel:
         )
         if bad_length:
             raise _Refused(SW.WRONG_LENGTH, SW.CONDITIONS_NOT_SATISFIED)
-        public = self.facts.public_key(app, key)
-
-        def check(response: bytes) -> str | None:
-            if public is None:
-                return None
-            return signature_problem(public, scheme, data, response[:-2])
-
         return Expectation(
             _pattern(f"[{RSA_BYTES}] 9000"), SECTION_SIGN, check=check, portable=False
         )

@@ -14,7 +14,7 @@ import pytest
 
 from mynacard.cli import main as mynacard
 from mynacard.conformance.apdu import Apdu, MalformedApdu, select_aid, select_ef, verify
-from mynacard.conformance.bench import Bench, Divergence
+from mynacard.conformance.bench import Bench, Deviation, Divergence
 from mynacard.conformance.cli import PROG
 from mynacard.conformance.flows import FLOWS, GOLDEN_DIR, write_golden
 from mynacard.conformance.model import CardFacts, CardModel
@@ -22,7 +22,7 @@ from mynacard.conformance.profile import read_profile
 from mynacard.conformance.replay import replay
 from mynacard.conformance.report import write_report
 from mynacard.conformance.runner import RunConfig, make_link, run, run_bench
-from mynacard.conformance.spec import CATALOGUE, JPKI
+from mynacard.conformance.spec import CATALOGUE, COMMON, JPKI
 from mynacard.conformance.targets import (
     EmulatorTarget,
     RecordingTarget,
@@ -369,6 +369,44 @@ def test_differential_mode_reports_the_first_difference() -> None:
 def test_differential_mode_between_two_emulators_finds_nothing() -> None:
     result = run(RunConfig(profile="default", differential="emulator", max_examples=40, seed=5))
     assert result.conformant and len(result.targets) == 2
+
+
+class InternalAuthenticateKeySignsPkcs1(TargetLayer):
+    """Signs 80 2A P1 04 with the 共通 AP's card key as PKCS#1 v1.5 (P1 03's scheme)."""
+
+    def transmit(self, command: bytes) -> bytes:
+        if command[:4] == bytes.fromhex("802A0499"):
+            command = bytes.fromhex("802A0399") + command[4:]
+        return self.inner.transmit(command)
+
+
+SIGN_WITH_THE_COMMON_CARD_KEY = [
+    Apdu(0x80, 0x2A, p1, 0x80 | 0x19, data, le=256).encode()
+    for p1, data in ((0x04, bytes(32)), (0x05, b"message"), (0x03, b"message"), (0x00, b"\x01"))
+]
+
+
+def test_internal_authenticate_key_signing_is_checked_not_compared() -> None:
+    """80 2A with a key made for INTERNAL AUTHENTICATE (the 共通 AP's card key): whether a
+    card signs is open, so two cards need not agree byte for byte (PSS is randomised: two
+    emulators differ), but a signature must be exactly P1's scheme."""
+    profile = read_profile("default")
+    first, second = EmulatorTarget("default"), EmulatorTarget("default")
+    wrong = InternalAuthenticateKeySignsPkcs1(EmulatorTarget("default"))
+    try:
+        bench = Bench(make_link(first, profile, {}, 0), make_link(second, profile, {}, 0))
+        bench.begin_example()
+        bench.exchange(select_aid(COMMON.aid))
+        for command in SIGN_WITH_THE_COMMON_CARD_KEY:
+            assert bench.exchange(command)[-2:] == b"\x90\x00"
+        bench = Bench(make_link(wrong, profile, {}, 0))
+        bench.begin_example()
+        bench.exchange(select_aid(COMMON.aid))
+        with pytest.raises(Deviation, match="P1 04: not an RSASSA-PSS signature"):
+            bench.exchange(SIGN_WITH_THE_COMMON_CARD_KEY[0])
+    finally:
+        for target in (first, second, wrong):
+            target.close()
 
 
 # -- CLI and reports -----------------------------------------------------------------------
