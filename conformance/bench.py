@@ -17,6 +17,15 @@ from .spec import ISD_AID, JPKI, AppSpec, EfSpec, KeyUse, PinSpec, Structure, ke
 from .targets import RecordingTarget, Target, TargetError, TargetLayer
 from .transcript import Action, Exchange, Pattern
 
+# A CLA of each kind: logical channels 1-3 and 4-19, secure messaging, chaining (and with
+# SM), the reserved 20-3F, proprietary 81-9F, unused A0-FF (ISO 7816-4 §5.4.1).
+ODD_CLASSES = (
+    *(0x01, 0x03, 0x08, 0x0C, 0x10, 0x14),
+    *(0x20, 0x21, 0x2C, 0x30, 0x3F),
+    *(0x44, 0x70, 0x81, 0x84, 0x90, 0xA0, 0xB0, 0xFF),
+)
+
+
 # What may happen between VERIFY and the use of what it opened (docs/card.md, card-wide
 # behaviour; the re-SELECT as the profile's `reselect_clears_state` says).
 SWEEP_EVENTS = ("reselect", "isd", "reset", "power", "other-app")
@@ -733,6 +742,8 @@ class Bench:
                 self.exchange(select_ef(key.fid))
             self.reset()
         self.access_sweep()
+        if self.disposable:
+            self._probe_classes()
         self._probe_extended()
         self.reset()
         self.stats.examples = 0
@@ -784,6 +795,13 @@ class Bench:
             except GuardRefusal:
                 continue
         return False
+
+    def _probe_classes(self) -> None:
+        """SELECT and READ BINARY with a CLA of each kind (`ODD_CLASSES`), once."""
+        self.reset()
+        for cla in ODD_CLASSES:
+            self.exchange(bytes((cla, INS.SELECT, 0x04, 0x0C, 0x01, 0xD3)))
+            self.exchange(bytes((cla, INS.READ_BINARY, 0x00, 0x00, 0x01)))
 
     def _probe_extended(self) -> None:
         """Does the reader carry an extended READ BINARY (Le 65536), and the card take it?

@@ -35,7 +35,7 @@ from .adversarial import (
     transparent_writes,
 )
 from .apdu import INS, SW, Apdu, select_aid, select_ef, sw_of, verify
-from .bench import SWEEP_EVENTS, Bench, read_back_commands
+from .bench import ODD_CLASSES, SWEEP_EVENTS, Bench, read_back_commands
 from .model import SHA256_DIGEST_INFO, cmac
 from .spec import (
     CATALOGUE,
@@ -950,7 +950,7 @@ class ConformanceMachine(RuleBasedStateMachine):
     @precondition(lambda self: not self.careful)
     @rule(
         kind=st.sampled_from(["class", "instruction", "length", "master-file", "session-key"]),
-        cla=st.sampled_from([0x01, 0x03, 0x0C, 0x08, 0x44, 0x70, 0xA0, 0xB0, 0xFF]),
+        cla=st.sampled_from(ODD_CLASSES),
         ins=st.sampled_from(
             [0x00, 0x0E, 0x2C, 0x44, 0x70, 0xD6, 0xE2, 0xF0, 0xA4, 0xB0, 0x20, 0x2A]
         ),
@@ -959,7 +959,8 @@ class ConformanceMachine(RuleBasedStateMachine):
     )
     @counted
     def odd_command(self, kind: str, cla: int, ins: int, body: bytes, lc: int) -> None:
-        """Unknown classes and instructions, broken length fields, SELECT of the MF, SET
+        """Classes other than 00 / 80 (channels, secure messaging, chaining, the reserved
+        20-3F, proprietary ones), unknown instructions, broken length fields, SELECT of the MF, SET
         SESSION KEY with a random cryptogram (secure messaging is never opened)."""
         if kind == "class":
             command = bytes((cla, ins, 0x00, 0x00))

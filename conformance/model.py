@@ -59,6 +59,7 @@ SECTION_FREE = "§10 free area"
 CHALLENGE_SIZES = (8, 16)  # what EXTERNAL AUTHENTICATE answers (docs/free-area.md)
 NO_INFORMATION = 0x6300  # a wrong EXTERNAL AUTHENTICATE with a key that has no retry limit
 NOT_ENOUGH_MEMORY = 0x6A84  # data past the end of a free-area EF, or a full record EF
+CHAINING_NOT_SUPPORTED = 0x6884  # CLA bit 5 (ISO 7816-4 §5.4.1): the card does not chain
 
 
 def cmac(key: bytes, message: bytes) -> bytes:
@@ -459,7 +460,7 @@ class CardModel:
     def _dispatch(self, apdu: Apdu) -> Expectation:
         cla, ins = apdu.cla, apdu.ins
         if cla not in (0x00, 0x80):
-            raise _Refused(_class_error(cla, ins))
+            raise _Refused(*_class_errors(cla, ins))
         own, other = (ISO_INS, PROPRIETARY_INS) if cla == 0x00 else (PROPRIETARY_INS, ISO_INS)
         if ins not in own:
             if ins in other:
@@ -1189,13 +1190,23 @@ def _sizes_and_values(*checks: tuple[bool, int]) -> None:
         raise _Refused(*sws)
 
 
-def _class_error(cla: int, ins: int) -> int:
-    """docs/decisions.md #19-#20: logical channels, secure messaging and unknown classes."""
-    if 0x40 <= cla <= 0x7F or (cla < 0x80 and cla & 0x03):
-        return SW.LOGICAL_CHANNEL_NOT_SUPPORTED
-    if cla < 0x80 and not cla & 0x30 and cla & 0x0C:
-        return SW.SECURE_MESSAGING_NOT_SUPPORTED if ins == INS.SELECT else SW.SM_DATA_OBJECT_MISSING
-    return SW.CLA_NOT_SUPPORTED
+def _class_errors(cla: int, ins: int) -> tuple[int, ...]:
+    """A CLA other than 00 / 80 (docs/decisions.md #19-#20, ISO 7816-4 §5.4.1): 40-7F are
+    logical channels 4-19; 20-3F are reserved (RFU) and A0-FF unused: not a class; 01-1F
+    carry a channel, secure messaging or chaining; 81-9F are proprietary, which a card may
+    read as 01-1F or refuse (no document says)."""
+    if 0x40 <= cla <= 0x7F:
+        return (SW.LOGICAL_CHANNEL_NOT_SUPPORTED,)
+    if 0x20 <= cla <= 0x3F or cla >= 0xA0:
+        return (SW.CLA_NOT_SUPPORTED,)
+    if cla & 0x03:
+        interindustry = SW.LOGICAL_CHANNEL_NOT_SUPPORTED
+    elif cla & 0x0C:
+        select = ins == INS.SELECT
+        interindustry = SW.SECURE_MESSAGING_NOT_SUPPORTED if select else SW.SM_DATA_OBJECT_MISSING
+    else:
+        interindustry = CHAINING_NOT_SUPPORTED
+    return (SW.CLA_NOT_SUPPORTED, interindustry) if cla & 0x80 else (interindustry,)
 
 
 def signature_problem(

@@ -535,6 +535,17 @@ def last_byte_unreadable(command: bytes, answer: bytes) -> bytes:
     return answer
 
 
+def reserved_class_as_first(command: bytes, answer: bytes) -> bytes:
+    """CLA 20-3F (reserved in ISO 7816-4) read as 00-1F: channel, SM or chaining errors
+    (the card's class check missing its bit 6), where the card says 6E00."""
+    if len(command) >= 4 and 0x20 <= command[0] <= 0x3F and answer == b"\x6e\x00":
+        cla = command[0] & 0x1F
+        if cla & 0x03:
+            return b"\x68\x81"
+        return b"\x68\x82" if cla & 0x0C else b"\x68\x84"
+    return answer
+
+
 # -- the exact signature scheme of each P1 (item 4) --------------------------------------------
 
 
@@ -735,6 +746,9 @@ MUTANTS: dict[str, Mutant] = {
     ),
     "text-ef-0008-zero-filled": wrapping(read_rewriter(TEXT, 0x08, zeros_at(range(16))), "filler"),
     "last-byte-unreadable": Mutant("default", lambda: rewritten(last_byte_unreadable), "boundary"),
+    "reserved-class-read-as-first": Mutant(
+        "default", lambda: rewritten(reserved_class_as_first), "class"
+    ),
     # signature schemes
     "pss-salt-length-20": wrapping(PssSaltTwenty, "scheme"),
     "card-key-signs-p1-02-as-p1-00": wrapping(CardKeyP1TwoAsZero, "scheme"),

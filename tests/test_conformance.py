@@ -187,6 +187,33 @@ def test_model_predicts_the_spec_answers_of_a_fresh_card() -> None:
     assert answer(bytes.fromhex("00E20000"), b"") == "6..."  # nothing writable
 
 
+@pytest.mark.parametrize(
+    ("cla", "answers"),
+    [
+        (0x01, "6881"), (0x44, "6881"), (0x7F, "6881"),  # logical channels
+        (0x0C, "6882"), (0x10, "6884"), (0x14, "6882"),  # SM (SELECT), chaining, both
+        (0x20, "6E00"), (0x21, "6E00"), (0x2C, "6E00"), (0x3F, "6E00"),  # reserved (RFU)
+        (0x81, "6E00 | 6881"), (0x90, "6E00 | 6884"), (0xA0, "6E00"), (0xFF, "6E00"),
+    ],
+)  # fmt: skip
+def test_model_answers_each_class_as_iso_7816_4_reads_it(cla: int, answers: str) -> None:
+    """docs/decisions.md #19-#20 and ISO 7816-4 §5.4.1: 20-3F is no class (6E00)."""
+    model = CardModel(CardFacts.from_profile(read_profile("default")), fresh=True)
+    assert str(model.expect(bytes((cla, 0xA4, 0x04, 0x0C)) + b"\x01\xd3").pattern) == answers
+
+
+def test_model_and_emulator_agree_on_every_class() -> None:
+    model = CardModel(CardFacts.from_profile(read_profile("default")), fresh=True)
+    card = EmulatorTarget("default")
+    try:
+        for cla in range(0x100):
+            for ins in (0xA4, 0xB0, 0x20, 0x2A):
+                command = bytes((cla, ins, 0x00, 0x00))
+                assert model.expect(command).problem(card.transmit(command)) is None, command
+    finally:
+        card.close()
+
+
 def test_every_national_application_is_in_the_model() -> None:
     names = {app.aid.hex().upper() for app in CATALOGUE}
     assert names == {
