@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
+from .adversarial import SCHEME_CASES
 from .apdu import INS, SW, Apdu, MalformedApdu, read_binary, select_aid, select_ef, sw_of, verify
 from .guard import GuardRefusal, PinGuard
 from .model import CardFacts, CardModel, Expectation, ObjectKey, brief, cmac
@@ -688,6 +689,33 @@ class Bench:
                 self.bounds_sweep(app)
         self.reset()
 
+    def scheme_sweep(self) -> None:
+        """Every signing key whose PIN the run knows (or that needs none) signs every input
+        of `SCHEME_CASES` once: each signature checked as exactly its P1's scheme."""
+        model = self.model
+        for app in model.present_apps():
+            for key in app.keys:
+                if key.how is not KeyUse.SIGN or model.facts.present(app, key.fid) is not True:
+                    continue
+                known = [
+                    (pin, value)
+                    for pin in app.pins
+                    if pin.fid in key.use and (value := model.value(app, pin)) is not None
+                ]
+                if key.use and not known:
+                    continue
+                self._fresh_transcript()
+                self.send(select_aid(app.aid))
+                for pin, value in known[:1]:
+                    self.send(verify(b"", 0x80 | pin.fid))
+                    self.send(verify(value, 0x80 | pin.fid))
+                self.send(select_ef(key.fid))
+                for scheme, payload in SCHEME_CASES:
+                    self.send(
+                        Apdu(0x80, INS.COMPUTE_SIGNATURE, scheme, 0x80, payload, le=256).encode()
+                    )
+        self.reset()
+
     def bounds_sweep(self, app: AppSpec) -> None:
         """Every free-area write at its limits, with a credential its rule accepts: UPDATE
         BINARY at and across the end, UPDATE RECORD of the record after the last and one
@@ -742,6 +770,7 @@ class Bench:
                 self.exchange(select_ef(key.fid))
             self.reset()
         self.access_sweep()
+        self.scheme_sweep()
         if self.disposable:
             self._probe_classes()
         self._probe_extended()

@@ -1199,6 +1199,7 @@ def _class_errors(cla: int, ins: int) -> tuple[int, ...]:
         return (SW.LOGICAL_CHANNEL_NOT_SUPPORTED,)
     if 0x20 <= cla <= 0x3F or cla >= 0xA0:
         return (SW.CLA_NOT_SUPPORTED,)
+    interindustry: int
     if cla & 0x03:
         interindustry = SW.LOGICAL_CHANNEL_NOT_SUPPORTED
     elif cla & 0x0C:
