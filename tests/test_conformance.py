@@ -214,6 +214,36 @@ def test_model_and_emulator_agree_on_every_class() -> None:
         card.close()
 
 
+@pytest.mark.parametrize(
+    ("command", "answer"),
+    [
+        ("00DC0114", "6700"),  # UPDATE RECORD of the counter, no data: lengths before access
+        ("00DC011C0400000001", "6982"),  # the record EF (EF 0003 current): access
+        ("00DC010C0400000001", "6981"),  # by SFI 1, a transparent EF: made current anyway
+        ("00DC011C0400000001 00DC010C0400000001 00B0000004", "01053031 9000"),  # ... so READ
+        # BINARY of the current EF reads EF 0001, not EF 0003
+        ("003005140101", "6982"),  # DECREASE record 5 without the key: access before 6A83
+        ("00B2091400", "6A83"),  # READ RECORD 9 of the counter EF
+        ("00E2001C0101", "6A86"),  # APPEND RECORD with P2 mode 04
+    ],
+)
+def test_record_commands_check_in_the_card_s_order(command: str, answer: str) -> None:
+    """The model's one record preamble (EF, made current; structure; lengths; access; record
+    number) gives the emulator's status word where several checks fail at once."""
+    model = CardModel(CardFacts.from_profile(read_profile("taxi-tickets")), fresh=True)
+    card = EmulatorTarget("taxi-tickets")
+    try:
+        for step in ["00A4040C07F0544158490001", *command.split()]:
+            sent = bytes.fromhex(step)
+            expectation, response = model.expect(sent), card.transmit(sent)
+            assert expectation.problem(response) is None, step
+            if expectation.effect is not None:
+                expectation.effect(response)
+        assert str(expectation.pattern) == answer
+    finally:
+        card.close()
+
+
 def test_every_national_application_is_in_the_model() -> None:
     names = {app.aid.hex().upper() for app in CATALOGUE}
     assert names == {
