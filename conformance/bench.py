@@ -826,11 +826,16 @@ class Bench:
         return False
 
     def _probe_classes(self) -> None:
-        """SELECT and READ BINARY with a CLA of each kind (`ODD_CLASSES`), once."""
+        """SELECT and READ BINARY with a CLA of each kind (`ODD_CLASSES`), SELECT by FID
+        with each P2 but 0C (6A86), and the ISD with its FCI, once each."""
         self.reset()
         for cla in ODD_CLASSES:
             self.exchange(bytes((cla, INS.SELECT, 0x04, 0x0C, 0x01, 0xD3)))
             self.exchange(bytes((cla, INS.READ_BINARY, 0x00, 0x00, 0x01)))
+        self.exchange(select_aid(JPKI.aid))
+        for p2 in (0x00, 0x04, 0x08, 0x0D):
+            self.exchange(Apdu(0x00, INS.SELECT, 0x02, p2, b"\x00\x01").encode())
+        self.exchange(select_aid(ISD_AID, 0x00))
 
     def _probe_extended(self) -> None:
         """Does the reader carry an extended READ BINARY (Le 65536), and the card take it?

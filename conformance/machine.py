@@ -19,7 +19,6 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
-    multiple,
     precondition,
     rule,
 )
@@ -675,10 +674,11 @@ class ConformanceMachine(RuleBasedStateMachine):
             le=None if shape == "no-le" else le,
             extended=shape == "extended",
         )
+        # Always one challenge for the bundle (none, b"", if the card gave none): what
+        # rules may run next must not depend on the card's answer (hypothesis replays
+        # examples, and a card that keeps its state may answer otherwise the second time).
         answer = self.send(apdu.encode())
-        if answer is None or sw_of(answer) != SW.OK:
-            return multiple()
-        return answer[:-2]
+        return answer[:-2] if answer is not None and sw_of(answer) == SW.OK else b""
 
     @rule(challenge=challenges, roll=rolls)
     @counted
@@ -924,10 +924,11 @@ class ConformanceMachine(RuleBasedStateMachine):
     @counted
     def odd_command(self, roll: int, body: bytes) -> None:
         """Classes other than 00 / 80 (channels, secure messaging, chaining, the reserved
-        20-3F, proprietary ones), unknown instructions, broken length fields, SELECT of the MF, SET
-        SESSION KEY with a random cryptogram (secure messaging is never opened)."""
+        20-3F, proprietary ones), SELECT by FID with a P2 other than 0C, unknown
+        instructions, broken length fields, SELECT of the MF, SET SESSION KEY with a random
+        cryptogram (secure messaging is never opened)."""
         dice = self.dice(roll)
-        kind = dice.of(("class", "instruction", "length", "master-file", "session-key"))
+        kind = dice.of(("class", "instruction", "length", "master-file", "session-key", "ef-p2"))
         cla, ins, lc = dice.of(ODD_CLASSES), dice.of(ODD_INSTRUCTIONS), 1 + dice.below(255)
         if kind == "class":
             command = bytes((cla, ins, 0x00, 0x00))
@@ -938,6 +939,9 @@ class ConformanceMachine(RuleBasedStateMachine):
             long_form = self.bench.extended_ok  # the cryptogram is 256 bytes (docs/card-spec.md §4)
             cryptogram = (body * 256)[:256] if long_form else body
             command = Apdu(0x80, INS.SET_SESSION_KEY, 0, 0, cryptogram, extended=long_form).encode()
+        elif kind == "ef-p2":  # SELECT by FID answers only P2 0C (6A86 otherwise)
+            p2 = dice.of((0x00, 0x04, 0x08, 0x0D))
+            command = Apdu(0x00, INS.SELECT, 0x02, p2, b"\x00\x01").encode()
         elif kind == "length":
             if lc in (len(body), len(body) - 1):
                 lc = (lc + 2) % 256 or 1
@@ -977,11 +981,12 @@ def build_machine(bench: Bench) -> type[ConformanceMachine]:
     without the rules whose precondition can never hold on its target: hypothesis draws
     each rule it considers and checks it, so one that never runs costs a draw every time."""
     never: set[str] = set()
-    if not bench.restartable:
-        never.add("power_loss")
-    if not bench.disposable:
-        never |= {"odd_command", "change_outside_format"}
-    if not bench.disposable or not bench.primary.facts.extra_apps:
-        never |= {"free_area_write", "external_authenticate"}
+    # Only on disposable targets: through the PIN guard, hiding them made hypothesis see
+    # inconsistent draws (FlakyStrategyDefinition, seed 7); the state behind it is not found.
+    if bench.disposable:
+        if not bench.restartable:
+            never.add("power_loss")
+        if not bench.primary.facts.extra_apps:
+            never |= {"free_area_write", "external_authenticate"}
     hidden: dict[str, object] = dict.fromkeys(never)  # a member that is no rule
     return type("CardConformance", (ConformanceMachine,), {"bench": bench, **hidden})

@@ -760,7 +760,8 @@ class CardModel:
             def back_to_power_on(response: bytes) -> None:
                 self.session = Session()
 
-            pattern = _pattern("[*] 9000") if fci else _status(SW.OK)
+            # An FCI template (ISO 7816-4 §7.4.1: tag 6F), whatever it holds.
+            pattern = _pattern("6F [*] 9000") if fci else _status(SW.OK)
             return Expectation(pattern, SECTION_CARD, back_to_power_on, portable=not fci)
         candidates = [app for app in self.facts.catalogue if app.aid.startswith(name)]
         present = [app for app in candidates if self.facts.apps.get(app.aid) is not False]
