@@ -1,13 +1,16 @@
 """Values just beside the right ones, derived from what the run knows of the card: near misses
 of each PIN, new values one step outside a PIN's format, offsets and Le at the edges of an
-EF.  Every function is pure and cached, so a rule only indexes into its tables.
+EF; and an input made for each signing scheme.  Every function is pure and cached, so a rule
+only indexes into its tables.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 
+from .model import SHA256_DIGEST_INFO
 from .spec import MAX_VERIFY_LENGTH
 
 NEAR_MISS_KINDS = ("prefix", "extension", "change", "case", "padding", "full-width", "long")
@@ -167,3 +170,37 @@ def counter_steps(value: int, maximum: int, width: int, pick: int) -> bytes:
     if pick // 12 % 8 == 0:
         size = width + 1
     return amount.to_bytes(max(size, (amount.bit_length() + 7) // 8), "big")
+
+
+# -- an input made for each signing scheme -------------------------------------------------
+
+# DigestInfos without the NULL parameters, as some clients send them: P1 00 must pad them as
+# they are (docs/decisions.md #21a).
+DIGEST_INFO_WITHOUT_NULL = {
+    "sha1": bytes.fromhex("301f300706052b0e03021a0414"),
+    "sha256": bytes.fromhex("302f300b06096086480165030402010420"),
+}
+MESSAGE = b"mynacard conformance"
+MESSAGE_HASH = hashlib.sha256(MESSAGE).digest()
+# An input made for each P1 (docs/card-spec.md §8): P1 00 pads it as sent (DigestInfos with
+# and without NULL parameters, the shortest and longest inputs), 01/03/05 hash a message,
+# 02/04 take a 32-byte hash. The survey signs each with each signing key once.
+SCHEME_CASES: tuple[tuple[int, bytes], ...] = (
+    (0x00, SHA256_DIGEST_INFO + MESSAGE_HASH),
+    (0x00, DIGEST_INFO_WITHOUT_NULL["sha256"] + MESSAGE_HASH),
+    (0x00, DIGEST_INFO_WITHOUT_NULL["sha1"] + hashlib.sha1(MESSAGE).digest()),
+    (0x00, b"\x01"),
+    (0x00, b"\x5a" * 245),
+    (0x01, MESSAGE),
+    (0x01, b"\x00" * 255),
+    (0x02, MESSAGE_HASH),
+    (0x03, MESSAGE),
+    (0x03, b"\xff" * 255),
+    (0x04, MESSAGE_HASH),
+    (0x05, MESSAGE),
+)
+# What the state machine signs again in random sessions: a standard DigestInfo and the
+# hashing schemes. The inputs a card must pad as sent (P1 00 otherwise, P1 01) stay with the
+# survey: a card without a raw RSA primitive (the emulator) makes each in ~25 ms, twenty
+# times a standard signature.
+REPEATED_SCHEME_CASES = SCHEME_CASES[:1] + tuple(c for c in SCHEME_CASES if c[0] >= 0x02)

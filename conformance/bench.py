@@ -10,12 +10,22 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
+from .adversarial import SCHEME_CASES
 from .apdu import INS, SW, Apdu, MalformedApdu, read_binary, select_aid, select_ef, sw_of, verify
 from .guard import GuardRefusal, PinGuard
 from .model import CardFacts, CardModel, Expectation, ObjectKey, brief, cmac
 from .spec import ISD_AID, JPKI, AppSpec, EfSpec, KeyUse, PinSpec, Structure, key_credential
-from .targets import ChainedResponses, Target, TargetError
+from .targets import RecordingTarget, Target, TargetError, TargetLayer
 from .transcript import Action, Exchange, Pattern
+
+# A CLA of each kind: logical channels 1-3 and 4-19, secure messaging, chaining (and with
+# SM), the reserved 20-3F, proprietary 81-9F, unused A0-FF (ISO 7816-4 §5.4.1).
+ODD_CLASSES = (
+    *(0x01, 0x03, 0x08, 0x0C, 0x10, 0x14),
+    *(0x20, 0x21, 0x2C, 0x30, 0x3F),
+    *(0x44, 0x70, 0x81, 0x84, 0x90, 0xA0, 0xB0, 0xFF),
+)
+
 
 # What may happen between VERIFY and the use of what it opened (docs/card.md, card-wide
 # behaviour; the re-SELECT as the profile's `reselect_clears_state` says).
@@ -220,9 +230,10 @@ class Observer:
 
 def restart_of(target: Target) -> Callable[[], bytes] | None:
     """The `restart` of the card under `target` (seen through the layers that only collect
-    61xx pieces), or None when it has none: a power loss between two commands."""
+    61xx pieces or remember answers; a recording would miss it), or None when it has none:
+    a power loss between two commands."""
     inner: object = target
-    while isinstance(inner, ChainedResponses):
+    while isinstance(inner, TargetLayer) and not isinstance(inner, RecordingTarget):
         inner = inner.inner
     restart = getattr(inner, "restart", None)
     return restart if callable(restart) else None
@@ -510,9 +521,8 @@ class Bench:
     def power_cycle(self) -> None:
         self._power(Action.POWER)
 
-    # Reopening a card costs as much as ~100 steps: a run restarts at most this often, once
-    # per example, and only when what the card must keep (counters, PINs, free-area EFs)
-    # has changed since it was last powered on.
+    # Reopening the emulator costs a few steps; a run restarts at most this often (once
+    # per example), so that a target slower to reopen stays usable.
     max_restarts = 16
 
     @property
@@ -520,20 +530,22 @@ class Bench:
         """Every target is disposable and has `restart`."""
         return all(link.restart is not None for link in self.links)
 
-    def power_loss(self) -> bool:
-        """A power loss between two commands: a restart where it can show something (True),
-        a power cycle otherwise."""
-        worth_it = not self._restarted and self.model.kept() != self._kept_at_power_on
-        if worth_it and self.restarts < self.max_restarts and self.restartable:
-            self._restarted = True
-            self.restart()
-            return True
-        self._power(Action.POWER)
-        return False
+    @property
+    def may_restart(self) -> bool:
+        """A power loss may be a restart now: restartable targets, once per example, at most
+        `max_restarts` times a run."""
+        return self.restartable and not self._restarted and self.restarts < self.max_restarts
+
+    @property
+    def kept_changed(self) -> bool:
+        """Whether what the card must keep (counters, PINs, free-area EFs) changed since it
+        was last powered on: what a restart now must not lose."""
+        return self.model.kept() != self._kept_at_power_on
 
     def restart(self) -> None:
         """Every target closed and opened again from its state (`restartable` ones)."""
         self.restarts += 1
+        self._restarted = True
         self._power(Action.RESTART)
 
     def _observe(self, command: bytes, response: bytes) -> None:
@@ -679,6 +691,33 @@ class Bench:
                 self.bounds_sweep(app)
         self.reset()
 
+    def scheme_sweep(self) -> None:
+        """Every signing key whose PIN the run knows (or that needs none) signs every input
+        of `SCHEME_CASES` once: each signature checked as exactly its P1's scheme."""
+        model = self.model
+        for app in model.present_apps():
+            for key in app.keys:
+                if key.how is not KeyUse.SIGN or model.facts.present(app, key.fid) is not True:
+                    continue
+                known = [
+                    (pin, value)
+                    for pin in app.pins
+                    if pin.fid in key.use and (value := model.value(app, pin)) is not None
+                ]
+                if key.use and not known:
+                    continue
+                self._fresh_transcript()
+                self.send(select_aid(app.aid))
+                for pin, value in known[:1]:
+                    self.send(verify(b"", 0x80 | pin.fid))
+                    self.send(verify(value, 0x80 | pin.fid))
+                self.send(select_ef(key.fid))
+                for scheme, payload in SCHEME_CASES:
+                    self.send(
+                        Apdu(0x80, INS.COMPUTE_SIGNATURE, scheme, 0x80, payload, le=256).encode()
+                    )
+        self.reset()
+
     def bounds_sweep(self, app: AppSpec) -> None:
         """Every free-area write at its limits, with a credential its rule accepts: UPDATE
         BINARY at and across the end, UPDATE RECORD of the record after the last and one
@@ -733,6 +772,9 @@ class Bench:
                 self.exchange(select_ef(key.fid))
             self.reset()
         self.access_sweep()
+        self.scheme_sweep()
+        if self.disposable:
+            self._probe_classes()
         self._probe_extended()
         self.reset()
         self.stats.examples = 0
@@ -784,6 +826,18 @@ class Bench:
             except GuardRefusal:
                 continue
         return False
+
+    def _probe_classes(self) -> None:
+        """SELECT and READ BINARY with a CLA of each kind (`ODD_CLASSES`), SELECT by FID
+        with each P2 but 0C (6A86), and the ISD with its FCI, once each."""
+        self.reset()
+        for cla in ODD_CLASSES:
+            self.exchange(bytes((cla, INS.SELECT, 0x04, 0x0C, 0x01, 0xD3)))
+            self.exchange(bytes((cla, INS.READ_BINARY, 0x00, 0x00, 0x01)))
+        self.exchange(select_aid(JPKI.aid))
+        for p2 in (0x00, 0x04, 0x08, 0x0D):
+            self.exchange(Apdu(0x00, INS.SELECT, 0x02, p2, b"\x00\x01").encode())
+        self.exchange(select_aid(ISD_AID, 0x00))
 
     def _probe_extended(self) -> None:
         """Does the reader carry an extended READ BINARY (Le 65536), and the card take it?

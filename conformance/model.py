@@ -63,6 +63,7 @@ SECTION_FREE = "§10 free area"
 CHALLENGE_SIZES = (8, 16)  # what EXTERNAL AUTHENTICATE answers (docs/free-area.md)
 NO_INFORMATION = 0x6300  # a wrong EXTERNAL AUTHENTICATE with a key that has no retry limit
 NOT_ENOUGH_MEMORY = 0x6A84  # data past the end of a free-area EF, or a full record EF
+CHAINING_NOT_SUPPORTED = 0x6884  # CLA bit 5 (ISO 7816-4 §5.4.1): the card does not chain
 
 
 def cmac(key: bytes, message: bytes) -> bytes:
@@ -321,11 +322,35 @@ def _status(*sws: int) -> Pattern:
 
 
 class _Refused(Exception):
-    """Internal: the command ends in an error status word (any of `sws`)."""
+    """Internal: the command ends in an error status word (any of `sws`), after `effect`
+    (the EF it named made current)."""
 
-    def __init__(self, *sws: int) -> None:
+    def __init__(self, *sws: int, effect: Effect | None = None) -> None:
         super().__init__(" ".join(f"{sw:04X}" for sw in sws))
         self.sws = sws
+        self.effect = effect
+
+
+@dataclass
+class _RecordTarget:
+    """The EF a record command acts on, once the checks before its own have passed."""
+
+    app: AppSpec
+    ef: EfSpec
+    records: list[bytes] | None  # free area: its records as they are now; else None
+    make_current: Effect | None  # what naming it by SFI did
+
+
+def _expects_answer(apdu: Apdu, ef: EfSpec) -> bool:
+    return apdu.le is not None and not apdu.data
+
+
+def _carries_data(apdu: Apdu, ef: EfSpec) -> bool:
+    return bool(apdu.data) and apdu.le is None
+
+
+def _amount_fits(apdu: Apdu, ef: EfSpec) -> bool:
+    return 1 <= len(apdu.data) <= (ef.record_size or 4)
 
 
 @dataclass
@@ -441,12 +466,12 @@ class CardModel:
         except _Refused as refused:
             known = apdu.cla in (0, 0x80) and apdu.ins in _SECTIONS
             section = _SECTIONS[INS(apdu.ins)] if known else SECTION_CARD
-            return Expectation(_status(*refused.sws), section)
+            return Expectation(_status(*refused.sws), section, refused.effect)
 
     def _dispatch(self, apdu: Apdu) -> Expectation:
         cla, ins = apdu.cla, apdu.ins
         if cla not in (0x00, 0x80):
-            raise _Refused(_class_error(cla, ins))
+            raise _Refused(*_class_errors(cla, ins))
         own, other = (ISO_INS, PROPRIETARY_INS) if cla == 0x00 else (PROPRIETARY_INS, ISO_INS)
         if ins not in own:
             if ins in other:
@@ -477,25 +502,53 @@ class CardModel:
         try:
             return handler(app, apdu)
         except _Refused as refused:
-            return Expectation(_status(*refused.sws), SECTION_FREE)
+            return Expectation(_status(*refused.sws), SECTION_FREE, refused.effect)
 
     # the free area (docs/free-area.md: the order of the checks is the order of the raises)
 
-    def _free_ef(self, sfi: int, structures: tuple[Structure, ...]) -> tuple[EfSpec, Effect]:
-        """The EF a free-area command names (SFI, or the current EF when 0): 6A82 / 6986 /
-        6981; and the effect that makes it current."""
-        target = self._object(sfi) if sfi else self._current()
-        if not isinstance(target, EfSpec) or target.structure not in structures:
-            raise _Refused(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
+    def _named_ef(self, sfi: int) -> tuple[CardObject | Unknown, Effect | None]:
+        """The object a command names by SFI (6A82 if absent; made current), or the current
+        EF when `sfi` is 0 (6986 if none)."""
+        if not sfi:
+            return self._current(), None
+        target = self._object(sfi)
 
         def make_current(response: bytes) -> None:
-            self.session.current = target.fid
+            self.session.current = sfi
 
         return target, make_current
 
-    def _allowed(self, app: AppSpec, ef: EfSpec, operation: str) -> None:
-        if not self._granted(app, ef.rule(operation)):
-            raise _Refused(SW.SECURITY_STATUS_NOT_SATISFIED)
+    def _record_ef(
+        self,
+        apdu: Apdu,
+        operation: str,
+        structures: tuple[Structure, ...],
+        lengths_ok: Callable[[Apdu, EfSpec], bool],
+        mode: int = 0x04,
+    ) -> _RecordTarget | Expectation:
+        """The EF of READ / UPDATE / APPEND RECORD, DECREASE and INCREASE, checked in the
+        order that is the status-word precedence: P2 names it (SFI << 3 | `mode`: that EF,
+        made current even when a later check fails; `mode` alone: the current EF; other
+        modes 6A86), its structure (6981), the lengths (6700), the rule of `operation`
+        (6982), then the record P1 numbers (6A83; `mode` 04) where the model knows how many
+        there are. An EF the model does not know yet: the expectation "anything"."""
+        if apdu.p2 & 0x07 != mode:
+            raise _Refused(SW.INCORRECT_P1_P2)
+        target, effect = self._named_ef(apdu.p2 >> 3)
+        app = self.session.app
+        if isinstance(target, Unknown) or app is None:
+            section = SECTION_READ if operation == "read" else SECTION_FREE
+            return Expectation(_pattern("[*]"), section, effect, portable=False)
+        if not isinstance(target, EfSpec) or target.structure not in structures:
+            raise _Refused(SW.COMMAND_INCOMPATIBLE_WITH_FILE, effect=effect)
+        if not lengths_ok(apdu, target):
+            raise _Refused(SW.WRONG_LENGTH, effect=effect)
+        if not self._granted(app, target.rule(operation)):
+            raise _Refused(SW.SECURITY_STATUS_NOT_SATISFIED, effect=effect)
+        records = self._records(app, target) if app.free_area else None
+        if mode == 0x04 and records is not None and not 1 <= apdu.p1 <= len(records):
+            raise _Refused(SW.RECORD_NOT_FOUND, effect=effect)
+        return _RecordTarget(app, target, records, effect)
 
     def _records(self, app: AppSpec, ef: EfSpec) -> list[bytes]:
         """The records of a free-area EF as they are now (copied from the facts at first)."""
@@ -525,11 +578,14 @@ class CardModel:
             raise _Refused(SW.INCORRECT_P1_P2)
         sfi = apdu.p1 & 0x1F if apdu.p1 & 0x80 else 0
         offset = apdu.p2 if sfi else apdu.p1 << 8 | apdu.p2
-        ef, make_current = self._free_ef(sfi, (Structure.TRANSPARENT,))
+        ef, make_current = self._named_ef(sfi)
         try:
+            if not isinstance(ef, EfSpec) or ef.structure is not Structure.TRANSPARENT:
+                raise _Refused(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
             if not apdu.data or apdu.le is not None:
                 raise _Refused(SW.WRONG_LENGTH)
-            self._allowed(app, ef, "update")
+            if not self._granted(app, ef.rule("update")):
+                raise _Refused(SW.SECURITY_STATUS_NOT_SATISFIED)
             size = ef.size or 0
             if offset >= size:
                 raise _Refused(SW.OFFSET_OUTSIDE_EF)
@@ -540,7 +596,8 @@ class CardModel:
         key, data = (app.aid, ef.fid), apdu.data
 
         def write(response: bytes) -> None:
-            make_current(response)
+            if make_current is not None:
+                make_current(response)
             content = self.written.get(key)
             if content is None:
                 known = self.facts.content(app, ef).known(0, size)
@@ -550,36 +607,26 @@ class CardModel:
 
         return Expectation(_status(SW.OK), SECTION_FREE, write)
 
-    def _record_command(
-        self, app: AppSpec, apdu: Apdu, mode: int, structures: tuple[Structure, ...]
-    ) -> tuple[EfSpec, Effect]:
-        if apdu.p2 & 0x07 != mode:
-            raise _Refused(SW.INCORRECT_P1_P2)
-        return self._free_ef(apdu.p2 >> 3, structures)
-
     def _update_record(self, app: AppSpec, apdu: Apdu) -> Expectation:
         both = (Structure.RECORD, Structure.COUNTER)
-        ef, make_current = self._record_command(app, apdu, 0x04, both)
-        number, data = apdu.p1, apdu.data
+        found = self._record_ef(apdu, "update", both, _carries_data)
+        if isinstance(found, Expectation):
+            return found
+        ef, records, number, data = found.ef, self._records(found.app, found.ef), apdu.p1, apdu.data
+        counter = ef.structure is Structure.COUNTER
         try:
-            if not data or apdu.le is not None:
-                raise _Refused(SW.WRONG_LENGTH)
-            self._allowed(app, ef, "update")
-            records = self._records(app, ef)
-            if not 1 <= number <= len(records):
-                raise _Refused(SW.RECORD_NOT_FOUND)
-            counter = ef.structure is Structure.COUNTER
             _sizes_and_values(
                 (len(data) > (ef.record_size or 0), SW.WRONG_LENGTH),
                 (counter and int.from_bytes(data, "big") > (ef.maximum or 0), SW.WRONG_DATA),
             )
-            if counter and len(data) != ef.record_size:  # a shorter value: no rule for it
-                return Expectation(_pattern("9000 | 6700"), SECTION_FREE, make_current)
         except _Refused as refused:
-            return Expectation(_status(*refused.sws), SECTION_FREE, make_current)
+            raise _Refused(*refused.sws, effect=found.make_current) from None
+        if counter and len(data) != ef.record_size:  # a shorter value: no rule for it
+            return Expectation(_pattern("9000 | 6700"), SECTION_FREE, found.make_current)
 
         def write(response: bytes) -> None:
-            make_current(response)
+            if found.make_current is not None:
+                found.make_current(response)
             records[number - 1] = data
             self._wrote()
 
@@ -588,22 +635,21 @@ class CardModel:
     def _append_record(self, app: AppSpec, apdu: Apdu) -> Expectation:
         if apdu.p1 != 0x00:
             raise _Refused(SW.INCORRECT_P1_P2)
-        ef, make_current = self._record_command(app, apdu, 0x00, (Structure.RECORD,))
-        data = apdu.data
+        found = self._record_ef(apdu, "append", (Structure.RECORD,), _carries_data, mode=0x00)
+        if isinstance(found, Expectation):
+            return found
+        ef, records, data = found.ef, self._records(found.app, found.ef), apdu.data
         try:
-            if not data or apdu.le is not None:
-                raise _Refused(SW.WRONG_LENGTH)
-            self._allowed(app, ef, "append")
-            records = self._records(app, ef)
             _sizes_and_values(
                 (len(records) >= (ef.max_records or 0), NOT_ENOUGH_MEMORY),
                 (len(data) > (ef.record_size or 0), SW.WRONG_LENGTH),
             )
         except _Refused as refused:
-            return Expectation(_status(*refused.sws), SECTION_FREE, make_current)
+            raise _Refused(*refused.sws, effect=found.make_current) from None
 
         def append(response: bytes) -> None:
-            make_current(response)
+            if found.make_current is not None:
+                found.make_current(response)
             records.append(data)
             self._wrote()
 
@@ -612,18 +658,12 @@ class CardModel:
     def _step_counter(self, app: AppSpec, apdu: Apdu) -> Expectation:
         """DECREASE / INCREASE: the amount (1..width bytes) taken from or added to the
         counter record P1; 6985 and nothing changed past 0 or the maximum."""
-        ef, make_current = self._record_command(app, apdu, 0x04, (Structure.COUNTER,))
         operation = "decrease" if apdu.ins == INS.DECREASE else "increase"
-        width, number = ef.record_size or 4, apdu.p1
-        try:
-            if not 1 <= len(apdu.data) <= width:
-                raise _Refused(SW.WRONG_LENGTH)
-            self._allowed(app, ef, operation)
-            records = self._records(app, ef)
-            if not 1 <= number <= len(records):
-                raise _Refused(SW.RECORD_NOT_FOUND)
-        except _Refused as refused:
-            return Expectation(_status(*refused.sws), SECTION_FREE, make_current)
+        found = self._record_ef(apdu, operation, (Structure.COUNTER,), _amount_fits)
+        if isinstance(found, Expectation):
+            return found
+        ef, records, number = found.ef, self._records(found.app, found.ef), apdu.p1
+        width, make_current = ef.record_size or 4, found.make_current
         amount = int.from_bytes(apdu.data, "big")
         value = int.from_bytes(records[number - 1], "big")
         new = value - amount if operation == "decrease" else value + amount
@@ -632,7 +672,8 @@ class CardModel:
         stored = new.to_bytes(width, "big")
 
         def step(response: bytes) -> None:
-            make_current(response)
+            if make_current is not None:
+                make_current(response)
             records[number - 1] = stored
             self._wrote()
 
@@ -730,7 +771,8 @@ class CardModel:
             def back_to_power_on(response: bytes) -> None:
                 self.session = Session()
 
-            pattern = _pattern("[*] 9000") if fci else _status(SW.OK)
+            # An FCI template (ISO 7816-4 §7.4.1: tag 6F), whatever it holds.
+            pattern = _pattern("6F [*] 9000") if fci else _status(SW.OK)
             return Expectation(pattern, SECTION_CARD, back_to_power_on, portable=not fci)
         candidates = [app for app in self.facts.catalogue if app.aid.startswith(name)]
         present = [app for app in candidates if self.facts.apps.get(app.aid) is not False]
@@ -866,42 +908,14 @@ class CardModel:
 
     def _read_record(self, apdu: Apdu) -> Expectation:
         """READ RECORD P1; P2 = 04 reads the current EF, (SFI << 3) | 04 that EF, made current."""
-        if apdu.p2 & 0x07 != 0x04:
-            raise _Refused(SW.INCORRECT_P1_P2)
-        sfi = apdu.p2 >> 3
-        effect: Effect | None = None
-        if sfi:
-            target = self._object(sfi)
-
-            def make_current(response: bytes) -> None:
-                self.session.current = sfi
-
-            effect = make_current
-        else:
-            target = self._current()
-        try:
-            return self._read_record_of(apdu, target, effect)
-        except _Refused as refused:
-            return Expectation(_status(*refused.sws), SECTION_READ, effect)
-
-    def _read_record_of(
-        self, apdu: Apdu, target: CardObject | Unknown, before: Effect | None
-    ) -> Expectation:
-        app = self.session.app
-        if isinstance(target, Unknown) or app is None:
-            return Expectation(_pattern("[*]"), SECTION_READ, before, portable=False)
-        if not isinstance(target, EfSpec) or target.structure is Structure.TRANSPARENT:
-            raise _Refused(SW.COMMAND_INCOMPATIBLE_WITH_FILE)
-        if apdu.le is None or apdu.data:
-            raise _Refused(SW.WRONG_LENGTH)
-        if not self._granted(app, target.read):
-            raise _Refused(SW.SECURITY_STATUS_NOT_SATISFIED)
-        number, le = apdu.p1, apdu.le
-        if app.free_area:  # known record by record, as written (docs/free-area.md)
-            records = self._records(app, target)
-            if not 1 <= number <= len(records):
-                return Expectation(_status(SW.RECORD_NOT_FOUND), SECTION_READ, before)
-            pattern = _pattern(f"{records[number - 1][:le].hex().upper()} 9000")
+        structures = (Structure.RECORD, Structure.COUNTER)
+        found = self._record_ef(apdu, "read", structures, _expects_answer)
+        if isinstance(found, Expectation):
+            return found
+        app, target, before = found.app, found.ef, found.make_current
+        number, le = apdu.p1, apdu.le or 0
+        if found.records is not None:  # the free area: known record by record, as written
+            pattern = _pattern(f"{found.records[number - 1][:le].hex().upper()} 9000")
             return Expectation(pattern, SECTION_READ, before)
         ef_key = (app.aid, target.fid)
         end = self.facts.record_ends.get(ef_key)
@@ -1064,10 +1078,19 @@ class CardModel:
         if not self._granted(app, key.use):
             raise _Refused(SW.SECURITY_STATUS_NOT_SATISFIED)
         data, scheme = apdu.data, apdu.p1
+        public = self.facts.public_key(app, key)
+
+        def check(response: bytes) -> str | None:
+            if public is None or sw_of(response) != SW.OK:
+                return None
+            return signature_problem(public, scheme, data, response[:-2])
+
         if key.how is not KeyUse.SIGN:
             # docs/card-spec.md §6: this key answers INTERNAL AUTHENTICATE "instead"; whether 80 2A
-            # is refused or signs too is not recorded anywhere.
-            return Expectation(_pattern(f"6985 | 6700 | [{RSA_BYTES}] 9000"), SECTION_SIGN)
+            # is refused or signs too is not recorded anywhere. A signature must still be P1's
+            # scheme exactly, and differs between cards (their keys; PSS is randomised).
+            pattern = _pattern(f"6985 | 6700 | [{RSA_BYTES}] 9000")
+            return Expectation(pattern, SECTION_SIGN, check=check, portable=False)
         bad_length = (
             not 1 <= len(data) <= RSA_BYTES - 11
             if scheme == 0
@@ -1075,13 +1098,6 @@ class CardModel:
         )
         if bad_length:
             raise _Refused(SW.WRONG_LENGTH, SW.CONDITIONS_NOT_SATISFIED)
-        public = self.facts.public_key(app, key)
-
-        def check(response: bytes) -> str | None:
-            if public is None:
-                return None
-            return signature_problem(public, scheme, data, response[:-2])
-
         return Expectation(
             _pattern(f"[{RSA_BYTES}] 9000"), SECTION_SIGN, check=check, portable=False
         )
@@ -1186,13 +1202,24 @@ def _sizes_and_values(*checks: tuple[bool, int]) -> None:
         raise _Refused(*sws)
 
 
-def _class_error(cla: int, ins: int) -> int:
-    """docs/decisions.md #19-#20: logical channels, secure messaging and unknown classes."""
-    if 0x40 <= cla <= 0x7F or (cla < 0x80 and cla & 0x03):
-        return SW.LOGICAL_CHANNEL_NOT_SUPPORTED
-    if cla < 0x80 and not cla & 0x30 and cla & 0x0C:
-        return SW.SECURE_MESSAGING_NOT_SUPPORTED if ins == INS.SELECT else SW.SM_DATA_OBJECT_MISSING
-    return SW.CLA_NOT_SUPPORTED
+def _class_errors(cla: int, ins: int) -> tuple[int, ...]:
+    """A CLA other than 00 / 80 (docs/decisions.md #19-#20, ISO 7816-4 §5.4.1): 40-7F are
+    logical channels 4-19; 20-3F are reserved (RFU) and A0-FF unused: not a class; 01-1F
+    carry a channel, secure messaging or chaining; 81-9F are proprietary, which a card may
+    read as 01-1F or refuse (no document says)."""
+    if 0x40 <= cla <= 0x7F:
+        return (SW.LOGICAL_CHANNEL_NOT_SUPPORTED,)
+    if 0x20 <= cla <= 0x3F or cla >= 0xA0:
+        return (SW.CLA_NOT_SUPPORTED,)
+    interindustry: int
+    if cla & 0x03:
+        interindustry = SW.LOGICAL_CHANNEL_NOT_SUPPORTED
+    elif cla & 0x0C:
+        select = ins == INS.SELECT
+        interindustry = SW.SECURE_MESSAGING_NOT_SUPPORTED if select else SW.SM_DATA_OBJECT_MISSING
+    else:
+        interindustry = CHAINING_NOT_SUPPORTED
+    return (SW.CLA_NOT_SUPPORTED, interindustry) if cla & 0x80 else (interindustry,)
 
 
 def signature_problem(

@@ -14,7 +14,7 @@ import pytest
 
 from mynacard.cli import main as mynacard
 from mynacard.conformance.apdu import Apdu, MalformedApdu, select_aid, select_ef, verify
-from mynacard.conformance.bench import Bench, Divergence
+from mynacard.conformance.bench import Bench, Deviation, Divergence
 from mynacard.conformance.cli import PROG
 from mynacard.conformance.flows import FLOWS, GOLDEN_DIR, write_golden
 from mynacard.conformance.model import CardFacts, CardModel
@@ -22,7 +22,7 @@ from mynacard.conformance.profile import read_profile
 from mynacard.conformance.replay import replay
 from mynacard.conformance.report import write_report
 from mynacard.conformance.runner import RunConfig, make_link, run, run_bench
-from mynacard.conformance.spec import CATALOGUE, JPKI
+from mynacard.conformance.spec import CATALOGUE, COMMON, JPKI
 from mynacard.conformance.targets import (
     EmulatorTarget,
     RecordingTarget,
@@ -185,6 +185,63 @@ def test_model_predicts_the_spec_answers_of_a_fresh_card() -> None:
     assert answer(bytes.fromhex("802A06800100"), b"") == "6A86"  # P1 > 05
     assert answer(bytes.fromhex("00840000000100"), b"") == "6985"  # extended GET CHALLENGE
     assert answer(bytes.fromhex("00E20000"), b"") == "6..."  # nothing writable
+
+
+@pytest.mark.parametrize(
+    ("cla", "answers"),
+    [
+        (0x01, "6881"), (0x44, "6881"), (0x7F, "6881"),  # logical channels
+        (0x0C, "6882"), (0x10, "6884"), (0x14, "6882"),  # SM (SELECT), chaining, both
+        (0x20, "6E00"), (0x21, "6E00"), (0x2C, "6E00"), (0x3F, "6E00"),  # reserved (RFU)
+        (0x81, "6E00 | 6881"), (0x90, "6E00 | 6884"), (0xA0, "6E00"), (0xFF, "6E00"),
+    ],
+)  # fmt: skip
+def test_model_answers_each_class_as_iso_7816_4_reads_it(cla: int, answers: str) -> None:
+    """docs/decisions.md #19-#20 and ISO 7816-4 §5.4.1: 20-3F is no class (6E00)."""
+    model = CardModel(CardFacts.from_profile(read_profile("default")), fresh=True)
+    assert str(model.expect(bytes((cla, 0xA4, 0x04, 0x0C)) + b"\x01\xd3").pattern) == answers
+
+
+def test_model_and_emulator_agree_on_every_class() -> None:
+    model = CardModel(CardFacts.from_profile(read_profile("default")), fresh=True)
+    card = EmulatorTarget("default")
+    try:
+        for cla in range(0x100):
+            for ins in (0xA4, 0xB0, 0x20, 0x2A):
+                command = bytes((cla, ins, 0x00, 0x00))
+                assert model.expect(command).problem(card.transmit(command)) is None, command
+    finally:
+        card.close()
+
+
+@pytest.mark.parametrize(
+    ("command", "answer"),
+    [
+        ("00DC0114", "6700"),  # UPDATE RECORD of the counter, no data: lengths before access
+        ("00DC011C0400000001", "6982"),  # the record EF (EF 0003 current): access
+        ("00DC010C0400000001", "6981"),  # by SFI 1, a transparent EF: made current anyway
+        ("00DC011C0400000001 00DC010C0400000001 00B0000004", "01053031 9000"),  # ... so READ
+        # BINARY of the current EF reads EF 0001, not EF 0003
+        ("003005140101", "6982"),  # DECREASE record 5 without the key: access before 6A83
+        ("00B2091400", "6A83"),  # READ RECORD 9 of the counter EF
+        ("00E2001C0101", "6A86"),  # APPEND RECORD with P2 mode 04
+    ],
+)
+def test_record_commands_check_in_the_card_s_order(command: str, answer: str) -> None:
+    """The model's one record preamble (EF, made current; structure; lengths; access; record
+    number) gives the emulator's status word where several checks fail at once."""
+    model = CardModel(CardFacts.from_profile(read_profile("taxi-tickets")), fresh=True)
+    card = EmulatorTarget("taxi-tickets")
+    try:
+        for step in ["00A4040C07F0544158490001", *command.split()]:
+            sent = bytes.fromhex(step)
+            expectation, response = model.expect(sent), card.transmit(sent)
+            assert expectation.problem(response) is None, step
+            if expectation.effect is not None:
+                expectation.effect(response)
+        assert str(expectation.pattern) == answer
+    finally:
+        card.close()
 
 
 def test_every_national_application_is_in_the_model() -> None:
@@ -369,6 +426,44 @@ def test_differential_mode_reports_the_first_difference() -> None:
 def test_differential_mode_between_two_emulators_finds_nothing() -> None:
     result = run(RunConfig(profile="default", differential="emulator", max_examples=40, seed=5))
     assert result.conformant and len(result.targets) == 2
+
+
+class InternalAuthenticateKeySignsPkcs1(TargetLayer):
+    """Signs 80 2A P1 04 with the 共通 AP's card key as PKCS#1 v1.5 (P1 03's scheme)."""
+
+    def transmit(self, command: bytes) -> bytes:
+        if command[:4] == bytes.fromhex("802A0499"):
+            command = bytes.fromhex("802A0399") + command[4:]
+        return self.inner.transmit(command)
+
+
+SIGN_WITH_THE_COMMON_CARD_KEY = [
+    Apdu(0x80, 0x2A, p1, 0x80 | 0x19, data, le=256).encode()
+    for p1, data in ((0x04, bytes(32)), (0x05, b"message"), (0x03, b"message"), (0x00, b"\x01"))
+]
+
+
+def test_internal_authenticate_key_signing_is_checked_not_compared() -> None:
+    """80 2A with a key made for INTERNAL AUTHENTICATE (the 共通 AP's card key): whether a
+    card signs is open, so two cards need not agree byte for byte (PSS is randomised: two
+    emulators differ), but a signature must be exactly P1's scheme."""
+    profile = read_profile("default")
+    first, second = EmulatorTarget("default"), EmulatorTarget("default")
+    wrong = InternalAuthenticateKeySignsPkcs1(EmulatorTarget("default"))
+    try:
+        bench = Bench(make_link(first, profile, {}, 0), make_link(second, profile, {}, 0))
+        bench.begin_example()
+        bench.exchange(select_aid(COMMON.aid))
+        for command in SIGN_WITH_THE_COMMON_CARD_KEY:
+            assert bench.exchange(command)[-2:] == b"\x90\x00"
+        bench = Bench(make_link(wrong, profile, {}, 0))
+        bench.begin_example()
+        bench.exchange(select_aid(COMMON.aid))
+        with pytest.raises(Deviation, match="P1 04: not an RSASSA-PSS signature"):
+            bench.exchange(SIGN_WITH_THE_COMMON_CARD_KEY[0])
+    finally:
+        for target in (first, second, wrong):
+            target.close()
 
 
 # -- CLI and reports -----------------------------------------------------------------------
