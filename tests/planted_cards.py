@@ -70,11 +70,17 @@ class Blocked6983(Card):
 
 
 class VerifyAfterChallenge(Card):
-    """VERIFY with a value right after GET CHALLENGE answers 6F00: the survey does not meet
-    it, an example finds it after some tens of examples."""
+    """VERIFY with a value right after a GET CHALLENGE that gave a challenge answers 6F00:
+    the survey does not meet it, an example finds it after some tens of examples."""
+
+    challenged = False
 
     def answer(self, command: bytes, answer: bytes) -> bytes:
-        if self.last[1:2] == b"\x84" and command[1:2] == b"\x20" and len(command) > 5:
+        after_challenge, self.challenged = (
+            self.challenged,
+            command[1:2] == b"\x84" and answer[-2:] == b"\x90\x00",
+        )
+        if after_challenge and command[1:2] == b"\x20" and len(command) > 5:
             return b"\x6f\x00"
         return answer
 

@@ -76,7 +76,7 @@ def test_a_failure_found_by_one_worker_is_replayed_by_the_others(
     alone = _worker(*quick, cwd=tmp_path)
     assert alone.returncode == 0, alone.stdout + alone.stderr  # 3 examples miss the fault
 
-    finder = _worker("--seed", "1", "--database", redis_url, cwd=tmp_path)
+    finder = _worker("--seed", "1", "--max-examples", "1000", "--database", redis_url, cwd=tmp_path)
     assert finder.returncode == 1, finder.stdout + finder.stderr
     assert "got 6F00" in finder.stdout
     assert redis.Redis.from_url(redis_url).keys("mynacard-conformance:*")
