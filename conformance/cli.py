@@ -118,6 +118,21 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _internal(error: BaseException, command: str) -> int:
+    """Exit 3 for an error of the bench itself (hypothesis reporting a broken machine): one
+    line, and what to send with a report, not a traceback."""
+    from .. import __version__
+
+    what = (str(error).strip().splitlines() or [""])[0]
+    print(f"{PROG}: internal error in the bench ({type(error).__name__}: {what})", file=sys.stderr)
+    print(
+        f"{PROG}: a bug in mynacard {__version__}, not in the card; please report it with "
+        f"the command that shows it: {command}",
+        file=sys.stderr,
+    )
+    return 3
+
+
 def _check_pins(pins: list[tuple[str, str]]) -> None:
     for name, _ in pins:
         if name not in PIN_NAMES:
@@ -160,6 +175,8 @@ def _pins(args: argparse.Namespace) -> dict[str, str]:
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:
+    from hypothesis.errors import HypothesisException
+
     from .report import (
         conformance_command,
         failure_text,
@@ -203,6 +220,8 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         result = run(config)
     except (TargetError, ProfileProblem, TranscriptError, ValueError) as error:
         return _fail(str(error))
+    except HypothesisException as error:
+        return _internal(error, conformance_command(config))
     except KeyboardInterrupt:
         print(f"interrupted; to run it again: {conformance_command(config)}", file=sys.stderr)
         raise
