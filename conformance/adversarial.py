@@ -10,8 +10,9 @@ import functools
 import hashlib
 import re
 
+from .apdu import INS, Apdu
 from .model import SHA256_DIGEST_INFO
-from .spec import MAX_VERIFY_LENGTH
+from .spec import MAX_VERIFY_LENGTH, EfSpec
 
 NEAR_MISS_KINDS = ("prefix", "extension", "change", "case", "padding", "full-width", "long")
 PADDING = (b"\x00", b"\x20", b"\xff")
@@ -158,6 +159,22 @@ def record_writes(records: int, record_size: int, pick: int) -> tuple[int, bytes
     lengths = (1, record_size, record_size + 1)
     number = numbers[pick % len(numbers)]
     return number, _pattern(lengths[pick // len(numbers) % len(lengths)], pick)
+
+
+def record_update_bounds(ef: EfSpec, records: int) -> list[bytes]:
+    """UPDATE RECORD of a record EF holding `records` at its limits (by SFI): on an empty EF
+    that takes APPEND a record is appended first, so that one can be updated at all; then
+    record 1 with 1 byte, exactly the record size and one byte more (6700), and the record
+    after the last (6A83)."""
+    p2, size = ef.fid << 3 | 0x04, ef.record_size or 1
+    commands = []
+    if not records and any(operation == "append" for operation, _rule in ef.writes):
+        data = bytes(range(1, size + 1))
+        commands.append(Apdu(0x00, INS.APPEND_RECORD, 0x00, ef.fid << 3, data).encode())
+        records = 1
+    for data in (b"\x5a", b"\x5a" * size, bytes(size + 1)):
+        commands.append(Apdu(0x00, INS.UPDATE_RECORD, 0x01, p2, data).encode())
+    return [*commands, Apdu(0x00, INS.UPDATE_RECORD, records + 1, p2, b"\x5a").encode()]
 
 
 def counter_steps(value: int, maximum: int, width: int, pick: int) -> bytes:

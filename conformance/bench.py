@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
-from .adversarial import SCHEME_CASES
+from .adversarial import SCHEME_CASES, record_update_bounds
 from .apdu import INS, SW, Apdu, MalformedApdu, read_binary, select_aid, select_ef, sw_of, verify
 from .guard import GuardRefusal, PinGuard
 from .model import CardFacts, CardModel, Expectation, ObjectKey, brief, cmac
@@ -95,11 +95,7 @@ def bound_commands(ef: EfSpec, operation: str, current: list[bytes] | bytes) -> 
         )
         return [Apdu(0x00, INS.UPDATE_RECORD, 0x01, p2, value[-size:]).encode() for value in values]
     if operation == "update":
-        after = len(records) + 1
-        return [
-            Apdu(0x00, INS.UPDATE_RECORD, after, p2, b"\x5a").encode(),
-            Apdu(0x00, INS.UPDATE_RECORD, 0x01, p2, bytes(size + 1)).encode(),
-        ]
+        return record_update_bounds(ef, len(records))
     value = int.from_bytes(records[0], "big") if records else 0
     room = value if operation == "decrease" else (ef.maximum or 0) - value
     ins = INS.DECREASE if operation == "decrease" else INS.INCREASE
@@ -720,10 +716,10 @@ class Bench:
 
     def bounds_sweep(self, app: AppSpec) -> None:
         """Every free-area write at its limits, with a credential its rule accepts: UPDATE
-        BINARY at and across the end, UPDATE RECORD of the record after the last and one
-        byte too long, APPEND until the EF is full and once more, UPDATE of a counter above
-        its maximum, DECREASE below 0 and INCREASE past the maximum (then to the bound
-        exactly, and one more); each EF read back whole."""
+        BINARY at and across the end, UPDATE RECORD shorter than, as long as and a byte
+        longer than a record and of the record after the last, APPEND until the EF is full
+        and once more, UPDATE of a counter above its maximum, DECREASE below 0 and INCREASE
+        past the maximum (then to the bound exactly, and one more); each EF read back whole."""
         for ef in app.efs:
             for operation, rule in ef.writes:
                 fitting = [c for c in self.credentials(app) if c.opens in rule]

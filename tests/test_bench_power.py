@@ -554,6 +554,20 @@ def isd_without_fci(command: bytes, answer: bytes) -> bytes:
     return answer
 
 
+class UpdateRecordRefusesShort(Layer):
+    """UPDATE RECORD of a record shorter than the EF's 16-byte records answers 6700
+    (`len(data) > record_size` written `is not`, a survivor of the mutation run): where
+    the card's own length check would be reached, which the same command with 17 bytes
+    tells (it answers 6700 there, and changes nothing)."""
+
+    def transmit(self, capdu: bytes) -> bytes:
+        if capdu[:2] == b"\x00\xdc" and len(capdu) > 5 and 0 < capdu[4] < 16:
+            probe = capdu[:4] + b"\x11" + bytes(17)
+            if self.inner.transmit(probe) == b"\x67\x00":
+                return b"\x67\x00"
+        return self.inner.transmit(capdu)
+
+
 class SelectEfLowP2(Layer):
     """SELECT by FID with a P2 below 0C taken as 0C (`P2 != 0C` written `P2 > 0C`)."""
 
@@ -778,6 +792,13 @@ MUTANTS: dict[str, Mutant] = {
     "raw-digest-info-completed": wrapping(DigestInfoCompleted, "scheme"),
     # the free area
     "append-without-key": wrapping(opened_by(0xE2, 1), "free area", "library-card"),
+    "update-record-refuses-short-records": Mutant(
+        "library-card",
+        lambda: (
+            lambda state: UpdateRecordRefusesShort(open_card(profile_of("library-card"), state))
+        ),
+        "free area",
+    ),
     "increase-with-the-meter-key": wrapping(
         opened_by(0x32, 2, needs=1), "free area", "taxi-tickets"
     ),
