@@ -18,8 +18,9 @@ class Card:
 
     disposable = True
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, profile: str = "default") -> None:
         self.name = name
+        self.profile = load_profile(profile) if profile != "default" else PROFILE
         shm = Path("/dev/shm")  # the card syncs its state files: memory is much faster
         scratch = shm if shm.is_dir() else None
         self.root = Path(tempfile.mkdtemp(prefix="mynacard-planted-", dir=scratch))
@@ -31,7 +32,7 @@ class Card:
         if self.card is not None:
             self.card.close()
         shutil.rmtree(self.root / "state", ignore_errors=True)
-        self.card = open_card(PROFILE, self.root / "state")
+        self.card = open_card(self.profile, self.root / "state")
         self.card.power_on()
         self.last = b""
 
@@ -95,5 +96,13 @@ def verify_after_challenge() -> Card:
 
 def not_disposable() -> Card:
     card = Card("the emulator, not disposable")
+    card.disposable = False
+    return card
+
+
+def not_disposable_as(profile: str | None = None) -> Card:
+    """The emulator personalised from the run's --profile (default without one), not
+    disposable: the PIN guard stands between the bench and it."""
+    card = Card(f"the emulator ({profile or 'default'}), not disposable", profile or "default")
     card.disposable = False
     return card
