@@ -30,6 +30,8 @@ ODD_CLASSES = (
 # What may happen between VERIFY and the use of what it opened (docs/card.md, card-wide
 # behaviour; the re-SELECT as the profile's `reselect_clears_state` says).
 SWEEP_EVENTS = ("reselect", "isd", "reset", "power", "other-app")
+# The instructions whose answers the invariants' observer looks at.
+OBSERVED_INSTRUCTIONS = frozenset((INS.VERIFY, INS.READ_BINARY, INS.COMPUTE_SIGNATURE))
 CHALLENGE = bytes(range(0x10, 0x20))  # what INTERNAL AUTHENTICATE signs in access checks
 
 
@@ -550,6 +552,8 @@ class Bench:
 
     def _observe(self, command: bytes, response: bytes) -> None:
         """Feed the invariants' observer (model-independent checks on the answers)."""
+        if len(command) < 4 or command[1] not in OBSERVED_INSTRUCTIONS:
+            return
         try:
             apdu = Apdu.parse(command)
         except MalformedApdu:
