@@ -4,6 +4,7 @@ PIN guard, the per-example transcript, the survey and the invariants' observer."
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 from collections import Counter
@@ -353,8 +354,9 @@ class Bench:
         if self.secondary is not None:
             yield self.secondary
 
-    @property
+    @functools.cached_property
     def disposable(self) -> bool:
+        """Every target is disposable (fixed for a bench: preconditions ask it every step)."""
         return all(link.disposable for link in self.links)
 
     @property
@@ -527,9 +529,9 @@ class Bench:
     # per example), so that a target slower to reopen stays usable.
     max_restarts = 16
 
-    @property
+    @functools.cached_property
     def restartable(self) -> bool:
-        """Every target is disposable and has `restart`."""
+        """Every target is disposable and has `restart` (fixed for a bench)."""
         return all(link.restart is not None for link in self.links)
 
     @property
