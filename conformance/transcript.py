@@ -289,17 +289,25 @@ def parse(text: str) -> list[Exchange]:
     return exchanges
 
 
-def load(path: Path) -> list[Exchange]:
-    """The exchanges of the transcript file at `path`; TranscriptError, naming the file, if
-    it cannot be read or is not a transcript."""
+def read_text(path: Path) -> str:
+    """The UTF-8 text of a transcript-like file; TranscriptError, naming the file, if it
+    cannot be read or is not text."""
     try:
-        return parse(path.read_bytes().decode("utf-8"))
+        return path.read_bytes().decode("utf-8")
     except OSError as error:
         raise TranscriptError(f"{path}: cannot read: {error.strerror or error}") from None
     except UnicodeDecodeError as error:
         raise TranscriptError(
             f"{path}: not a transcript (not UTF-8 text at byte {error.start})"
         ) from None
+
+
+def load(path: Path) -> list[Exchange]:
+    """The exchanges of the transcript file at `path`; TranscriptError, naming the file, if
+    it cannot be read or is not a transcript."""
+    text = read_text(path)
+    try:
+        return parse(text)
     except TranscriptError as error:
         raise TranscriptError(f"{path}: {error}") from None
 
