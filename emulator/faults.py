@@ -67,19 +67,24 @@ class Fault:
     atr: bytes = b""
 
 
+class _Count:
+    """The commands the card was sent so far, shared by the layers of one plan."""
+
+    value = 0
+
+
 @dataclass
 class _Selector:
     """Decides, command by command, whether a fault hits."""
 
     fault: Fault
     rng: random.Random
-    seen: int = field(default=0)
+    commands: _Count
     matched: int = field(default=0)
 
     def hits(self, capdu: bytes) -> bool:
-        self.seen += 1
         f = self.fault
-        if self.seen <= f.after or (f.ins and (len(capdu) < 2 or capdu[1] not in f.ins)):
+        if self.commands.value <= f.after or (f.ins and (len(capdu) < 2 or capdu[1] not in f.ins)):
             return False
         self.matched += 1
         return self.matched % f.every == 0 and self.rng.random() < f.probability
@@ -94,10 +99,11 @@ class FaultLayer(Layer):
         fault: Fault,
         rng: random.Random,
         note: Callable[[str], None] = lambda event: None,
+        commands: _Count | None = None,
     ) -> None:
         super().__init__(inner)
         self.fault = fault
-        self._selector = _Selector(fault, rng)
+        self._selector = _Selector(fault, rng, commands or _Count())
         self._rng = rng
         self._note = note
         self._retry: tuple[bytes, bytes] | None = None  # wrong-le: (command, right answer)
@@ -157,16 +163,46 @@ class FaultLayer(Layer):
         return bytes((0x6C, len(data) & 0xFF))
 
 
+class _Plan(Layer):
+    """The entry of a plan's layers: counts the commands and sends one no fault names (by
+    its INS) straight to the card, past the fault layers (`inner`)."""
+
+    def __init__(self, card: CardInterface, faulty: CardInterface, named: frozenset[int]) -> None:
+        super().__init__(faulty)
+        self._card = card
+        self._named = named
+        self.commands = _Count()
+
+    def transmit(self, capdu: bytes) -> bytes:
+        self.commands.value += 1
+        if len(capdu) > 1 and capdu[1] not in self._named:
+            return self._card.transmit(capdu)
+        return self.inner.transmit(capdu)
+
+
+_EVERY_INS = frozenset(range(256))
+
+
 def stack_faults(
     card: CardInterface, plan: list[Fault], seed: int, note: Callable[[str], None]
 ) -> CardInterface:
-    """`card` inside one layer per fault of `plan` (the first fault outermost)."""
+    """`card` inside one layer per fault of `plan` (the first fault outermost), behind a
+    `_Plan` entry; `card` itself when the plan is empty."""
+    if not plan:
+        return card
+    named = frozenset().union(*(f.ins or _EVERY_INS for f in plan if f.kind != "chain"))
+    if any(f.kind == "chain" for f in plan):
+        named = _EVERY_INS  # T=0 chaining sees every command (another drops what is pending)
+    entry = _Plan(card, card, named)
+    faulty = card
     for number, fault in reversed(list(enumerate(plan))):
         if fault.kind == "chain":
-            card = T0Chaining(card)
+            faulty = T0Chaining(faulty)
         else:
-            card = FaultLayer(card, fault, random.Random(f"{seed}:{number}"), note)
-    return card
+            rng = random.Random(f"{seed}:{number}")
+            faulty = FaultLayer(faulty, fault, rng, note, entry.commands)
+    entry.inner = faulty
+    return entry
 
 
 def read_plan(path: Path) -> tuple[list[Fault], int]:

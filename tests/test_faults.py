@@ -79,6 +79,22 @@ def test_reset_after_the_command_ends_the_session(tmp_path: Path) -> None:
     assert card.transmit(SELECT_TOKEN) == b"\x6a\x82"  # no application selected any more
 
 
+def test_after_counts_the_commands_no_fault_names(tmp_path: Path) -> None:
+    """Commands no fault names pass the fault layers by, yet count for `after`."""
+    card, notes = faulty(tmp_path, Fault("truncate", ins=frozenset({0xB0}), after=3))
+    assert len(token(card)) == 162  # the 3rd command: not yet
+    assert len(card.transmit(READ_TOKEN)) == 161 and notes == ["fault truncate"]
+
+
+def test_two_faults_on_one_command_stack_in_plan_order(tmp_path: Path) -> None:
+    plain = token(open_card("default", tmp_path / "plain"))
+    reading = frozenset({0xB0})
+    card, notes = faulty(tmp_path / "f", Fault("truncate", ins=reading), Fault("corrupt", ins=reading))
+    answer = token(card)
+    assert len(answer) == 161 and answer != plain[:-1]  # corrupted inside, truncated outside
+    assert notes == ["fault truncate", "fault corrupt"]
+
+
 def test_chain_and_atr(tmp_path: Path) -> None:
     atr = bytes.fromhex("3B888001000005E0B381A1007F")
     card, _ = faulty(tmp_path, Fault("chain"), Fault("atr", atr=atr))
