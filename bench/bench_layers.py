@@ -87,8 +87,6 @@ class _CaptureOnly(Layer):
         return response
 
 
-
-
 VARIANTS: dict[str, Variant] = {
     "serve without options": lambda card, _: stack_faults(card, [], 0, lambda event: None),
     "pass-through layer": lambda card, _: Layer(card),

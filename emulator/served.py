@@ -317,8 +317,10 @@ class ServedCard:
             "connected": self._client.connected,
             "ready": self._ready.is_set(),
             "fault_plan": self.plan,
-            "counters": {**{name: self._counters.counts[name] for name in COUNTERS},
-                         "apdus": self._counters.apdus},  # fmt: skip
+            "counters": {
+                **{name: self._counters.counts[name] for name in COUNTERS},
+                "apdus": self._counters.apdus,
+            },
         }
 
 

@@ -90,7 +90,9 @@ class Trace(Layer):
             raise
         exchange = (capdu, response, start, time.perf_counter_ns())
         waiting = self._waiting
-        waiting.append(self._format(exchange, _wall_offset(), self._take_notes()) if self._notes else exchange)
+        waiting.append(
+            self._format(exchange, _wall_offset(), self._take_notes()) if self._notes else exchange
+        )
         if len(waiting) >= BUFFER_LINES:
             self.flush()
         return response
@@ -112,7 +114,10 @@ class Trace(Layer):
                 return
             offset = _wall_offset()
             text = "".join(
-                [line if isinstance(line, str) else self._format(line, offset) for line in waiting[:count]]
+                [
+                    line if isinstance(line, str) else self._format(line, offset)
+                    for line in waiting[:count]
+                ]
             )
             del waiting[:count]
             self._out.write(text)
@@ -134,11 +139,13 @@ class Trace(Layer):
         """One exchange's line(s) with `notes`; `offset` turns a perf_counter_ns reading into
         time_ns."""
         capdu, response, start, end = exchange
-        command, answer, micros = self._command(capdu), response.hex(" ").upper(), (end - start) // 1000
+        command, answer = self._command(capdu), response.hex(" ").upper()
+        micros = (end - start) // 1000
         if self._fmt == "json":
             return (
                 f'{{"time": "{self._now(end + offset)}", "reader": {self._reader_json}, '
-                f'"command": "{command}", "response": "{answer}", "us": {micros}{_events(notes)}}}\n'
+                f'"command": "{command}", "response": "{answer}", "us": {micros}'
+                f"{_events(notes)}}}\n"
             )
         hidden = _MASK in command
         return (

@@ -89,7 +89,9 @@ def test_after_counts_the_commands_no_fault_names(tmp_path: Path) -> None:
 def test_two_faults_on_one_command_stack_in_plan_order(tmp_path: Path) -> None:
     plain = token(open_card("default", tmp_path / "plain"))
     reading = frozenset({0xB0})
-    card, notes = faulty(tmp_path / "f", Fault("truncate", ins=reading), Fault("corrupt", ins=reading))
+    card, notes = faulty(
+        tmp_path / "f", Fault("truncate", ins=reading), Fault("corrupt", ins=reading)
+    )
     answer = token(card)
     assert len(answer) == 161 and answer != plain[:-1]  # corrupted inside, truncated outside
     assert notes == ["fault truncate", "fault corrupt"]
