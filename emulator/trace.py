@@ -31,6 +31,7 @@ TraceFormat = Literal["json", "scriptor"]
 FLUSH_INTERVAL = 0.05  # seconds
 BUFFER_LINES = 4096
 _MASK = "**"
+_clock = time.perf_counter_ns
 _Exchange = tuple[bytes, bytes, int, int]  # command, response, start, end (perf_counter_ns)
 
 log = logging.getLogger(__name__)
@@ -82,16 +83,16 @@ class Trace(Layer):
         self._event("power off", b"")
 
     def transmit(self, capdu: bytes) -> bytes:
-        start = time.perf_counter_ns()
+        start = _clock()
         try:
             response = self.inner.transmit(capdu)
         except CardRemoved:
             self._unanswered(capdu)
             raise
-        exchange = (capdu, response, start, time.perf_counter_ns())
+        exchange = (capdu, response, start, _clock())
         waiting = self._waiting
         waiting.append(
-            self._format(exchange, _wall_offset(), self._take_notes()) if self._notes else exchange
+            self._lines([exchange], _wall_offset(), self._take_notes()) if self._notes else exchange
         )
         if len(waiting) >= BUFFER_LINES:
             self.flush()
@@ -112,13 +113,7 @@ class Trace(Layer):
             count = len(waiting)  # the card may append more meanwhile: they stay
             if not count:
                 return
-            offset = _wall_offset()
-            text = "".join(
-                [
-                    line if isinstance(line, str) else self._format(line, offset)
-                    for line in waiting[:count]
-                ]
-            )
+            text = self._lines(waiting[:count], _wall_offset())
             del waiting[:count]
             self._out.write(text)
             self._out.flush()
@@ -135,37 +130,49 @@ class Trace(Layer):
     def _command(self, capdu: bytes) -> str:
         return capdu.hex(" ").upper() if self._secrets else masked(capdu)
 
-    def _format(self, exchange: _Exchange, offset: int, notes: list[str] | None = None) -> str:
-        """One exchange's line(s) with `notes`; `offset` turns a perf_counter_ns reading into
-        time_ns."""
-        capdu, response, start, end = exchange
-        command, answer = self._command(capdu), response.hex(" ").upper()
-        micros = (end - start) // 1000
-        if self._fmt == "json":
-            return (
-                f'{{"time": "{self._now(end + offset)}", "reader": {self._reader_json}, '
-                f'"command": "{command}", "response": "{answer}", "us": {micros}'
-                f"{_events(notes)}}}\n"
-            )
-        hidden = _MASK in command
-        return (
-            f"{_comments(notes)}{'# ' if hidden else ''}{command}{'  (masked)' if hidden else ''}\n"
-            f"# > {answer}  ({micros} µs)\n"
-        )
+    def _lines(
+        self, batch: list[_Exchange | str], offset: int, notes: list[str] | None = None
+    ) -> str:
+        """The lines of `batch`: exchanges formatted (with `notes`, given with one exchange
+        alone), what was formatted already as it is. `offset` turns perf_counter_ns readings
+        into time_ns. One loop with the names it uses bound locally: this is the trace's cost."""
+        secrets, stamp = self._secrets, self._stamp
+        reader, json_lines = self._reader_json, self._fmt == "json"
+        events, comments = _events(notes), _comments(notes)
+        lines = []
+        for item in batch:
+            if isinstance(item, str):
+                lines.append(item)
+                continue
+            capdu, response, start, end = item
+            command = capdu.hex(" ").upper() if secrets else masked(capdu)
+            answer, micros = response.hex(" ").upper(), (end - start) // 1000
+            if json_lines:
+                digits = str((end + offset) // 1000)  # µs since the epoch
+                if digits[:-6] != stamp[0]:
+                    stamp = self._stamp = _second(digits[:-6])
+                lines.append(
+                    f'{{"time": "{stamp[1]}.{digits[-6:]}+00:00", "reader": {reader}, '
+                    f'"command": "{command}", "response": "{answer}", "us": {micros}{events}}}\n'
+                )
+            else:
+                hidden = _MASK in command
+                lines.append(
+                    f"{comments}{'# ' if hidden else ''}{command}{'  (masked)' if hidden else ''}\n"
+                    f"# > {answer}  ({micros} µs)\n"
+                )
+        return "".join(lines)
 
     def _take_notes(self) -> list[str]:
         notes, self._notes = self._notes, []
         return notes
 
     def _now(self, nanoseconds: int) -> str:
-        """The UTC time as isoformat(timespec="microseconds") gives it, the part up to the
-        second made once per second (from the digits: cheaper than divmod and a format)."""
-        micros = str(nanoseconds // 1000)
-        second, stamp = micros[:-6], self._stamp
-        if second != stamp[0]:
-            day_time = datetime.fromtimestamp(int(second), UTC).strftime("%Y-%m-%dT%H:%M:%S")
-            stamp = self._stamp = (second, day_time)
-        return f"{stamp[1]}.{micros[-6:]}+00:00"
+        """The UTC time as isoformat(timespec="microseconds") gives it."""
+        digits = str(nanoseconds // 1000)
+        if digits[:-6] != self._stamp[0]:
+            self._stamp = _second(digits[:-6])
+        return f"{self._stamp[1]}.{digits[-6:]}+00:00"
 
     def _unanswered(self, capdu: bytes) -> None:
         """A command the card never answered (it left the reader): no response; flushed."""
@@ -201,6 +208,12 @@ def _events(notes: list[str] | None) -> str:
 def _comments(notes: list[str] | None) -> str:
     """Notes as scriptor comments."""
     return "".join(f"# {event}\n" for event in notes or ())
+
+
+def _second(second: str) -> tuple[str, str]:
+    """A second since the epoch (its digits) and its UTC isoformat, to the second (the part of
+    a time stamp made once per second)."""
+    return second, datetime.fromtimestamp(int(second), UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _wall_offset() -> int:
