@@ -84,7 +84,9 @@ class _Selector:
 
     def hits(self, capdu: bytes) -> bool:
         f = self.fault
-        if self.commands.value <= f.after or (f.ins and (len(capdu) < 2 or capdu[1] not in f.ins)):
+        if (f.after and self.commands.value <= f.after) or (
+            f.ins and (len(capdu) < 2 or capdu[1] not in f.ins)
+        ):
             return False
         self.matched += 1
         return self.matched % f.every == 0 and self.rng.random() < f.probability
@@ -164,20 +166,34 @@ class FaultLayer(Layer):
 
 
 class _Plan(Layer):
-    """The entry of a plan's layers: counts the commands and sends one no fault names (by
-    its INS) straight to the card, past the fault layers (`inner`)."""
+    """The entry of a plan's layers: a command whose INS no fault names goes straight to the
+    card, past the fault layers (`inner`), through a table of 256 routes made once."""
 
     def __init__(self, card: CardInterface, faulty: CardInterface, named: frozenset[int]) -> None:
         super().__init__(faulty)
-        self._card = card
-        self._named = named
-        self.commands = _Count()
+        straight, through = card.transmit, faulty.transmit
+        self._routes = [through if ins in named else straight for ins in range(256)]
 
     def transmit(self, capdu: bytes) -> bytes:
-        self.commands.value += 1
-        if len(capdu) > 1 and capdu[1] not in self._named:
-            return self._card.transmit(capdu)
-        return self.inner.transmit(capdu)
+        try:
+            route = self._routes[capdu[1]]
+        except IndexError:  # no INS: the faults decide
+            route = self.inner.transmit
+        return route(capdu)
+
+
+class _CountingPlan(_Plan):
+    """A plan entry that counts the commands, for faults with `after`."""
+
+    def __init__(
+        self, card: CardInterface, faulty: CardInterface, named: frozenset[int], commands: _Count
+    ) -> None:
+        super().__init__(card, faulty, named)
+        self._commands = commands
+
+    def transmit(self, capdu: bytes) -> bytes:
+        self._commands.value += 1
+        return super().transmit(capdu)
 
 
 _EVERY_INS = frozenset(range(256))
@@ -186,23 +202,25 @@ _EVERY_INS = frozenset(range(256))
 def stack_faults(
     card: CardInterface, plan: list[Fault], seed: int, note: Callable[[str], None]
 ) -> CardInterface:
-    """`card` inside one layer per fault of `plan` (the first fault outermost), behind a
-    `_Plan` entry; `card` itself when the plan is empty."""
+    """`card` inside one layer per fault of `plan` (the first fault outermost), behind a plan
+    entry that sends the commands no fault names straight to `card`; `card` itself when the
+    plan is empty."""
     if not plan:
         return card
-    named = frozenset().union(*(f.ins or _EVERY_INS for f in plan if f.kind != "chain"))
+    named = frozenset[int]().union(*(f.ins or _EVERY_INS for f in plan if f.kind != "chain"))
     if any(f.kind == "chain" for f in plan):
         named = _EVERY_INS  # T=0 chaining sees every command (another drops what is pending)
-    entry = _Plan(card, card, named)
+    commands = _Count()
     faulty = card
     for number, fault in reversed(list(enumerate(plan))):
         if fault.kind == "chain":
             faulty = T0Chaining(faulty)
         else:
             rng = random.Random(f"{seed}:{number}")
-            faulty = FaultLayer(faulty, fault, rng, note, entry.commands)
-    entry.inner = faulty
-    return entry
+            faulty = FaultLayer(faulty, fault, rng, note, commands)
+    if any(f.after for f in plan):
+        return _CountingPlan(card, faulty, named, commands)
+    return _Plan(card, faulty, named)
 
 
 def read_plan(path: Path) -> tuple[list[Fault], int]:
