@@ -92,6 +92,7 @@ class _Guarded(Layer):
     def __init__(self, inner: CardInterface, lock: threading.RLock) -> None:
         super().__init__(inner)
         self.lock = lock
+        self._acquire, self._release = lock.acquire, lock.release
 
     @property
     def atr(self) -> bytes:
@@ -111,8 +112,11 @@ class _Guarded(Layer):
             self.inner.power_off()
 
     def transmit(self, capdu: bytes) -> bytes:
-        with self.lock:
+        self._acquire()  # not `with`: on CPython 3.11 it costs twice as much on an RLock
+        try:
             return self.inner.transmit(capdu)
+        finally:
+            self._release()
 
 
 class ServedCard:
