@@ -197,6 +197,7 @@ class _CountingPlan(_Plan):
 
 
 _EVERY_INS = frozenset(range(256))
+_SEE_ALL = ("chain", "wrong-le")  # they hold an answer that any other command drops
 
 
 def stack_faults(
@@ -208,8 +209,8 @@ def stack_faults(
     if not plan:
         return card
     named = frozenset[int]().union(*(f.ins or _EVERY_INS for f in plan if f.kind != "chain"))
-    if any(f.kind == "chain" for f in plan):
-        named = _EVERY_INS  # T=0 chaining sees every command (another drops what is pending)
+    if any(f.kind in _SEE_ALL for f in plan):
+        named = _EVERY_INS
     commands = _Count()
     faulty = card
     for number, fault in reversed(list(enumerate(plan))):

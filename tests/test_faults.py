@@ -44,6 +44,14 @@ def test_wrong_le_then_the_right_answer(tmp_path: Path) -> None:
     assert len(answer) == 162 and answer.endswith(b"\x90\x00") and notes == ["fault wrong-le"]
 
 
+def test_wrong_le_forgets_its_answer_when_another_command_comes(tmp_path: Path) -> None:
+    card, _ = faulty(tmp_path, Fault("wrong-le", ins=frozenset({0xB0})))
+    assert token(card) == b"\x6c\xa0"
+    assert card.transmit(READ_CERT) == b"\x90\x00"  # SELECT: no fault names it
+    answer = card.transmit(READ_TOKEN[:4] + b"\xa0")  # the certificate's first bytes now
+    assert answer[:2] == b"\x30\x82" and answer[-2:] == b"\x90\x00"
+
+
 @pytest.mark.parametrize(("kind", "check"), [("truncate", 161), ("corrupt", 162)])
 def test_broken_frames(tmp_path: Path, kind: str, check: int) -> None:
     plain = token(open_card("default", tmp_path / "plain"))
