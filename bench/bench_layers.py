@@ -7,8 +7,12 @@ and the median of the per-round ratios of APDUs per second is printed:
 - `serve without options`: what `serve` stacks with no fault plan: nothing, the bare card
   itself, so its ratio's distance from 1 is the noise of the run;
 - `pass-through layer`: one `Layer` that changes nothing (a layer compiled in but off);
-- `idle fault`: a fault layer whose plan never hits (a delay for an INS never sent);
-- `trace json` / `trace scriptor`: `--trace FILE` in each format (a file in /dev/shm).
+- `idle fault`: a fault plan that never hits (a delay for an INS never sent);
+- `served card, no plan`: the stack a `ServedCard` (`serve`) drives without a fault plan,
+  trace or -v: its lock and counters (and room for `ctl fault` to stack a plan);
+- `trace json` / `trace scriptor`: `--trace FILE` in each format (a file in /dev/shm);
+- `trace floor`: a layer that only keeps each exchange's bytes and two clock readings in a
+  list (what any trace must do before formatting a line), to show the floor of tracing.
 
 Targets: an idle layer costs at most 3% of the baseline rate, tracing at most 25%.
 
@@ -24,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -37,9 +40,10 @@ from pathlib import Path
 from bench_card import READ_32, SELECT_TOKEN, _pinned, _round_trip_ns, pcsc
 
 from mynacard import open_card
-from mynacard.faults import Fault, FaultLayer, stack_faults
+from mynacard.faults import Fault, stack_faults
 from mynacard.layers import CardInterface, Layer
-from mynacard.trace import Trace, TraceFormat
+from mynacard.served import CardSpec, ServedCard
+from mynacard.trace import BUFFER_LINES, Trace, TraceFormat
 
 SELECT_JPKI = bytes.fromhex("00A4040C0AD392F000260100000001")
 PAIRS = 20_000
@@ -56,14 +60,43 @@ def _trace(fmt: TraceFormat) -> Variant:
     return stack
 
 
+def _served(card: CardInterface, resources: ExitStack) -> CardInterface:
+    """A ServedCard's stack, not served (its own card, like `card`, selected the same way)."""
+    state = Path(resources.enter_context(tempfile.TemporaryDirectory()))
+    served = ServedCard(CardSpec(profile="default", state=state))
+    resources.callback(served.close)
+    served.stack.power_on()
+    assert served.stack.transmit(SELECT_JPKI) == b"\x90\x00"
+    return served.stack
+
+
+class _CaptureOnly(Layer):
+    """Keeps each exchange's bytes and clock readings, formats nothing: a trace's floor."""
+
+    def __init__(self, inner: CardInterface) -> None:
+        super().__init__(inner)
+        self.kept: list[tuple[bytes, bytes, int, int]] = []
+
+    def transmit(self, capdu: bytes) -> bytes:
+        start = time.perf_counter_ns()
+        response = self.inner.transmit(capdu)
+        kept = self.kept
+        kept.append((capdu, response, start, time.perf_counter_ns()))
+        if len(kept) >= BUFFER_LINES:
+            kept.clear()
+        return response
+
+
 VARIANTS: dict[str, Variant] = {
     "serve without options": lambda card, _: stack_faults(card, [], 0, lambda event: None),
     "pass-through layer": lambda card, _: Layer(card),
-    "idle fault": lambda card, _: FaultLayer(
-        card, Fault("delay", ins=frozenset({0x2A}), ms=1), random.Random(0)
+    "idle fault": lambda card, _: stack_faults(
+        card, [Fault("delay", ins=frozenset({0x2A}), ms=1)], 0, lambda event: None
     ),
+    "served card, no plan": _served,
     "trace json": _trace("json"),
     "trace scriptor": _trace("scriptor"),
+    "trace floor": lambda card, _: _CaptureOnly(card),
 }
 
 
@@ -139,7 +172,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--skip-pcsc", action="store_true", help="skip the served-card part")
     args = parser.parse_args()
-    targets = {"trace json": 0.25, "trace scriptor": 0.25}
+    targets = {"trace json": 0.25, "trace scriptor": 0.25, "trace floor": 0.25}
     for name, (median, ratio) in measure(args.rounds).items():
         target = targets.get(name, 0.03)
         print(

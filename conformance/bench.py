@@ -4,6 +4,7 @@ PIN guard, the per-example transcript, the survey and the invariants' observer."
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 from collections import Counter
@@ -30,6 +31,8 @@ ODD_CLASSES = (
 # What may happen between VERIFY and the use of what it opened (docs/card.md, card-wide
 # behaviour; the re-SELECT as the profile's `reselect_clears_state` says).
 SWEEP_EVENTS = ("reselect", "isd", "reset", "power", "other-app")
+# The instructions whose answers the invariants' observer looks at.
+OBSERVED_INSTRUCTIONS = frozenset((INS.VERIFY, INS.READ_BINARY, INS.COMPUTE_SIGNATURE))
 CHALLENGE = bytes(range(0x10, 0x20))  # what INTERNAL AUTHENTICATE signs in access checks
 
 
@@ -347,8 +350,9 @@ class Bench:
         if self.secondary is not None:
             yield self.secondary
 
-    @property
+    @functools.cached_property
     def disposable(self) -> bool:
+        """Every target is disposable (fixed for a bench: preconditions ask it every step)."""
         return all(link.disposable for link in self.links)
 
     @property
@@ -521,9 +525,9 @@ class Bench:
     # per example), so that a target slower to reopen stays usable.
     max_restarts = 16
 
-    @property
+    @functools.cached_property
     def restartable(self) -> bool:
-        """Every target is disposable and has `restart`."""
+        """Every target is disposable and has `restart` (fixed for a bench)."""
         return all(link.restart is not None for link in self.links)
 
     @property
@@ -546,6 +550,8 @@ class Bench:
 
     def _observe(self, command: bytes, response: bytes) -> None:
         """Feed the invariants' observer (model-independent checks on the answers)."""
+        if len(command) < 4 or command[1] not in OBSERVED_INSTRUCTIONS:
+            return
         try:
             apdu = Apdu.parse(command)
         except MalformedApdu:

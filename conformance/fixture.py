@@ -168,6 +168,7 @@ class PcscCard(FixtureCard):
             )
         command = [sys.executable, "-m", "mynacard", "serve", "--profile", str(settings.profile)]
         command += ["--state", str(state_dir), "--reader", str(reader)]
+        command += ["--control-dir", str(state_dir.parent / "control")]  # the test's own
         for name, value in settings.quirk_assignments():
             command += ["--quirk", f"{name}={value}"]
         if settings.atr is not None:

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .transcript import HEADER, Action, Exchange, Pattern, TranscriptError, parse
+from .transcript import HEADER, Action, Exchange, Pattern, TranscriptError, parse, read_text
 
 ANY = Pattern("[*]")
 _MASK = "**"
@@ -40,14 +40,7 @@ def read_replay_input(path: Path, reader: str | None = None) -> ReplayInput:
     """A transcript, a JSON-lines trace or a scriptor script, told apart by its first line;
     TranscriptError naming the file and line if it is none of them. `reader` picks one
     reader's exchanges from a trace of several."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as error:
-        raise TranscriptError(f"{path}: cannot read: {error.strerror or error}") from None
-    except UnicodeDecodeError as error:
-        raise TranscriptError(
-            f"{path}: not a transcript (not UTF-8 text at byte {error.start})"
-        ) from None
+    text = read_text(path)
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     try:
         if first.startswith("{"):

@@ -24,6 +24,7 @@ card, challenges) are written as wildcards, so a transcript replays on any confo
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -47,20 +48,46 @@ class Action(Enum):
 
 
 _TOKEN = re.compile(r"\[(\*|\d+(?:-\d+)?)\]|[0-9A-Fa-f.]+")
+_HEX = frozenset("0123456789ABCDEFabcdef")
+
+
+def _exact_alternatives(text: str) -> frozenset[bytes] | None:
+    """The responses `text` allows when every alternative is plain hex bytes (most
+    expectations: status words, data known to the byte); None when it has wildcards."""
+    found = []
+    for alternative in text.split("|"):
+        compact = alternative.replace(" ", "")
+        if not compact or len(compact) % 2 or not _HEX.issuperset(compact):
+            return None
+        found.append(bytes.fromhex(compact))
+    return frozenset(found)
+
+
+@functools.lru_cache(maxsize=4096)
+def _regex(text: str) -> re.Pattern[str]:
+    return re.compile(_compile(text))
 
 
 @dataclass(frozen=True)
 class Pattern:
-    """An expected response: alternatives of hex text with wildcards (see the module doc)."""
+    """An expected response: alternatives of hex text with wildcards (see the module doc).
+
+    Plain hex alternatives are compared as bytes; the regular expression that wildcards
+    need is compiled (once per text) only for the patterns that have them."""
 
     text: str
-    _regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _exact: frozenset[bytes] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_regex", re.compile(_compile(self.text)))
+        exact = _exact_alternatives(self.text)
+        object.__setattr__(self, "_exact", exact)
+        if exact is None:
+            _regex(self.text)  # a bad pattern fails here, where it is written
 
     def matches(self, response: bytes) -> bool:
-        return self._regex.fullmatch(response.hex().upper()) is not None
+        if self._exact is not None:
+            return response in self._exact
+        return _regex(self.text).fullmatch(response.hex().upper()) is not None
 
     def __str__(self) -> str:
         return self.text
@@ -68,9 +95,9 @@ class Pattern:
     def first_difference(self, response: bytes) -> int | None:
         """The offset of the first byte of `response` that no alternative can match, or
         ``len(response)`` if the response ends where more is wanted; None if it matches."""
-        digits = response.hex().upper()
-        if self._regex.fullmatch(digits) is not None:
+        if self.matches(response):
             return None
+        digits = response.hex().upper()
         return (
             max(_Walk(alternative).departure(digits) for alternative in self.text.split("|")) // 2
         )
@@ -262,17 +289,25 @@ def parse(text: str) -> list[Exchange]:
     return exchanges
 
 
-def load(path: Path) -> list[Exchange]:
-    """The exchanges of the transcript file at `path`; TranscriptError, naming the file, if
-    it cannot be read or is not a transcript."""
+def read_text(path: Path) -> str:
+    """The UTF-8 text of a transcript-like file; TranscriptError, naming the file, if it
+    cannot be read or is not text."""
     try:
-        return parse(path.read_bytes().decode("utf-8"))
+        return path.read_bytes().decode("utf-8")
     except OSError as error:
         raise TranscriptError(f"{path}: cannot read: {error.strerror or error}") from None
     except UnicodeDecodeError as error:
         raise TranscriptError(
             f"{path}: not a transcript (not UTF-8 text at byte {error.start})"
         ) from None
+
+
+def load(path: Path) -> list[Exchange]:
+    """The exchanges of the transcript file at `path`; TranscriptError, naming the file, if
+    it cannot be read or is not a transcript."""
+    text = read_text(path)
+    try:
+        return parse(text)
     except TranscriptError as error:
         raise TranscriptError(f"{path}: {error}") from None
 

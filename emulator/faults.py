@@ -67,19 +67,26 @@ class Fault:
     atr: bytes = b""
 
 
+class _Count:
+    """The commands the card was sent so far, shared by the layers of one plan."""
+
+    value = 0
+
+
 @dataclass
 class _Selector:
     """Decides, command by command, whether a fault hits."""
 
     fault: Fault
     rng: random.Random
-    seen: int = field(default=0)
+    commands: _Count
     matched: int = field(default=0)
 
     def hits(self, capdu: bytes) -> bool:
-        self.seen += 1
         f = self.fault
-        if self.seen <= f.after or (f.ins and (len(capdu) < 2 or capdu[1] not in f.ins)):
+        if (f.after and self.commands.value <= f.after) or (
+            f.ins and (len(capdu) < 2 or capdu[1] not in f.ins)
+        ):
             return False
         self.matched += 1
         return self.matched % f.every == 0 and self.rng.random() < f.probability
@@ -94,10 +101,11 @@ class FaultLayer(Layer):
         fault: Fault,
         rng: random.Random,
         note: Callable[[str], None] = lambda event: None,
+        commands: _Count | None = None,
     ) -> None:
         super().__init__(inner)
         self.fault = fault
-        self._selector = _Selector(fault, rng)
+        self._selector = _Selector(fault, rng, commands or _Count())
         self._rng = rng
         self._note = note
         self._retry: tuple[bytes, bytes] | None = None  # wrong-le: (command, right answer)
@@ -157,16 +165,63 @@ class FaultLayer(Layer):
         return bytes((0x6C, len(data) & 0xFF))
 
 
+class _Plan(Layer):
+    """The entry of a plan's layers: a command whose INS no fault names goes straight to the
+    card, past the fault layers (`inner`), through a table of 256 routes made once."""
+
+    def __init__(self, card: CardInterface, faulty: CardInterface, named: frozenset[int]) -> None:
+        super().__init__(faulty)
+        straight, through = card.transmit, faulty.transmit
+        self._routes = [through if ins in named else straight for ins in range(256)]
+
+    def transmit(self, capdu: bytes) -> bytes:
+        try:
+            route = self._routes[capdu[1]]
+        except IndexError:  # no INS: the faults decide
+            route = self.inner.transmit
+        return route(capdu)
+
+
+class _CountingPlan(_Plan):
+    """A plan entry that counts the commands, for faults with `after`."""
+
+    def __init__(
+        self, card: CardInterface, faulty: CardInterface, named: frozenset[int], commands: _Count
+    ) -> None:
+        super().__init__(card, faulty, named)
+        self._commands = commands
+
+    def transmit(self, capdu: bytes) -> bytes:
+        self._commands.value += 1
+        return super().transmit(capdu)
+
+
+_EVERY_INS = frozenset(range(256))
+_SEE_ALL = ("chain", "wrong-le")  # they hold an answer that any other command drops
+
+
 def stack_faults(
     card: CardInterface, plan: list[Fault], seed: int, note: Callable[[str], None]
 ) -> CardInterface:
-    """`card` inside one layer per fault of `plan` (the first fault outermost)."""
+    """`card` inside one layer per fault of `plan` (the first fault outermost), behind a plan
+    entry that sends the commands no fault names straight to `card`; `card` itself when the
+    plan is empty."""
+    if not plan:
+        return card
+    named = frozenset[int]().union(*(f.ins or _EVERY_INS for f in plan if f.kind != "chain"))
+    if any(f.kind in _SEE_ALL for f in plan):
+        named = _EVERY_INS
+    commands = _Count()
+    faulty = card
     for number, fault in reversed(list(enumerate(plan))):
         if fault.kind == "chain":
-            card = T0Chaining(card)
+            faulty = T0Chaining(faulty)
         else:
-            card = FaultLayer(card, fault, random.Random(f"{seed}:{number}"), note)
-    return card
+            rng = random.Random(f"{seed}:{number}")
+            faulty = FaultLayer(faulty, fault, rng, note, commands)
+    if any(f.after for f in plan):
+        return _CountingPlan(card, faulty, named, commands)
+    return _Plan(card, faulty, named)
 
 
 def read_plan(path: Path) -> tuple[list[Fault], int]:

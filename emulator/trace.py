@@ -1,14 +1,23 @@
-"""APDU traces: a layer writing every exchange and power event as it leaves the card.
+"""APDU traces: a layer writing every exchange and power event the card sees.
 
 Two formats: JSON lines (one object per exchange or event: time, reader, command, response,
 duration in µs, and what other layers noted, such as an injected fault) and a script for
 pcsc-tools' `scriptor` and `opensc-tool -s` (commands and `reset`, answers as comments).
 Secret data (PINs, passwords, cryptograms) is masked unless `secrets` is true.
+
+An exchange is kept as its bytes and clock readings and formatted when the lines waiting are
+written and flushed: at every power event and card removal, by a thread every
+`FLUSH_INTERVAL` seconds while lines wait, when `BUFFER_LINES` wait, and on close. So
+`tail -f` follows a trace within 50 ms; a process killed with SIGKILL loses what waits (the
+exchanges of at most its last 50 ms, never a power event); closing loses nothing (`serve`
+closes on SIGTERM and Ctrl-C).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Literal, TextIO
@@ -16,12 +25,21 @@ from typing import Literal, TextIO
 from .faults import CardRemoved
 from .layers import CardInterface, Layer, masked
 
+__all__ = ["BUFFER_LINES", "FLUSH_INTERVAL", "Trace", "TraceFormat"]
+
 TraceFormat = Literal["json", "scriptor"]
+FLUSH_INTERVAL = 0.05  # seconds
+BUFFER_LINES = 4096
 _MASK = "**"
+_clock = time.perf_counter_ns
+_Exchange = tuple[bytes, bytes, int, int]  # command, response, start, end (perf_counter_ns)
+
+log = logging.getLogger(__name__)
 
 
 class Trace(Layer):
-    """Writes each exchange to `out` (flushed line by line) in `fmt`."""
+    """Writes each exchange and power event to `out` in `fmt` (see the module's docstring
+    for when lines are flushed); `close()` writes what waits."""
 
     def __init__(
         self,
@@ -39,8 +57,12 @@ class Trace(Layer):
         self._secrets = secrets
         self._notes: list[str] = []
         self._reader_json = json.dumps(reader, ensure_ascii=False)
-        self._second = -1
-        self._prefix = ""
+        self._stamp = ("", "")  # a second and its isoformat, replaced as one
+        self._waiting: list[_Exchange | str] = []  # appended by the card, taken by `flush`
+        self._writing = threading.Lock()
+        self._closed = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_while_open, name="trace", daemon=True)
+        self._flusher.start()
 
     def note(self, event: str) -> None:
         """Attach what another layer did (e.g. an injected fault) to the next line."""
@@ -61,77 +83,139 @@ class Trace(Layer):
         self._event("power off", b"")
 
     def transmit(self, capdu: bytes) -> bytes:
-        start = time.perf_counter_ns()
+        start = _clock()
         try:
             response = self.inner.transmit(capdu)
         except CardRemoved:
             self._unanswered(capdu)
             raise
-        micros = (time.perf_counter_ns() - start) // 1000
-        command = capdu.hex(" ").upper() if self._secrets else masked(capdu)
-        if self._fmt == "json":
-            self._exchange(command, response.hex(" ").upper(), micros)
-        else:
-            hidden = _MASK in command
-            self._line(
-                f"{'# ' if hidden else ''}{command}{'  (masked)' if hidden else ''}\n"
-                f"# > {response.hex(' ').upper()}  ({micros} µs)"
-            )
+        exchange = (capdu, response, start, _clock())
+        waiting = self._waiting
+        waiting.append(
+            self._lines([exchange], _wall_offset(), self._take_notes()) if self._notes else exchange
+        )
+        if len(waiting) >= BUFFER_LINES:
+            self.flush()
         return response
 
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._closed.set()
+            self._flusher.join()
+            self.flush()
+
+    def flush(self) -> None:
+        """Format, write and flush the lines waiting."""
+        with self._writing:
+            waiting = self._waiting
+            count = len(waiting)  # the card may append more meanwhile: they stay
+            if not count:
+                return
+            text = self._lines(waiting[:count], _wall_offset())
+            del waiting[:count]
+            self._out.write(text)
+            self._out.flush()
+
+    def _flush_while_open(self) -> None:
+        while not self._closed.wait(FLUSH_INTERVAL):
+            if self._waiting:
+                try:
+                    self.flush()
+                except (OSError, ValueError) as error:  # closed or full; close() will tell
+                    log.error("trace: cannot write: %s", error)
+                    return
+
+    def _command(self, capdu: bytes) -> str:
+        return capdu.hex(" ").upper() if self._secrets else masked(capdu)
+
+    def _lines(
+        self, batch: list[_Exchange | str], offset: int, notes: list[str] | None = None
+    ) -> str:
+        """The lines of `batch`: exchanges formatted (with `notes`, given with one exchange
+        alone), what was formatted already as it is. `offset` turns perf_counter_ns readings
+        into time_ns. One loop with the names it uses bound locally: this is the trace's cost."""
+        secrets, stamp = self._secrets, self._stamp
+        reader, json_lines = self._reader_json, self._fmt == "json"
+        events, comments = _events(notes), _comments(notes)
+        lines = []
+        for item in batch:
+            if isinstance(item, str):
+                lines.append(item)
+                continue
+            capdu, response, start, end = item
+            command = capdu.hex(" ").upper() if secrets else masked(capdu)
+            answer, micros = response.hex(" ").upper(), (end - start) // 1000
+            if json_lines:
+                digits = str((end + offset) // 1000)  # µs since the epoch
+                if digits[:-6] != stamp[0]:
+                    stamp = self._stamp = _second(digits[:-6])
+                lines.append(
+                    f'{{"time": "{stamp[1]}.{digits[-6:]}+00:00", "reader": {reader}, '
+                    f'"command": "{command}", "response": "{answer}", "us": {micros}{events}}}\n'
+                )
+            else:
+                hidden = _MASK in command
+                lines.append(
+                    f"{comments}{'# ' if hidden else ''}{command}{'  (masked)' if hidden else ''}\n"
+                    f"# > {answer}  ({micros} µs)\n"
+                )
+        return "".join(lines)
+
+    def _take_notes(self) -> list[str]:
+        notes, self._notes = self._notes, []
+        return notes
+
+    def _now(self, nanoseconds: int) -> str:
+        """The UTC time as isoformat(timespec="microseconds") gives it."""
+        digits = str(nanoseconds // 1000)
+        if digits[:-6] != self._stamp[0]:
+            self._stamp = _second(digits[:-6])
+        return f"{self._stamp[1]}.{digits[-6:]}+00:00"
+
     def _unanswered(self, capdu: bytes) -> None:
-        """A command the card never answered (it left the reader): no response."""
-        command = capdu.hex(" ").upper() if self._secrets else masked(capdu)
+        """A command the card never answered (it left the reader): no response; flushed."""
         if self._fmt == "json":
-            self._json(command=command, response=None)
+            self._json(command=self._command(capdu), response=None)
         else:
-            self._line(f"# {command}  (not answered: the card left the reader)")
-
-    def _exchange(self, command: str, response: str, micros: int) -> None:
-        """One exchange as a JSON line, written without json.dumps (every field but the
-        reader and the events is hex or a number; the reader is encoded once)."""
-        events = ""
-        if self._notes:
-            events = f', "events": {json.dumps(self._notes, ensure_ascii=False)}'
-            self._notes = []
-        self._out.write(
-            f'{{"time": "{self._now()}", "reader": {self._reader_json}, "command": "{command}", '
-            f'"response": "{response}", "us": {micros}{events}}}\n'
-        )
-        self._out.flush()
-
-    def _now(self) -> str:
-        """The UTC time as isoformat(timespec="microseconds") gives it, the part up to the
-        second made once per second."""
-        now = time.time_ns()
-        second, fraction = divmod(now, 1_000_000_000)
-        if second != self._second:
-            self._second = second
-            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        return f"{self._prefix}.{fraction // 1000:06d}+00:00"
+            self._line(f"# {self._command(capdu)}  (not answered: the card left the reader)")
 
     def _event(self, event: str, atr: bytes) -> None:
         if self._fmt == "json":
             self._json(event=event, **({"atr": atr.hex(" ").upper()} if atr else {}))
-        elif event == "reset":
-            self._line("reset")
         else:
-            self._line(f"# {event}")
+            self._line("reset" if event == "reset" else f"# {event}")
 
     def _json(self, **fields: object) -> None:
-        record: dict[str, object] = {
-            "time": self._now(),
-            "reader": self._reader,
-            **fields,
-        }
+        record: dict[str, object] = {"time": self._now(time.time_ns()), "reader": self._reader}
+        record.update(fields)
         if self._notes:
-            record["events"], self._notes = self._notes, []
-        self._out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._out.flush()
+            record["events"] = self._take_notes()
+        self._waiting.append(json.dumps(record, ensure_ascii=False) + "\n")
+        self.flush()
 
     def _line(self, text: str) -> None:
-        for event in self._notes:
-            self._out.write(f"# {event}\n")
-        self._notes = []
-        self._out.write(text + "\n")
-        self._out.flush()
+        self._waiting.append(f"{_comments(self._take_notes())}{text}\n")
+        self.flush()
+
+
+def _events(notes: list[str] | None) -> str:
+    """Notes as a JSON field."""
+    return f', "events": {json.dumps(notes, ensure_ascii=False)}' if notes else ""
+
+
+def _comments(notes: list[str] | None) -> str:
+    """Notes as scriptor comments."""
+    return "".join(f"# {event}\n" for event in notes or ())
+
+
+def _second(second: str) -> tuple[str, str]:
+    """A second since the epoch (its digits) and its UTC isoformat, to the second (the part of
+    a time stamp made once per second)."""
+    return second, datetime.fromtimestamp(int(second), UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _wall_offset() -> int:
+    """What to add to a perf_counter_ns reading to get time_ns now."""
+    return time.time_ns() - time.perf_counter_ns()

@@ -187,6 +187,8 @@ class CardServer:
         self.name = reader_name(reader)
         self.command = [str(python), "-m", "mynacard", "serve", "--profile", str(profile)]
         self.command += ["--state", str(state_dir), "--reader", str(reader), *extra_args]
+        # A control socket of the test's own, never that of a `serve` the developer runs.
+        self.command += ["--control-dir", str(state_dir.with_name(state_dir.name + "-control"))]
         self.cwd = cwd
         self._proc: subprocess.Popen[str] | None = None
         self._output: IO[str] | None = None

@@ -44,6 +44,14 @@ def test_wrong_le_then_the_right_answer(tmp_path: Path) -> None:
     assert len(answer) == 162 and answer.endswith(b"\x90\x00") and notes == ["fault wrong-le"]
 
 
+def test_wrong_le_forgets_its_answer_when_another_command_comes(tmp_path: Path) -> None:
+    card, _ = faulty(tmp_path, Fault("wrong-le", ins=frozenset({0xB0})))
+    assert token(card) == b"\x6c\xa0"
+    assert card.transmit(READ_CERT) == b"\x90\x00"  # SELECT: no fault names it
+    answer = card.transmit(READ_TOKEN[:4] + b"\xa0")  # the certificate's first bytes now
+    assert answer[:2] == b"\x30\x82" and answer[-2:] == b"\x90\x00"
+
+
 @pytest.mark.parametrize(("kind", "check"), [("truncate", 161), ("corrupt", 162)])
 def test_broken_frames(tmp_path: Path, kind: str, check: int) -> None:
     plain = token(open_card("default", tmp_path / "plain"))
@@ -77,6 +85,24 @@ def test_reset_after_the_command_ends_the_session(tmp_path: Path) -> None:
     assert card.transmit(SELECT_JPKI) == b"\x90\x00"
     assert card.transmit(SELECT_JPKI) == b"\x90\x00"  # answered, then the card reset
     assert card.transmit(SELECT_TOKEN) == b"\x6a\x82"  # no application selected any more
+
+
+def test_after_counts_the_commands_no_fault_names(tmp_path: Path) -> None:
+    """Commands no fault names pass the fault layers by, yet count for `after`."""
+    card, notes = faulty(tmp_path, Fault("truncate", ins=frozenset({0xB0}), after=3))
+    assert len(token(card)) == 162  # the 3rd command: not yet
+    assert len(card.transmit(READ_TOKEN)) == 161 and notes == ["fault truncate"]
+
+
+def test_two_faults_on_one_command_stack_in_plan_order(tmp_path: Path) -> None:
+    plain = token(open_card("default", tmp_path / "plain"))
+    reading = frozenset({0xB0})
+    card, notes = faulty(
+        tmp_path / "f", Fault("truncate", ins=reading), Fault("corrupt", ins=reading)
+    )
+    answer = token(card)
+    assert len(answer) == 161 and answer != plain[:-1]  # corrupted inside, truncated outside
+    assert notes == ["fault truncate", "fault corrupt"]
 
 
 def test_chain_and_atr(tmp_path: Path) -> None:

@@ -117,6 +117,7 @@ def test_a_hypofuzz_campaign_shares_its_failure_with_one_dashboard(
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
     )  # fmt: skip
     assert "Found a failing input for every test" in campaign.stdout + campaign.stderr
+    assert "AttributeError" not in campaign.stdout + campaign.stderr  # hypothesis<6.157.1, tox.ini
     port = _free_port()
     dashboard = subprocess.Popen(
         [*fuzz, "--dashboard-only", "--port", str(port), *collect],

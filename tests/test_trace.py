@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from conftest import ServeCard
 from pcsc import REPO_ROOT
 from test_vpcd import SELECT_JPKI, FakeVpcd, vpcd  # noqa: F401  (the fixture)
 
-from mynacard import open_card
+from mynacard import open_card, trace
 from mynacard.cli import main
 from mynacard.trace import Trace
 
@@ -79,6 +80,56 @@ def test_serve_writes_a_private_trace(vpcd: FakeVpcd, tmp_path: Path) -> None:  
     records = [json.loads(line) for line in trace.read_text().splitlines()]
     assert records[-1]["command"] == SELECT_JPKI.hex(" ").upper()
     assert records[-1]["reader"] == address
+
+
+def test_lines_wait_until_a_power_event_or_a_full_buffer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trace, "FLUSH_INTERVAL", 3600.0)  # the flushing thread stays asleep
+    out = io.StringIO()
+    with Trace(open_card("default", tmp_path), out) as card:
+        card.power_on()
+        assert out.getvalue().count("\n") == 1  # a power event is written at once
+        card.transmit(SELECT_JPKI)
+        assert out.getvalue().count("\n") == 1  # an exchange waits
+        card.power_off()
+        assert out.getvalue().count("\n") == 3  # ... until the next power event
+        card.power_on()
+        for _ in range(trace.BUFFER_LINES - 1):
+            card.transmit(SELECT_JPKI)
+        assert out.getvalue().count("\n") == 4
+        card.transmit(SELECT_JPKI)
+        assert out.getvalue().count("\n") == 4 + trace.BUFFER_LINES  # a full buffer is written
+        card.transmit(SELECT_AUTH_PIN)
+    assert json.loads(out.getvalue().splitlines()[-1])["command"] == "00 A4 02 0C 02 00 18"
+
+
+def test_tail_follows_and_sigkill_keeps_what_it_showed(vpcd: FakeVpcd, tmp_path: Path) -> None:  # noqa: F811
+    """Without a power event or close, the lines reach the file within FLUSH_INTERVAL (a
+    thread writes them), so `tail -f` follows and SIGKILL cannot take them back."""
+    path = tmp_path / "trace.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mynacard", "serve", "--state", str(tmp_path / "state"),
+         "--vpcd", f"127.0.0.1:{vpcd.port}", "--trace", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+    )  # fmt: skip
+    try:
+        conn = vpcd.accept_from(proc)
+        conn.control(1)  # power on: written at once
+        for command in (SELECT_JPKI, SELECT_AUTH_PIN):
+            assert conn.apdu(command) == b"\x90\x00"
+        for _ in range(200):  # the flushing thread runs every 50 ms; a loaded machine is slower
+            if SELECT_AUTH_PIN.hex(" ").upper() in path.read_text():
+                break
+            time.sleep(0.05)
+        proc.kill()
+        proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [record.get("event") for record in records][-3:] == ["power on", None, None]
+    assert records[-1]["command"] == SELECT_AUTH_PIN.hex(" ").upper()
 
 
 # -- traces and scripts replayed (`mynacard replay`) ---------------------------------------
