@@ -149,10 +149,12 @@ class SmClient:
     def select_ef(self, fid: int) -> bytes:
         return self._protected(0xA4, 0x02, 0x0C, fid.to_bytes(2, "big"))
 
-    def read_binary(self, offset: int = 0, length: int = 0) -> bytes:
-        """READ BINARY under SM: DO 96 00 LH LL (0 = the whole EF from `offset`), Le 65536."""
+    def read_binary(self, offset: int = 0, length: int = 0, *, long_form: bool = False) -> bytes:
+        """READ BINARY under SM: DO 96 00 LH LL (0 = the whole EF from `offset`), Le 65536;
+        `long_form` writes the DO's length as 81 03 (BER allows it)."""
         self._next()
-        body = ber_object(0x96, b"\x00" + length.to_bytes(2, "big"))
+        le = b"\x00" + length.to_bytes(2, "big")
+        body = b"\x96\x81\x03" + le if long_form else ber_object(0x96, le)
         header = bytes((0x08, 0xB0, offset >> 8, offset & 0xFF))
         return header + b"\x00" + len(body).to_bytes(2, "big") + body + b"\x00\x00"
 
@@ -394,6 +396,11 @@ def session_rule(machine: ConformanceMachine, seed: bytes, steps: list[str]) -> 
             machine.send(client.select_ef(int(step[7:], 16)))
         elif step == "read":
             machine.send(client.read_binary())
+        elif step == "read-long-form":
+            machine.send(client.read_binary(long_form=True))
+        elif step == "trailing-byte":  # DO 96 02 0000, then one byte more: not one DO, 6988
+            command = client.read_binary()
+            machine.send(command[:8] + b"\x02" + command[9:])
         elif step == "skip-counter":
             client.counter += 1
             machine.send(client.select_ef(0x0001))
@@ -414,6 +421,8 @@ STEPS = (
     "select-0002",
     "select-0099",
     "read",
+    "read-long-form",
+    "trailing-byte",
     "skip-counter",
     "mac-class",
     "plain",

@@ -737,6 +737,19 @@ def wrapped(cls: type[Tracking], profile: str) -> Opener:
     return lambda state: cls(profile, state)
 
 
+class SmObjectReadPastItsLength(Layer):
+    """Under secure messaging, a DO read to the end of the body instead of to its own
+    length (`==` written `>=` in the card's one-DO check, a survivor of the mutation run):
+    READ BINARY with DO 96 02 0000 and one byte more is read as DO 96 03 000000."""
+
+    def transmit(self, capdu: bytes) -> bytes:
+        value_size = len(capdu) - 11  # 08 B0 P1 P2, 00 LcH LcL, 96 L, ..., Le Le
+        short_form = len(capdu) > 8 and capdu[8] < 0x80
+        if capdu[:2] == b"\x08\xb0" and capdu[7:8] == b"\x96" and short_form and value_size > 0:
+            capdu = capdu[:8] + bytes((value_size,)) + capdu[9:]
+        return self.inner.transmit(capdu)
+
+
 def rewritten(rewrite: Callable[[bytes, bytes], bytes], profile: str = "default") -> Opener:
     return lambda state: Rewritten(open_card(profile_of(profile), state), rewrite)  # type: ignore[arg-type]
 
@@ -790,6 +803,12 @@ MUTANTS: dict[str, Mutant] = {
     "pss-salt-length-20": wrapping(PssSaltTwenty, "scheme"),
     "card-key-signs-p1-02-as-p1-00": wrapping(CardKeyP1TwoAsZero, "scheme"),
     "raw-digest-info-completed": wrapping(DigestInfoCompleted, "scheme"),
+    # secure messaging
+    "sm-object-read-past-its-length": Mutant(
+        "default",
+        lambda: lambda state: SmObjectReadPastItsLength(open_card(profile_of("default"), state)),
+        "secure messaging",
+    ),
     # the free area
     "append-without-key": wrapping(opened_by(0xE2, 1), "free area", "library-card"),
     "update-record-refuses-short-records": Mutant(
