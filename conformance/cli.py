@@ -121,12 +121,12 @@ def _fail(message: str) -> int:
 def _internal(error: BaseException, command: str) -> int:
     """Exit 3 for an error of the bench itself (hypothesis reporting a broken machine): one
     line, and what to send with a report, not a traceback."""
-    from .. import __version__
+    from importlib.metadata import version  # the bench never imports the card's package
 
     what = (str(error).strip().splitlines() or [""])[0]
     print(f"{PROG}: internal error in the bench ({type(error).__name__}: {what})", file=sys.stderr)
     print(
-        f"{PROG}: a bug in mynacard {__version__}, not in the card; please report it with "
+        f"{PROG}: a bug in mynacard {version('mynacard')}, not in the card; please report it with "
         f"the command that shows it: {command}",
         file=sys.stderr,
     )
