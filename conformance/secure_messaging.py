@@ -398,6 +398,9 @@ def session_rule(machine: ConformanceMachine, seed: bytes, steps: list[str]) -> 
             machine.send(client.read_binary())
         elif step == "read-long-form":
             machine.send(client.read_binary(long_form=True))
+        elif step == "le-high-byte":  # DO 96 01 0000: a 3-byte Le starts with 00, 6988
+            command = client.read_binary()
+            machine.send(command[:9] + b"\x01" + command[10:])
         elif step == "trailing-byte":  # DO 96 02 0000, then one byte more: not one DO, 6988
             command = client.read_binary()
             machine.send(command[:8] + b"\x02" + command[9:])
@@ -422,6 +425,7 @@ STEPS = (
     "select-0099",
     "read",
     "read-long-form",
+    "le-high-byte",
     "trailing-byte",
     "skip-counter",
     "mac-class",
