@@ -494,8 +494,10 @@ class ConformanceMachine(RuleBasedStateMachine):
     @counted
     def verify_wrong_pin(self, roll: int, wrong: bytes) -> None:
         """VERIFY with a wrong value (right or wrong format).  On a disposable card, one time
-        in eight until the key is blocked and once more; on any other card only within the
-        guard's budget, between retry queries, and followed by the correct value."""
+        in eight until the key is blocked and once more, then CHANGE with that value (a
+        blocked key answers blocked, an unverified one 6982, whatever its count); on any
+        other card only within the guard's budget, between retry queries, and followed by the
+        correct value."""
         dice = self.dice(roll)
         index, by_sfi, until_blocked = dice.below(8), dice.coin(), dice.below(8)
         found = self.pick_pin(index)
@@ -512,6 +514,8 @@ class ConformanceMachine(RuleBasedStateMachine):
             tries = 1 if until_blocked else (self.bench.model.remaining(app, pin) or 0) + 1
             for _ in range(tries):
                 self.send(verify(wrong, p2))
+            if pin.change_ins is not None:
+                self.send(change_command(pin.change_ins, wrong, p2))
             return
         guard = self.bench.primary.guard
         if guard is None or correct is None or not guard.may_try_wrong((app.aid, pin.fid)):
