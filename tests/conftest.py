@@ -44,6 +44,15 @@ def pcsc_unavailable(reason: str) -> NoReturn:
     pytest.skip(f"PC/SC stack unavailable: {reason}")
 
 
+def restartable_pcscd() -> int:
+    """The pid of the pcscd this repository started, which a test may stop and start again;
+    never someone else's (skipped locally, failed in CI)."""
+    pid = owned_pcscd_pid()
+    if pid is None:
+        pcsc_unavailable("pcscd was not started by this repository; not restarting someone else's")
+    return pid
+
+
 @pytest.fixture(scope="session")
 def pcscd() -> Iterator[int]:
     """The pid of a running pcscd with vpcd; started (and stopped at the end) if needed."""

@@ -6,7 +6,6 @@ bench/reliability.py writes the figures to RELIABILITY.md."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
 import tempfile
@@ -17,10 +16,9 @@ import campaigns
 import pytest
 from campaigns import Guess, Invariants
 from card_process import Zygote
-from conftest import ServeCard, pcsc_unavailable
+from conftest import ServeCard, restartable_pcscd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pcsc import owned_pcscd_pid
 
 from mynacard import Profile, load_profile
 from mynacard.store import read_pin_status
@@ -213,11 +211,7 @@ def test_eight_clients_with_transactions(serve: ServeCard, tmp_path: Path) -> No
 
 
 def restarts(serve: ServeCard, count: int) -> None:
-    pid = owned_pcscd_pid()
-    if pid is None:
-        if os.environ.get("CI") == "true":
-            pcsc_unavailable("pcscd was not started by setup.sh or the test fixture")
-        pytest.skip("pcscd was not started by this repository; not restarting someone else's")
+    pid = restartable_pcscd()
     with serve("default") as reader:
         times = campaigns.pcscd_restarts(reader, pid, count, timeout=2.0)
     assert None not in times, f"card not usable within 2 s after restarts {times}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import socket
 import statistics
@@ -18,10 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import ServeCard, pcsc_unavailable
+from conftest import ServeCard, restartable_pcscd
 from pcsc import (
     REPO_ROOT,
-    owned_pcscd_pid,
     reader_name,
     start_pcscd,
     stop_pcscd,
@@ -561,11 +559,7 @@ def test_serve_through_pcscd(serve: ServeCard) -> None:
 
 @pytest.mark.pcsc
 def test_serve_survives_pcscd_restart(serve: ServeCard) -> None:
-    pid = owned_pcscd_pid()
-    if pid is None:
-        if os.environ.get("CI") == "true":
-            pcsc_unavailable("pcscd was not started by setup.sh or the test fixture")
-        pytest.skip("pcscd was not started by this repository; not restarting someone else's")
+    pid = restartable_pcscd()
     with serve("default") as name:
         stop_pcscd(pid)
         start_pcscd()
@@ -608,11 +602,7 @@ def usable_after(name: str, started: float, timeout: float = 5.0) -> float:
 def test_pcscd_restarted_in_a_row(serve: ServeCard, times: int) -> None:
     """pcscd stopped and started `times` times in a row: each time the card is usable
     within 2 s of pcscd's start (the figures are printed; -s shows them)."""
-    pid = owned_pcscd_pid()
-    if pid is None:
-        if os.environ.get("CI") == "true":
-            pcsc_unavailable("pcscd was not started by setup.sh or the test fixture")
-        pytest.skip("pcscd was not started by this repository; not restarting someone else's")
+    pid = restartable_pcscd()
     figures = []
     with serve("default") as name:
         for _ in range(times):
