@@ -160,10 +160,8 @@ def open_card(
     """
     loaded = profile if isinstance(profile, Profile) else _profiles.load_profile(profile)
     phone = loaded.form != "card"  # a smartphone holds the JPKI-AP alone
-    applications = [jpki.build(loaded)]
-    if not phone:
-        applications += [text.build(loaded), visual.build(loaded), juki.build(loaded)]
-        applications.append(common.build(loaded))
+    builders = [jpki] if phone else [jpki, text, visual, juki, common]
+    applications = [builder.build(loaded) for builder in builders]
     store = store_type.open(
         Path(state_dir),
         profile_id=loaded.fingerprint,
