@@ -8,20 +8,13 @@ invariants check what the observer saw.  `build_machine` binds the class to one 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, TypeVar, cast
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
 
 from hypothesis import strategies as st
-from hypothesis.stateful import (
-    Bundle,
-    RuleBasedStateMachine,
-    initialize,
-    invariant,
-    precondition,
-    rule,
-)
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from . import secure_messaging
 from .adversarial import (
@@ -148,9 +141,6 @@ FRESHNESS = (
 schemes = st.one_of(st.integers(0, 5), st.integers(0, 5), st.integers(6, 255))
 
 
-Rule = TypeVar("Rule", bound=Callable[..., Any])
-
-
 def change_command(ins: int, value: bytes, p2: int = 0x80) -> bytes:
     """CHANGE REFERENCE DATA (00 24 01 P2) or CHANGE KEY (80 32 00 P2) to `value`."""
     if ins == INS.CHANGE_KEY:
@@ -158,15 +148,56 @@ def change_command(ins: int, value: bytes, p2: int = 0x80) -> bytes:
     return Apdu(0x00, INS.CHANGE_REFERENCE_DATA, 0x01, p2, value).encode()
 
 
-def counted(rule_body: Rule) -> Rule:
-    """Count the rule's runs in the bench's statistics (the "stateful steps")."""
+# -- steps: the machine's one rule chooses among its actions -------------------------------
 
-    @functools.wraps(rule_body)
-    def run(self: ConformanceMachine, *args: Any, **kwargs: Any) -> Any:
-        self.bench.stats.rule_steps += 1
-        return rule_body(self, *args, **kwargs)
 
-    return cast(Rule, run)
+@dataclass(frozen=True)
+class Action:
+    """One kind of step: a method of the machine, its arguments' strategies, and when it may
+    run (None: always)."""
+
+    name: str
+    body: Callable[..., None]
+    arguments: tuple[tuple[str, st.SearchStrategy[Any]], ...]
+    when: Callable[[Any], bool] | None
+
+
+ACTIONS: list[Action] = []  # every action of ConformanceMachine, in the order defined
+
+
+def action(
+    when: Callable[[Any], bool] | None = None, **arguments: st.SearchStrategy[Any]
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Make a method an action of the machine (as `@rule` and `@precondition` would)."""
+
+    def register(body: Callable[..., None]) -> Callable[..., None]:
+        ACTIONS.append(Action(body.__name__, body, tuple(arguments.items()), when))
+        return body
+
+    return register
+
+
+@dataclass(frozen=True)
+class Move:
+    """An action with its drawn arguments: what one step does."""
+
+    action: Action
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        drawn = ", ".join(f"{name}={value!r}" for name, value in self.arguments.items())
+        return f"{self.action.name}({drawn})"
+
+
+_machine = st.runner()  # one strategy object: hypothesis validates each new one it draws
+
+
+@st.composite
+def moves(draw: st.DrawFn) -> Move:
+    """The next step: an action that may run now, then its arguments."""
+    machine: ConformanceMachine = draw(_machine)
+    chosen = machine.choose(draw(picks))
+    return Move(chosen, {name: draw(strategy) for name, strategy in chosen.arguments})
 
 
 def in_session(holds: Callable[[ConformanceMachine], bool]) -> Callable[[Any], bool]:
@@ -182,11 +213,41 @@ class ConformanceMachine(RuleBasedStateMachine):
     """Random APDU sequences, each answer checked against the model (see the module doc)."""
 
     bench: ClassVar[Bench]
-    challenges = Bundle("challenges")
+    actions: ClassVar[tuple[Action, ...]]  # those that can run on the bench's target
 
     def __init__(self) -> None:
         super().__init__()
         self.bench.begin_example()
+        self.challenges: list[bytes] = []  # what GET CHALLENGE gave, for INTERNAL AUTHENTICATE
+        self.chosen = self.actions  # this example's actions (swarm testing)
+
+    # -- steps ----------------------------------------------------------------------------
+
+    @rule(move=moves())
+    def step(self, move: Move) -> None:
+        """One action (the "stateful step" the statistics count).  The machine's only rule:
+        hypothesis pays for every rule it considers at each step, an action only when it
+        runs."""
+        self.bench.stats.rule_steps += 1
+        move.action.body(self, **move.arguments)
+
+    def choose(self, pick: int) -> Action:
+        """The action `pick` names among this example's that may run now: the first that may,
+        counting from `pick`, else among all the machine's actions."""
+        for actions in (self.chosen, self.actions):
+            for offset in range(len(actions)):
+                candidate = actions[(pick + offset) % len(actions)]
+                if candidate.when is None or candidate.when(self):
+                    return candidate
+        raise AssertionError("no action may run")  # select_application always may
+
+    def swarm(self, roll: int) -> None:
+        """Swarm testing (as hypothesis does with rules): a quarter of the examples use every
+        action, the others about half of them, so some examples dwell on a few."""
+        dice = Dice(roll)
+        if dice.below(4):
+            chosen = tuple(a for a in self.actions if dice.coin())
+            self.chosen = chosen or self.actions
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -244,15 +305,16 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     # -- SELECT -------------------------------------------------------------------------
 
-    @initialize(index=st.integers(0, 7), anywhere=st.integers(0, 5))
-    def start_in_an_application(self, index: int, anywhere: int) -> None:
-        """Most examples begin inside an application, as every client does."""
+    @initialize(index=st.integers(0, 7), anywhere=st.integers(0, 5), swarm=rolls)
+    def start_in_an_application(self, index: int, anywhere: int, swarm: int) -> None:
+        """Most examples begin inside an application, as every client does; `swarm` picks
+        the example's actions."""
+        self.swarm(swarm)
         apps = self.bench.model.present_apps()
         if apps and anywhere:
             self.send(select_aid(apps[index % len(apps)].aid))
 
-    @rule(roll=rolls, noise=st.binary(min_size=1, max_size=16))
-    @counted
+    @action(roll=rolls, noise=st.binary(min_size=1, max_size=16))
     def select_application(self, roll: int, noise: bytes) -> None:
         """SELECT by DF name: an application on the card (full AID or a prefix), any national
         AP (present or not), an unknown or too long name, the ISD, or away and back."""
@@ -286,8 +348,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         p2 = 0x04 if kind == "bad-p2" else 0x00 if fci else 0x0C
         self.send(select_aid(name, p2))
 
-    @rule(index=st.one_of(st.integers(0, 15), st.integers(0, 15), st.none()), fid=fids)
-    @counted
+    @action(index=st.one_of(st.integers(0, 15), st.integers(0, 15), st.none()), fid=fids)
     def select_file(self, index: int | None, fid: int) -> None:
         """SELECT EF: mostly an object of the selected application, sometimes any FID."""
         app = self.bench.model.app
@@ -297,8 +358,7 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     # -- READ BINARY / READ RECORD ------------------------------------------------------
 
-    @rule(roll=rolls, delta=st.integers(0, 300), le=short_le, long_le=extended_le)
-    @counted
+    @action(roll=rolls, delta=st.integers(0, 300), le=short_le, long_le=extended_le)
     def read_binary(self, roll: int, delta: int, le: int, long_le: int) -> None:
         """READ BINARY of an EF (selected first, by SFI, or the current one), at offsets
         around its end; a third of the time after VERIFY of its PIN."""
@@ -345,8 +405,7 @@ class ConformanceMachine(RuleBasedStateMachine):
             return size + delta % 16
         return delta % 256
 
-    @rule(roll=rolls)
-    @counted
+    @action(roll=rolls)
     def read_at_the_edges(self, roll: int) -> None:
         """READ BINARY of any transparent EF of known size (after its PIN), at one of its
         edges: offsets 0, 1, the last byte, the end and past it, with Le of 1, what is left
@@ -377,8 +436,7 @@ class ConformanceMachine(RuleBasedStateMachine):
             p1, p2 = offset >> 8, offset & 0xFF
         self.send(Apdu(0x00, INS.READ_BINARY, p1, p2, le=le, extended=le > 256).encode())
 
-    @rule(roll=rolls)
-    @counted
+    @action(roll=rolls)
     def access_matrix(self, roll: int) -> None:
         """One application under one credential state (nothing, each PIN or code alone, each
         pair), then a session event (none, a re-SELECT of the AP, the ISD, a warm reset, a
@@ -394,8 +452,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         event, by_sfi = dice.of(SESSION_EVENTS), dice.coin()
         bench.check_access(app, credentials, event, by_sfi, dice.below(2**32))
 
-    @rule(roll=rolls)
-    @counted
+    @action(roll=rolls)
     def probe_access_control(self, roll: int) -> None:
         """Read a PIN-protected EF, or sign with a PIN-protected key, of any application
         without VERIFY: as the session is, after a reset, or after selecting another
@@ -433,8 +490,7 @@ class ConformanceMachine(RuleBasedStateMachine):
             command = Apdu(0x00, INS.READ_BINARY, p1, 0x00, le=256)
         self.send(command.encode())
 
-    @rule(roll=rolls)
-    @counted
+    @action(roll=rolls)
     def read_record(self, roll: int) -> None:
         """READ RECORD of an EF of the application, selected first or by SFI."""
         dice = self.dice(roll)
@@ -449,8 +505,7 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     # -- PINs ---------------------------------------------------------------------------
 
-    @rule(roll=rolls)
-    @counted
+    @action(roll=rolls)
     def retry_query(self, roll: int) -> None:
         """VERIFY with no data (the retry query), in the forms clients use and a few others."""
         dice = self.dice(roll)
@@ -467,9 +522,10 @@ class ConformanceMachine(RuleBasedStateMachine):
         le = 256 if form == "with-le" else None
         self.send(Apdu(0x00, INS.VERIFY, p1, p2, le=le).encode())
 
-    @precondition(in_session(lambda m: any(m.bench.model.value(*p) for p in m.bench.model.pins())))
-    @rule(roll=rolls)
-    @counted
+    @action(
+        roll=rolls,
+        when=in_session(lambda m: any(m.bench.model.value(*p) for p in m.bench.model.pins())),
+    )
     def verify_correct_pin(self, roll: int) -> None:
         """VERIFY with the right value: 9000, the counter back to its maximum."""
         dice = self.dice(roll)
@@ -489,9 +545,9 @@ class ConformanceMachine(RuleBasedStateMachine):
             self.send(select_ef(pin.fid))
         self.send(verify(value, p2))
 
-    @precondition(in_session(lambda self: bool(self.bench.model.pins())))
-    @rule(roll=rolls, wrong=wrong_values)
-    @counted
+    @action(
+        roll=rolls, wrong=wrong_values, when=in_session(lambda self: bool(self.bench.model.pins()))
+    )
     def verify_wrong_pin(self, roll: int, wrong: bytes) -> None:
         """VERIFY with a wrong value (right or wrong format).  On a disposable card, one time
         in eight until the key is blocked and once more, then CHANGE with that value (a
@@ -523,13 +579,12 @@ class ConformanceMachine(RuleBasedStateMachine):
         if self.query_then(pin, p2, wrong) is not None:
             self.query_then(pin, p2, correct)
 
-    @precondition(in_session(lambda self: bool(self.bench.model.pins())))
-    @rule(
+    @action(
         roll=rolls,
         new=st.text("0123456789", min_size=14, max_size=14),
         long_new=st.text("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789", min_size=6, max_size=16),
+        when=in_session(lambda self: bool(self.bench.model.pins())),
     )
-    @counted
     def change_pin(self, roll: int, new: str, long_new: str) -> None:
         """CHANGE REFERENCE DATA / CHANGE KEY, mostly right after VERIFY of the old value.
         On a card that is not disposable only to the same value (nothing changes)."""
@@ -570,9 +625,7 @@ class ConformanceMachine(RuleBasedStateMachine):
             change_ins = swap[INS(change_ins)]
         self.send(change_command(change_ins, value))
 
-    @precondition(lambda self: bool(self.bench.model.facts.pin_values))
-    @rule(roll=rolls)
-    @counted
+    @action(roll=rolls, when=lambda self: bool(self.bench.model.facts.pin_values))
     def verify_near_miss(self, roll: int) -> None:
         """VERIFY with a value close to a PIN the run knows (a prefix, one character more or
         changed, another case, padding, full-width digits, Lc up to 255), then the right
@@ -600,9 +653,9 @@ class ConformanceMachine(RuleBasedStateMachine):
         self.send(verify(wrong, p2))
         self.send(verify(value, p2))
 
-    @precondition(lambda self: not self.careful and bool(self.bench.model.facts.pin_values))
-    @rule(roll=rolls)
-    @counted
+    @action(
+        roll=rolls, when=lambda self: not self.careful and bool(self.bench.model.facts.pin_values)
+    )
     def change_outside_format(self, roll: int) -> None:
         """CHANGE REFERENCE DATA / CHANGE KEY, right after VERIFY, to a value one step outside
         the PIN's format (a character too few or too many, one outside the alphabet, more
@@ -625,8 +678,7 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     # -- keys ---------------------------------------------------------------------------
 
-    @rule(roll=rolls)
-    @counted
+    @action(roll=rolls)
     def sign_every_scheme(self, roll: int) -> None:
         """Each P1 of COMPUTE DIGITAL SIGNATURE with an input made for it, by every signing
         key of the card after its PIN: the signature must be exactly that scheme (P1 00 the
@@ -651,8 +703,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         p2 = {"sfi": 0x80 | key.fid, "default": 0x00 if key.default else 0x80}.get(form, 0x80)
         self.send(Apdu(0x80, INS.COMPUTE_SIGNATURE, scheme, p2, payload, le=256).encode())
 
-    @rule(roll=rolls, scheme=schemes, payload=payloads)
-    @counted
+    @action(roll=rolls, scheme=schemes, payload=payloads)
     def sign(self, roll: int, scheme: int, payload: bytes) -> None:
         """COMPUTE DIGITAL SIGNATURE with every P1 scheme and digest size, half the time
         after VERIFY of the key's PIN; the signature is checked with the card's certificate."""
@@ -671,13 +722,11 @@ class ConformanceMachine(RuleBasedStateMachine):
         command = Apdu(0x80, INS.COMPUTE_SIGNATURE, scheme, p2, payload, le=256, extended=long_form)
         self.send(command.encode())
 
-    @rule(
-        target=challenges,
+    @action(
         le=st.one_of(st.integers(1, 256), st.just(8), st.just(16)),
         shape=st.sampled_from(["normal", "normal", "normal", "extended", "p1", "no-le"]),
     )
-    @counted
-    def get_challenge(self, le: int, shape: str) -> object:
+    def get_challenge(self, le: int, shape: str) -> None:
         """GET CHALLENGE: Le random bytes; extended Le is refused (6985)."""
         if shape == "extended" and not self.bench.extended_ok:
             shape = "normal"
@@ -689,19 +738,20 @@ class ConformanceMachine(RuleBasedStateMachine):
             le=None if shape == "no-le" else le,
             extended=shape == "extended",
         )
-        # Always one challenge for the bundle (none, b"", if the card gave none): what
-        # rules may run next must not depend on the card's answer (hypothesis replays
-        # examples, and a card that keeps its state may answer otherwise the second time).
+        # Always one challenge kept (none, b"", if the card gave none): what may run next
+        # must not depend on the card's answer (hypothesis replays examples, and a card that
+        # keeps its state may answer otherwise the second time).
         answer = self.send(apdu.encode())
-        return answer[:-2] if answer is not None and sw_of(answer) == SW.OK else b""
+        self.challenges.append(
+            answer[:-2] if answer is not None and sw_of(answer) == SW.OK else b""
+        )
 
-    @rule(challenge=challenges, roll=rolls)
-    @counted
-    def internal_authenticate(self, challenge: bytes, roll: int) -> None:
-        """INTERNAL AUTHENTICATE of a challenge the card gave (from the bundle)."""
+    @action(roll=rolls, when=lambda self: bool(self.challenges))
+    def internal_authenticate(self, roll: int) -> None:
+        """INTERNAL AUTHENTICATE of a challenge the card gave (one GET CHALLENGE kept)."""
         dice = self.dice(roll)
         index, form = dice.below(4), dice.of(("select", "sfi", "current", "no-le"))
-        login = dice.coin()
+        login, challenge = dice.coin(), dice.of(self.challenges)
         found = self.pick_key(index)
         if found is not None and login:
             self.log_in(*(found[0], found[1].use))
@@ -725,9 +775,12 @@ class ConformanceMachine(RuleBasedStateMachine):
             for operation, _rule in ef.writes
         ]
 
-    @precondition(lambda self: not self.careful and bool(self.free_cases()))
-    @rule(pick=picks, variant=picks, by_sfi=st.booleans())
-    @counted
+    @action(
+        pick=picks,
+        variant=picks,
+        by_sfi=st.booleans(),
+        when=lambda self: not self.careful and bool(self.free_cases()),
+    )
     def free_area_write(self, pick: int, variant: int, by_sfi: bool) -> None:
         """A free-area write at its edges, in a fresh session under one credential state
         (half the time what the EF's rule asks for; else nothing, a PIN or a key alone, a
@@ -805,9 +858,7 @@ class ConformanceMachine(RuleBasedStateMachine):
             if app.free_area
         ]
 
-    @precondition(lambda self: not self.careful and bool(self.aes_keys()))
-    @rule(roll=rolls)
-    @counted
+    @action(roll=rolls, when=lambda self: not self.careful and bool(self.aes_keys()))
     def external_authenticate(self, roll: int) -> None:
         """GET CHALLENGE and EXTERNAL AUTHENTICATE: a fresh challenge answered right opens
         the key, once; the same answer again, an answer to an older challenge, to none, to
@@ -867,8 +918,7 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     # -- power --------------------------------------------------------------------------
 
-    @rule(roll=rolls)
-    @counted
+    @action(roll=rolls)
     def reset_or_power_cycle(self, roll: int) -> None:
         """Warm reset or power cycle: the session ends, the counters stay (half the time
         read back at once in the application the card was in)."""
@@ -884,9 +934,7 @@ class ConformanceMachine(RuleBasedStateMachine):
             for _app, pin in self.bench.model.pins():
                 self.send(verify(b"", 0x80 | pin.fid))
 
-    @precondition(lambda self: self.bench.restartable)
-    @rule()
-    @counted
+    @action(when=lambda self: self.bench.restartable)
     def power_loss(self) -> None:
         """A power loss or a process restart between two commands (disposable targets with
         `restart`): the card is closed and opened again from its state directory and every
@@ -932,18 +980,18 @@ class ConformanceMachine(RuleBasedStateMachine):
             for _app, pin in model.pins():
                 self.send(verify(b"", 0x80 | pin.fid))
 
-    @precondition(lambda self: not self.careful and self.bench.extended_ok)
-    @rule(seed=st.binary(min_size=32, max_size=32), steps=st.lists(st.sampled_from(SM_STEPS)))
-    @counted
+    @action(
+        seed=st.binary(min_size=32, max_size=32),
+        steps=st.lists(st.sampled_from(SM_STEPS)),
+        when=lambda self: not self.careful and self.bench.extended_ok,
+    )
     def secure_messaging_session(self, seed: bytes, steps: list[str]) -> None:
         """docs/secure-messaging.md: open, use, break and reopen a session, byte for byte."""
         secure_messaging.session_rule(self, seed, steps)
 
     # -- what no client sends (only where nothing real can be harmed) --------------------
 
-    @precondition(lambda self: not self.careful)
-    @rule(roll=rolls, body=st.binary(min_size=1, max_size=12))
-    @counted
+    @action(roll=rolls, body=st.binary(min_size=1, max_size=12), when=lambda self: not self.careful)
     def odd_command(self, roll: int, body: bytes) -> None:
         """Classes other than 00 / 80 (channels, secure messaging, chaining, the reserved
         20-3F, proprietary ones), SELECT by FID with a P2 other than 0C, unknown
@@ -993,8 +1041,7 @@ class ConformanceMachine(RuleBasedStateMachine):
 
 def build_machine(bench: Bench) -> type[ConformanceMachine]:
     """A machine class bound to `bench` (hypothesis instantiates it once per example),
-    without the rules whose precondition can never hold on its target: hypothesis draws
-    each rule it considers and checks it, so one that never runs costs a draw every time."""
+    without the actions that can never run on its target."""
     never: set[str] = set()
     if not bench.restartable:
         never.add("power_loss")
@@ -1002,5 +1049,5 @@ def build_machine(bench: Bench) -> type[ConformanceMachine]:
         never |= {"odd_command", "change_outside_format", "secure_messaging_session"}
     if not bench.disposable or not bench.primary.facts.extra_apps:
         never |= {"free_area_write", "external_authenticate"}
-    hidden: dict[str, object] = dict.fromkeys(never)  # a member that is no rule
-    return type("CardConformance", (ConformanceMachine,), {"bench": bench, **hidden})
+    actions = tuple(a for a in ACTIONS if a.name not in never)
+    return type("CardConformance", (ConformanceMachine,), {"bench": bench, "actions": actions})

@@ -156,6 +156,10 @@ class SignatureScheme:
     HASH_PSS = 0x05  # card hashes; RSASSA-PSS
 
 
+_PSS_SCHEMES = frozenset((SignatureScheme.DIGEST_PSS, SignatureScheme.HASH_PSS))
+KEPT_SIGNATURES = 256  # per key
+
+
 @dataclass(slots=True)
 class RsaKey:
     """An RSA private key EF. It signs; nothing reads it.
@@ -170,6 +174,7 @@ class RsaKey:
     use: Access
     internal_authenticate: bool = False
     _crt: tuple[int, int, int, int, int, int] = field(init=False, repr=False)
+    _signed: dict[tuple[int, bytes], bytes] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         numbers = self.key.private_numbers()
@@ -183,7 +188,21 @@ class RsaKey:
         )
 
     def sign(self, scheme: int, data: bytes) -> bytes:
-        """Sign `data` under the P1 `scheme`; a bad input length raises StatusError(6700)."""
+        """Sign `data` under the P1 `scheme`; a bad input length raises StatusError(6700).
+
+        PKCS#1 v1.5 signatures depend on the input alone: up to `KEPT_SIGNATURES` are
+        kept, so the same input signed again costs a lookup (PSS ones are always new)."""
+        if scheme in _PSS_SCHEMES:
+            return self._sign(scheme, data)
+        signed = self._signed.get((scheme, data))
+        if signed is None:
+            signed = self._sign(scheme, data)
+            if len(self._signed) >= KEPT_SIGNATURES:
+                self._signed.clear()
+            self._signed[(scheme, data)] = signed
+        return signed
+
+    def _sign(self, scheme: int, data: bytes) -> bytes:
         if scheme == SignatureScheme.RAW_PKCS1:
             return self._sign_padded(data)
         if not data:
@@ -206,7 +225,7 @@ class RsaKey:
         """INTERNAL AUTHENTICATE: sign the SHA-256 DigestInfo of a 1-255 byte challenge."""
         if not challenge:
             raise StatusError(SW.WRONG_LENGTH)
-        return self.key.sign(challenge, _PKCS1, _SHA256)
+        return self.sign(SignatureScheme.HASH_PKCS1, challenge)
 
     def _sign_padded(self, data: bytes) -> bytes:
         """PKCS#1 v1.5 type-1 padding of `data` exactly as given, then the private operation.

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from mynacard import StateError, StateLockedError, open_card
+from mynacard.files import KEPT_SIGNATURES
 from mynacard.personalize.profile import KNOWN_ATRS, Profile, load_profile
 
 JPKI = "00A4040C0AD392F000260100000001"
@@ -316,6 +317,29 @@ def test_signing_schemes_verify_with_the_certificates(card: TestedCard) -> None:
             }[name]
             sig = signed(card, 0x00, 0x80, bytes.fromhex(info) + d)
             pub.verify(sig, d, pkcs1, Prehashed(algorithm))
+
+
+def test_signing_the_same_input_again(card: TestedCard) -> None:
+    """The card keeps the PKCS#1 v1.5 signatures it made (same input, same bytes); the same
+    data under another P1 is another signature, PSS is new each time, and more inputs than it
+    keeps still sign right."""
+    profile = card.profile
+    assert profile.jpki is not None
+    pub = public_key(profile.jpki.auth_cert)
+    pkcs1, sha256 = padding.PKCS1v15(), hashes.SHA256()
+    pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+    tx(card, JPKI, SELECT_EF + "0018", verify(profile.pins["auth"]), SELECT_EF + "0017")
+    message = "氏名　山田太郎".encode()
+    first = signed(card, 0x03, 0x80, message)
+    assert signed(card, 0x03, 0x80, message) == first
+    bare = signed(card, 0x01, 0x80, message)
+    assert pub.recover_data_from_signature(bare, pkcs1, None) == hashlib.sha256(message).digest()
+    assert signed(card, 0x05, 0x80, message) != signed(card, 0x05, 0x80, message)
+    for number in range(KEPT_SIGNATURES + 2):
+        data = f"{number}".encode()
+        pub.verify(signed(card, 0x03, 0x80, data), data, pkcs1, sha256)
+    pub.verify(signed(card, 0x03, 0x80, message), message, pkcs1, sha256)
+    pub.verify(signed(card, 0x05, 0x80, message), message, pss, sha256)
 
 
 def test_raw_padding_signs_input_exactly_as_given(card: TestedCard) -> None:
