@@ -304,14 +304,14 @@ def restore_initial_state(link: Link, model: CardModel) -> bool:
         for pin in app.pins:
             start = initial.get((app.aid, pin.fid))
             if start is not None and facts.present(app, pin.fid) is True:
-                port.transmit(select_ef(pin.fid))
-                if sw_of(port.transmit(verify(b""))) != 0x63C0 | start:
+                by_sfi = 0x80 | pin.fid  # the PIN's own reference: no SELECT EF needed
+                if sw_of(port.transmit(verify(b"", by_sfi))) != 0x63C0 | start:
                     return False
                 # A full counter is checked with the PIN itself: a card that changed it
                 # behind the model's back (a planted bug) is reopened, not reused.
                 value = facts.pin_values.get((app.aid, pin.fid))
                 full = value is not None and start == pin.max_tries
-                if full and sw_of(port.transmit(verify(value or b""))) != SW.OK:
+                if full and sw_of(port.transmit(verify(value or b"", by_sfi))) != SW.OK:
                     return False
     port.power_cycle()
     return True

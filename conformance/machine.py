@@ -194,10 +194,18 @@ _machine = st.runner()  # one strategy object: hypothesis validates each new one
 
 @st.composite
 def moves(draw: st.DrawFn) -> Move:
-    """The next step: an action that may run now, then its arguments."""
+    """The next step: an action that may run now, named by the low 16 bits of one roll, then
+    its arguments; a `rolls` argument is the rest of that roll (one draw fewer a step)."""
     machine: ConformanceMachine = draw(_machine)
-    chosen = machine.choose(draw(picks))
-    return Move(chosen, {name: draw(strategy) for name, strategy in chosen.arguments})
+    roll = draw(rolls)
+    chosen = machine.choose(roll & 0xFFFF)
+    return Move(
+        chosen,
+        {
+            name: roll >> 16 if strategy is rolls else draw(strategy)
+            for name, strategy in chosen.arguments
+        },
+    )
 
 
 def in_session(holds: Callable[[ConformanceMachine], bool]) -> Callable[[Any], bool]:
