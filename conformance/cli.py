@@ -74,7 +74,7 @@ def register(sub: Any) -> None:
     _card_options(conformance)
     conformance.add_argument("--max-examples", type=_positive, default=None, metavar="N")
     conformance.add_argument(
-        "--steps", type=_positive, default=None, metavar="N", help="rules per example"
+        "--steps", type=_positive, default=None, metavar="N", help="steps (actions) per example"
     )
     conformance.add_argument(
         "--seed", type=int, metavar="S", help="hypothesis seed (default: a new one, printed)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from hypothesis import strategies as st
@@ -177,37 +177,6 @@ def action(
     return register
 
 
-@dataclass(frozen=True)
-class Move:
-    """An action with its drawn arguments: what one step does."""
-
-    action: Action
-    arguments: dict[str, Any] = field(default_factory=dict)
-
-    def __repr__(self) -> str:
-        drawn = ", ".join(f"{name}={value!r}" for name, value in self.arguments.items())
-        return f"{self.action.name}({drawn})"
-
-
-_machine = st.runner()  # one strategy object: hypothesis validates each new one it draws
-
-
-@st.composite
-def moves(draw: st.DrawFn) -> Move:
-    """The next step: an action that may run now, named by the low 16 bits of one roll, then
-    its arguments; a `rolls` argument is the rest of that roll (one draw fewer a step)."""
-    machine: ConformanceMachine = draw(_machine)
-    roll = draw(rolls)
-    chosen = machine.choose(roll & 0xFFFF)
-    return Move(
-        chosen,
-        {
-            name: roll >> 16 if strategy is rolls else draw(strategy)
-            for name, strategy in chosen.arguments
-        },
-    )
-
-
 def in_session(holds: Callable[[ConformanceMachine], bool]) -> Callable[[Any], bool]:
     """A precondition that reads the session (the selected application), always true on a
     target that is not disposable. There the PIN guard's run-long state (the budget spent,
@@ -231,13 +200,19 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     # -- steps ----------------------------------------------------------------------------
 
-    @rule(move=moves())
-    def step(self, move: Move) -> None:
-        """One action (the "stateful step" the statistics count).  The machine's only rule:
-        hypothesis pays for every rule it considers at each step, an action only when it
-        runs."""
+    @rule(roll=rolls, data=st.data())
+    def step(self, roll: int, data: st.DataObject) -> None:
+        """One action (the "stateful step" the statistics count): the low 16 bits of `roll`
+        name it among those that may run now, its arguments are drawn from `data`, a `rolls`
+        argument being the rest of `roll`.  The machine's only rule: hypothesis pays for
+        every rule it considers at each step, an action only when it runs."""
         self.bench.stats.rule_steps += 1
-        move.action.body(self, **move.arguments)
+        chosen = self.choose(roll & 0xFFFF)
+        arguments = {
+            name: roll >> 16 if strategy is rolls else data.draw(strategy, label=name)
+            for name, strategy in chosen.arguments
+        }
+        chosen.body(self, **arguments)
 
     def choose(self, pick: int) -> Action:
         """The action `pick` names among this example's that may run now: the first that may,

@@ -182,7 +182,7 @@ def speed_lines(result: RunResult) -> list[str]:
     stats = result.stats
     return [
         f"examples: {stats.examples}",
-        f"stateful steps (rules): {stats.rule_steps}, APDUs: {stats.apdus}",
+        f"stateful steps (actions): {stats.rule_steps}, APDUs: {stats.apdus}",
         f"time: {stats.elapsed:.2f} s, {stats.steps_per_second:.0f} steps/s, "
         f"{stats.apdus / stats.elapsed if stats.elapsed else 0:.0f} APDUs/s",
         f"commands refused by the PIN guard: {stats.refusals}",

@@ -46,7 +46,7 @@ def test_cli_conformance_through_pcscd_spends_the_budget_and_restores_every_coun
         )  # fmt: skip
         out = capsys.readouterr().out
         assert status == 0, out
-    steps = int(out.split("stateful steps (rules): ")[1].split(",")[0])
+    steps = int(out.split("stateful steps (actions): ")[1].split(",")[0])
     assert steps >= 2000, out
     print(f"\n{out}")
     assert counters(state) == fresh_counters(tmp_path / "fresh")
