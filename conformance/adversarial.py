@@ -11,7 +11,7 @@ import hashlib
 import re
 
 from .apdu import INS, Apdu
-from .model import SHA256_DIGEST_INFO
+from .model import PSS_SCHEMES, SHA256_DIGEST_INFO
 from .spec import MAX_VERIFY_LENGTH, EfSpec
 
 NEAR_MISS_KINDS = ("prefix", "extension", "change", "case", "padding", "full-width", "long")
@@ -216,6 +216,7 @@ SCHEME_CASES: tuple[tuple[int, bytes], ...] = (
     (0x04, MESSAGE_HASH),
     (0x05, MESSAGE),
 )
+PSS_CASES = tuple(case for case in SCHEME_CASES if case[0] in PSS_SCHEMES)
 # What the state machine signs again in random sessions: a standard DigestInfo and the
 # hashing schemes. The inputs a card must pad as sent (P1 00 otherwise, P1 01) stay with the
 # survey: a card without a raw RSA primitive (the emulator) makes each in ~25 ms, twenty

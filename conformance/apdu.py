@@ -165,6 +165,13 @@ def verify(value: bytes, p2: int = 0x80) -> bytes:
     return Apdu(0x00, INS.VERIFY, 0x00, p2, value).encode()
 
 
+def change_command(ins: int, value: bytes, p2: int = 0x80) -> bytes:
+    """CHANGE REFERENCE DATA (00 24 01 P2) or CHANGE KEY (80 32 00 P2) to `value`."""
+    if ins == INS.CHANGE_KEY:
+        return Apdu(0x80, INS.CHANGE_KEY, 0x00, p2, value).encode()
+    return Apdu(0x00, INS.CHANGE_REFERENCE_DATA, 0x01, p2, value).encode()
+
+
 def read_binary(offset: int, le: int, extended: bool = False) -> bytes:
     return Apdu(
         0x00, INS.READ_BINARY, offset >> 8, offset & 0xFF, le=le, extended=extended

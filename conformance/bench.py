@@ -11,10 +11,21 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
-from .adversarial import SCHEME_CASES, record_update_bounds
-from .apdu import INS, SW, Apdu, MalformedApdu, read_binary, select_aid, select_ef, sw_of, verify
+from .adversarial import PSS_CASES, SCHEME_CASES, near_misses, record_update_bounds
+from .apdu import (
+    INS,
+    SW,
+    Apdu,
+    MalformedApdu,
+    change_command,
+    read_binary,
+    select_aid,
+    select_ef,
+    sw_of,
+    verify,
+)
 from .guard import GuardRefusal, PinGuard
-from .model import CardFacts, CardModel, Expectation, ObjectKey, brief, cmac
+from .model import MF_OBJECTS, CardFacts, CardModel, Expectation, ObjectKey, brief, cmac
 from .spec import ISD_AID, JPKI, AppSpec, EfSpec, KeyUse, PinSpec, Structure, key_credential
 from .targets import RecordingTarget, Target, TargetError, TargetLayer
 from .transcript import Action, Exchange, Pattern
@@ -695,7 +706,8 @@ class Bench:
 
     def scheme_sweep(self) -> None:
         """Every signing key whose PIN the run knows (or that needs none) signs every input
-        of `SCHEME_CASES` once: each signature checked as exactly its P1's scheme."""
+        of `SCHEME_CASES` once: each signature checked as exactly its P1's scheme; the PSS
+        ones twice (the model wants a new signature each time: a random salt)."""
         model = self.model
         for app in model.present_apps():
             for key in app.keys:
@@ -714,10 +726,9 @@ class Bench:
                     self.send(verify(b"", 0x80 | pin.fid))
                     self.send(verify(value, 0x80 | pin.fid))
                 self.send(select_ef(key.fid))
-                for scheme, payload in SCHEME_CASES:
-                    self.send(
-                        Apdu(0x80, INS.COMPUTE_SIGNATURE, scheme, 0x80, payload, le=256).encode()
-                    )
+                for scheme, payload in (*SCHEME_CASES, *PSS_CASES):
+                    command = Apdu(0x80, INS.COMPUTE_SIGNATURE, scheme, 0x80, payload, le=256)
+                    self.send(command.encode())
         self.reset()
 
     def bounds_sweep(self, app: AppSpec) -> None:
@@ -775,9 +786,12 @@ class Bench:
             self.reset()
         self.access_sweep()
         self.scheme_sweep()
+        self._probe_card_data()
         if self.disposable:
             self._probe_classes()
         self._probe_extended()
+        if self.disposable:
+            self._probe_blocking()
         self.reset()
         self.stats.examples = 0
         catalogue = self.primary.facts.catalogue
@@ -829,9 +843,20 @@ class Bench:
                 continue
         return False
 
+    def _probe_card_data(self) -> None:
+        """GET DATA of each MF-level object (docs/card-spec.md §2.3) with Le 00, after a
+        reset; then one inside an application (6A88)."""
+        self.reset()
+        for tag in MF_OBJECTS:
+            self.exchange(Apdu(0x00, INS.GET_DATA, tag >> 8, tag & 0xFF, le=256).encode())
+        self.exchange(select_aid(JPKI.aid))
+        self.exchange(Apdu(0x00, INS.GET_DATA, 0x5F, 0x51, le=256).encode())
+        self.reset()
+
     def _probe_classes(self) -> None:
         """SELECT and READ BINARY with a CLA of each kind (`ODD_CLASSES`), SELECT by FID
-        with each P2 but 0C (6A86), and the ISD with its FCI, once each."""
+        with each P2 but 0C and with a P1 other than 00, 02, 04 (6A86), and the ISD with its
+        FCI, once each."""
         self.reset()
         for cla in ODD_CLASSES:
             self.exchange(bytes((cla, INS.SELECT, 0x04, 0x0C, 0x01, 0xD3)))
@@ -839,7 +864,29 @@ class Bench:
         self.exchange(select_aid(JPKI.aid))
         for p2 in (0x00, 0x04, 0x08, 0x0D):
             self.exchange(Apdu(0x00, INS.SELECT, 0x02, p2, b"\x00\x01").encode())
+        for p1 in (0x01, 0x03, 0x08, 0x09):  # by path and the like, with an AID: 6A86
+            self.exchange(Apdu(0x00, INS.SELECT, p1, 0x0C, JPKI.aid).encode())
         self.exchange(select_aid(ISD_AID, 0x00))
+
+    def _probe_blocking(self) -> None:
+        """Each PIN with a CHANGE command and a known value is blocked with wrong tries: at
+        one try left CHANGE is refused as unverified, once blocked CHANGE and the right value
+        answer blocked (disposable cards: the first example starts on a fresh one)."""
+        model = self.model
+        for app in model.present_apps():
+            self.reset()
+            self.exchange(select_aid(app.aid))
+            for pin in app.pins:
+                value, remaining = model.value(app, pin), model.remaining(app, pin)
+                if pin.change_ins is None or not value or not remaining:
+                    continue
+                wrong, p2 = near_misses(value)["change"][0], 0x80 | pin.fid
+                for _ in range(remaining - 1):
+                    self.exchange(verify(wrong, p2))
+                self.exchange(change_command(pin.change_ins, wrong, p2))
+                self.exchange(verify(wrong, p2))
+                self.exchange(change_command(pin.change_ins, value, p2))
+                self.exchange(verify(value, p2))
 
     def _probe_extended(self) -> None:
         """Does the reader carry an extended READ BINARY (Le 65536), and the card take it?

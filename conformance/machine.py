@@ -29,7 +29,7 @@ from .adversarial import (
     record_writes,
     transparent_writes,
 )
-from .apdu import INS, SW, Apdu, select_aid, select_ef, sw_of, verify
+from .apdu import INS, SW, Apdu, change_command, select_aid, select_ef, sw_of, verify
 from .bench import ODD_CLASSES, SWEEP_EVENTS, Bench, read_back_commands
 from .model import SHA256_DIGEST_INFO, cmac
 from .secure_messaging import STEPS as SM_STEPS
@@ -139,13 +139,6 @@ FRESHNESS = (
 )
 
 schemes = st.one_of(st.integers(0, 5), st.integers(0, 5), st.integers(6, 255))
-
-
-def change_command(ins: int, value: bytes, p2: int = 0x80) -> bytes:
-    """CHANGE REFERENCE DATA (00 24 01 P2) or CHANGE KEY (80 32 00 P2) to `value`."""
-    if ins == INS.CHANGE_KEY:
-        return Apdu(0x80, INS.CHANGE_KEY, 0x00, p2, value).encode()
-    return Apdu(0x00, INS.CHANGE_REFERENCE_DATA, 0x01, p2, value).encode()
 
 
 # -- steps: the machine's one rule chooses among its actions -------------------------------

@@ -53,6 +53,12 @@ SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
 TOKEN_LABEL = b"JPKIAPICCTOKEN2".ljust(32, b" ")  # docs/card-spec.md §3.1: a My Number Card
 RSA_BYTES = 256
 PSS_SALT_LENGTH = 32  # docs/card.md (an assumption: no source gives it)
+# MF-level GET DATA objects of a few bytes (docs/card-spec.md §2.3): card identification,
+# municipality code, expiry, contact ATR; the others (0042, 0066, 00F7, 00F8, 7F21) are
+# key ids and certificates, of sizes no source gives.
+SMALL_MF_OBJECTS = frozenset((0x0045, 0x00F0, 0x00F2, 0x5F51))
+MF_OBJECTS = (0x0042, 0x0045, 0x0066, 0x00F0, 0x00F2, 0x00F7, 0x00F8, 0x7F21, 0x5F51)
+PSS_SCHEMES = frozenset((0x04, 0x05))  # RSASSA-PSS: a random salt, a new signature each time
 
 SECTION_CARD = "§2 card-wide commands"
 SECTION_PINS = "§7 PINs"
@@ -381,6 +387,7 @@ class CardModel:
         self.written: dict[ObjectKey, bytearray] = {}
         self.record_lists: dict[ObjectKey, list[bytes]] = {}
         self.irreversible = False  # a change APDUs cannot undo (a write, a key counter)
+        self.pss_signatures: set[bytes] = set()  # each must be new
         self.initially_kept = self.kept()
 
     def kept(self) -> tuple[object, ...]:
@@ -1083,7 +1090,12 @@ class CardModel:
         def check(response: bytes) -> str | None:
             if public is None or sw_of(response) != SW.OK:
                 return None
-            return signature_problem(public, scheme, data, response[:-2])
+            signature = response[:-2]
+            if scheme in PSS_SCHEMES:  # a random salt makes each signature new
+                if signature in self.pss_signatures:
+                    return f"P1 {scheme:02X}: the same RSASSA-PSS signature as before (no salt?)"
+                self.pss_signatures.add(signature)
+            return signature_problem(public, scheme, data, signature)
 
         if key.how is not KeyUse.SIGN:
             # docs/card-spec.md §6: this key answers INTERNAL AUTHENTICATE "instead"; whether 80 2A
@@ -1157,7 +1169,12 @@ class CardModel:
         return Expectation(_pattern(f"[{apdu.le}] 9000"), SECTION_CARD, pending, portable=False)
 
     def _get_data(self, apdu: Apdu) -> Expectation:
-        # MF-level objects are optional (docs/card-spec.md §2.3): absent ones answer 6A88.
+        # MF-level objects are optional (docs/card-spec.md §2.3): absent ones answer 6A88;
+        # only the big ones need an extended Le, so a small one answers Le 00 whole.
+        tag = apdu.p1 << 8 | apdu.p2
+        whole = apdu.le == 256 and not apdu.data and not apdu.extended
+        if self.session.app is None and tag in SMALL_MF_OBJECTS and whole:
+            return Expectation(_pattern("6A88 | [1-256] 9000"), SECTION_CARD, portable=False)
         return Expectation(_pattern("6A88 | 6700 | [1-65536] 9000"), SECTION_CARD, portable=False)
 
     def _get_response(self, apdu: Apdu) -> Expectation:

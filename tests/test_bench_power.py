@@ -577,6 +577,39 @@ class SelectEfLowP2(Layer):
         return self.inner.transmit(capdu)
 
 
+class SelectByPathAsByName(Layer):
+    """SELECT with a P1 above 04 (by path and the like) read as by DF name (`P1 == 04`
+    written `P1 >= 04`, a survivor of the mutation run)."""
+
+    def transmit(self, capdu: bytes) -> bytes:
+        if capdu[:2] == b"\x00\xa4" and len(capdu) > 3 and capdu[2] > 0x04:
+            capdu = capdu[:2] + b"\x04" + capdu[3:]
+        return self.inner.transmit(capdu)
+
+
+class CardDataNeedsExtendedLe(Layer):
+    """GET DATA at MF level refuses a short Le even for a small object (6700; `and` written
+    `or` in the card's length check, a survivor of the mutation run)."""
+
+    def transmit(self, capdu: bytes) -> bytes:
+        answer = self.inner.transmit(capdu)
+        short = capdu[:2] == b"\x00\xca" and len(capdu) == 5
+        return b"\x67\x00" if short and answer[-2:] == b"\x90\x00" else answer
+
+
+class ChangeAtOneTryLeftBlocked(Layer):
+    """CHANGE REFERENCE DATA / CHANGE KEY of an unverified PIN with one try left answers
+    blocked, not 6982 (the blocked check `remaining == 0` written `== 1`, a survivor of an
+    earlier mutation run); the retry query (which costs nothing) tells the count."""
+
+    def transmit(self, capdu: bytes) -> bytes:
+        answer = self.inner.transmit(capdu)
+        change = capdu[:2] in (b"\x00\x24", b"\x80\x32") and answer == b"\x69\x82"
+        if change and self.inner.transmit(b"\x00\x20\x00" + capdu[3:4]) == b"\x63\xc1":
+            return b"\x69\x84"
+        return answer
+
+
 # -- the exact signature scheme of each P1 (item 4) --------------------------------------------
 
 
@@ -615,6 +648,24 @@ class PssSaltTwenty(SchemeBent):
         pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=20)
         algorithm = Prehashed(hashes.SHA256()) if apdu.p1 == 4 else hashes.SHA256()
         return key.sign(apdu.data, pss, algorithm)
+
+
+class PssSignatureKept(Tracking):
+    """P1 04 / 05: the PSS signature of an input made once and given again (the card's
+    PKCS#1 v1.5 cache applied to PSS, a survivor of the mutation run)."""
+
+    def __init__(self, profile: str | Path, state: Path) -> None:
+        super().__init__(profile, state)
+        self.kept: dict[tuple[bytes | None, int | None, bytes], bytes] = {}
+
+    def answer(self, command: bytes, apdu: Apdu) -> bytes:
+        if (apdu.cla, apdu.ins) != (0x80, 0x2A) or apdu.p1 not in (4, 5):
+            return self.card.transmit(command)
+        key = (self.session.app, self.object_of(apdu), command)
+        answer = self.kept.get(key) or self.card.transmit(command)
+        if answer[-2:] == b"\x90\x00":
+            self.kept[key] = answer
+        return answer
 
 
 class CardKeyP1TwoAsZero(Tracking):
@@ -775,6 +826,11 @@ MUTANTS: dict[str, Mutant] = {
     # values just outside a PIN's format
     "change-accepts-a-fifth-digit": wrapping(OneDigitMoreAccepted, "format"),
     "change-stores-before-checking": wrapping(StoredBeforeChecked, "format"),
+    "change-at-one-try-left-answers-blocked": Mutant(
+        "default",
+        lambda: lambda state: ChangeAtOneTryLeftBlocked(open_card(profile_of("default"), state)),
+        "format",
+    ),
     # durability
     "state-lost-on-restart": Mutant("default", lambda: StaleOnReopen("default"), "restart"),
     "free-area-flushed-at-power-off": Mutant(
@@ -799,10 +855,21 @@ MUTANTS: dict[str, Mutant] = {
     "reserved-class-read-as-first": Mutant(
         "default", lambda: rewritten(reserved_class_as_first), "class"
     ),
+    "card-data-needs-extended-le": Mutant(
+        "default",
+        lambda: lambda state: CardDataNeedsExtendedLe(open_card(profile_of("default"), state)),
+        "select",
+    ),
+    "select-by-path-read-as-by-name": Mutant(
+        "default",
+        lambda: lambda state: SelectByPathAsByName(open_card(profile_of("default"), state)),
+        "select",
+    ),
     # signature schemes
     "pss-salt-length-20": wrapping(PssSaltTwenty, "scheme"),
     "card-key-signs-p1-02-as-p1-00": wrapping(CardKeyP1TwoAsZero, "scheme"),
     "raw-digest-info-completed": wrapping(DigestInfoCompleted, "scheme"),
+    "pss-signature-kept": wrapping(PssSignatureKept, "scheme"),
     # secure messaging
     "sm-object-read-past-its-length": Mutant(
         "default",
