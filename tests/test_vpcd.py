@@ -17,12 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import ServeCard, restartable_pcscd
+from conftest import ServeCard
 from pcsc import (
     REPO_ROOT,
     reader_name,
-    start_pcscd,
-    stop_pcscd,
     wait_for_card,
 )
 
@@ -555,64 +553,3 @@ def test_serve_through_pcscd(serve: ServeCard) -> None:
             assert transmit(connection, SELECT_JPKI) == b"\x90\x00"
         finally:
             connection.disconnect()
-
-
-@pytest.mark.pcsc
-def test_serve_survives_pcscd_restart(serve: ServeCard) -> None:
-    pid = restartable_pcscd()
-    with serve("default") as name:
-        stop_pcscd(pid)
-        start_pcscd()
-        assert wait_for_card(name, present=True, timeout=5), "card did not come back"
-        connection = connect(name)
-        try:
-            assert transmit(connection, SELECT_JPKI) == b"\x90\x00"
-        finally:
-            connection.disconnect()
-
-
-def usable_after(name: str, started: float, timeout: float = 5.0) -> float:
-    """Seconds from `started` until a client's SELECT through pcscd gets its 9000."""
-    from smartcard.Exceptions import CardConnectionException, NoCardException
-
-    deadline = started + timeout
-    while time.monotonic() < deadline:
-        if not wait_for_card(name, present=True, timeout=deadline - time.monotonic()):
-            break
-        try:
-            connection = connect(name)
-        except (CardConnectionException, NoCardException, StopIteration):
-            time.sleep(0.02)
-            continue
-        try:
-            if transmit(connection, SELECT_JPKI) == b"\x90\x00":
-                return time.monotonic() - started
-        except CardConnectionException:
-            time.sleep(0.02)
-        finally:
-            with contextlib.suppress(CardConnectionException):
-                connection.disconnect()
-    pytest.fail(f"the card was not usable {timeout} s after pcscd started")
-
-
-@pytest.mark.pcsc
-@pytest.mark.parametrize(
-    "times", [10, pytest.param(100, marks=pytest.mark.slow)], ids=lambda n: f"{n}x"
-)
-def test_pcscd_restarted_in_a_row(serve: ServeCard, times: int) -> None:
-    """pcscd stopped and started `times` times in a row: each time the card is usable
-    within 2 s of pcscd's start (the figures are printed; -s shows them)."""
-    pid = restartable_pcscd()
-    figures = []
-    with serve("default") as name:
-        for _ in range(times):
-            stop_pcscd(pid)
-            started = time.monotonic()
-            pid = start_pcscd()
-            figures.append(usable_after(name, started))
-    figures.sort()
-    print(
-        f"\npcscd restarted {times} times: card usable after median "
-        f"{statistics.median(figures):.2f} s, max {figures[-1]:.2f} s (bound 2 s)"
-    )
-    assert figures[-1] < 2.0, figures
