@@ -85,7 +85,7 @@ def test_serve_writes_a_private_trace(vpcd: FakeVpcd, tmp_path: Path) -> None:  
 def test_lines_wait_until_a_power_event_or_a_full_buffer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(trace, "FLUSH_INTERVAL", 3600.0)  # the flushing thread stays asleep
+    monkeypatch.setattr(trace, "FLUSH_INTERVAL", 3600.0)  # only a full buffer wakes the thread
     out = io.StringIO()
     with Trace(open_card("default", tmp_path), out) as card:
         card.power_on()
@@ -97,8 +97,13 @@ def test_lines_wait_until_a_power_event_or_a_full_buffer(
         card.power_on()
         for _ in range(trace.BUFFER_LINES - 1):
             card.transmit(SELECT_JPKI)
+        time.sleep(10 * trace.CHECK_INTERVAL)  # the thread looked, and left them waiting
         assert out.getvalue().count("\n") == 4
         card.transmit(SELECT_JPKI)
+        for _ in range(400):  # the thread looks every 5 ms; a loaded machine is slower
+            if out.getvalue().count("\n") > 4:
+                break
+            time.sleep(trace.CHECK_INTERVAL)
         assert out.getvalue().count("\n") == 4 + trace.BUFFER_LINES  # a full buffer is written
         card.transmit(SELECT_AUTH_PIN)
     assert json.loads(out.getvalue().splitlines()[-1])["command"] == "00 A4 02 0C 02 00 18"
