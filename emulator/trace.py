@@ -30,7 +30,7 @@ from itertools import repeat
 from typing import Any, Literal, TextIO
 
 from .faults import CardRemoved
-from .layers import CardInterface, Layer, masked
+from .layers import SECRET_INS, CardInterface, Layer, masked
 
 __all__ = ["BUFFER_LINES", "CHECK_INTERVAL", "FLUSH_INTERVAL", "Trace", "TraceFormat"]
 
@@ -39,6 +39,7 @@ FLUSH_INTERVAL = 0.05  # seconds: the longest lines wait
 CHECK_INTERVAL = 0.005  # seconds: how often the thread looks at what waits
 BUFFER_LINES = 4096
 _MASK = "**"
+_SECOND = 1_000_000_000  # ns
 _clock = time.perf_counter_ns
 # What waits: four items a line, command, response, start, end (bytes, bytes and
 # perf_counter_ns readings) for an exchange, or a line formatted already, None, 0, 0.
@@ -69,7 +70,7 @@ class Trace(Layer):
         self._secrets = secrets
         self._notes: list[str] = []  # the same list for the closure: emptied, never replaced
         self._reader_json = json.dumps(reader, ensure_ascii=False)
-        self._stamp = ("", "")  # a second and its isoformat, replaced as one
+        self._stamp = (0, "")  # a second since the epoch and its isoformat, replaced as one
         self._waiting: _Waiting = []  # extended by the card, taken by `flush`
         self._writing = threading.Lock()
         self._closed = threading.Event()
@@ -157,10 +158,15 @@ class Trace(Layer):
     def _lines(self, batch: _Waiting, offset: int, notes: list[str] | None = None) -> str:
         """The lines of `batch` (see _Waiting): exchanges formatted (with `notes`, given with
         one exchange alone), what was formatted already as it is. `offset` turns
-        perf_counter_ns readings into time_ns. One loop with the names it uses bound locally:
-        this is the trace's cost."""
-        secrets, stamp = self._secrets, self._stamp
-        reader, json_lines = self._reader_json, self._fmt == "json"
+        perf_counter_ns readings into time_ns. One loop with the names it uses bound locally,
+        the time stamp's second made once and its µs counted from it on small integers: this
+        is the trace's cost."""
+        secrets, json_lines = self._secrets, self._fmt == "json"
+        second, iso = self._stamp
+        low = second * _SECOND - offset  # the second's start as a perf_counter_ns reading
+        high = low + _SECOND
+        head = f'{{"time": "{iso}.'
+        middle = f'+00:00", "reader": {self._reader_json}, "command": "'
         events, comments = _events(notes), _comments(notes)
         lines = []
         items = iter(batch)
@@ -168,22 +174,28 @@ class Trace(Layer):
             if response is None:
                 lines.append(capdu)
                 continue
-            command = capdu.hex(" ").upper() if secrets else masked(capdu)
+            if secrets or capdu[1:2] not in SECRET_INS:
+                command, hidden = capdu.hex(" ").upper(), False
+            else:
+                command = masked(capdu)
+                hidden = _MASK in command
             answer, micros = response.hex(" ").upper(), (end - start) // 1000
             if json_lines:
-                digits = str((end + offset) // 1000)  # µs since the epoch
-                if digits[:-6] != stamp[0]:
-                    stamp = self._stamp = _second(digits[:-6])
+                if not low <= end < high:
+                    second = (end + offset) // _SECOND
+                    low = second * _SECOND - offset
+                    high = low + _SECOND
+                    self._stamp = second, iso = second, _isoformat(second)
+                    head = f'{{"time": "{iso}.'
+                digits = str(1_000_000 + (end - low) // 1000)  # "1" and the six µs digits
                 lines.append(
-                    f'{{"time": "{stamp[1]}.{digits[-6:]}+00:00", "reader": {reader}, '
-                    f'"command": "{command}", "response": "{answer}", "us": {micros}{events}}}\n'
+                    f'{head}{digits[1:]}{middle}{command}", "response": "{answer}", '
+                    f'"us": {micros}{events}}}\n'
                 )
+            elif hidden:
+                lines.append(f"{comments}# {command}  (masked)\n# > {answer}  ({micros} µs)\n")
             else:
-                hidden = _MASK in command
-                lines.append(
-                    f"{comments}{'# ' if hidden else ''}{command}{'  (masked)' if hidden else ''}\n"
-                    f"# > {answer}  ({micros} µs)\n"
-                )
+                lines.append(f"{comments}{command}\n# > {answer}  ({micros} µs)\n")
         return "".join(lines)
 
     def _noted(self, capdu: bytes, response: bytes, start: int, end: int) -> None:
@@ -198,10 +210,10 @@ class Trace(Layer):
 
     def _now(self, nanoseconds: int) -> str:
         """The UTC time as isoformat(timespec="microseconds") gives it."""
-        digits = str(nanoseconds // 1000)
-        if digits[:-6] != self._stamp[0]:
-            self._stamp = _second(digits[:-6])
-        return f"{self._stamp[1]}.{digits[-6:]}+00:00"
+        second, micros = divmod(nanoseconds // 1000, 1_000_000)
+        if second != self._stamp[0]:
+            self._stamp = second, _isoformat(second)
+        return f"{self._stamp[1]}.{micros:06d}+00:00"
 
     def _unanswered(self, capdu: bytes) -> None:
         """A command the card never answered (it left the reader): no response; flushed."""
@@ -239,10 +251,10 @@ def _comments(notes: list[str] | None) -> str:
     return "".join(f"# {event}\n" for event in notes or ())
 
 
-def _second(second: str) -> tuple[str, str]:
-    """A second since the epoch (its digits) and its UTC isoformat, to the second (the part of
-    a time stamp made once per second)."""
-    return second, datetime.fromtimestamp(int(second), UTC).strftime("%Y-%m-%dT%H:%M:%S")
+def _isoformat(second: int) -> str:
+    """A second since the epoch as UTC isoformat, to the second (the part of a time stamp
+    made once per second)."""
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _wall_offset() -> int:
