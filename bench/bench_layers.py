@@ -11,17 +11,22 @@ and the median of the per-round ratios of APDUs per second is printed:
 - `served card, no plan`: the stack a `ServedCard` (`serve`) drives without a fault plan,
   trace or -v: its lock and counters (and room for `ctl fault` to stack a plan);
 - `trace json` / `trace scriptor`: `--trace FILE` in each format (a file in /dev/shm);
-- `trace floor`: a layer that only keeps each exchange's bytes and two clock readings in a
-  list (what any trace must do before formatting a line), to show the floor of tracing.
+- `trace floor`: the cheapest capture CPython allows, formatting nothing: a closure set as
+  the layer's `transmit`, its names bound at construction, that reads the clock twice and
+  extends one list by the exchange's bytes and readings (what `Trace` does on the card's side,
+  without the formatting its thread does later). No trace written in Python costs less.
 
-Targets: an idle layer costs at most 3% of the baseline rate, tracing at most 25%.
+Targets: an idle layer costs at most 3% of the baseline rate, tracing at most 25%. Each row
+also prints the spread of its per-round ratios (their quartiles, as costs). Rates are per
+second of wall time; `--cpu-time` counts this process's CPU time instead (all its threads,
+so a trace's writing thread counts), which other processes on a shared machine disturb less.
 
 Then, as a served card is traced: `mynacard serve --trace` against `mynacard serve`, both
 through pcscd + vpcd (readers 0 and 1, the servers pinned to CPU 0, this process to CPU 1),
 READ BINARY round trips in alternating rounds; it needs pcscd with vpcd (starts one if none
 runs), `--skip-pcsc` leaves it out.
 
-    .venv/bin/python bench/bench_layers.py [--rounds N] [--skip-pcsc]
+    .venv/bin/python bench/bench_layers.py [--rounds N] [--cpu-time] [--skip-pcsc]
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from mynacard import open_card
 from mynacard.faults import Fault, stack_faults
 from mynacard.layers import CardInterface, Layer
 from mynacard.served import CardSpec, ServedCard
-from mynacard.trace import BUFFER_LINES, Trace, TraceFormat
+from mynacard.trace import Trace, TraceFormat
 
 SELECT_JPKI = bytes.fromhex("00A4040C0AD392F000260100000001")
 PAIRS = 20_000
@@ -73,18 +78,20 @@ def _served(card: CardInterface, resources: ExitStack) -> CardInterface:
 class _CaptureOnly(Layer):
     """Keeps each exchange's bytes and clock readings, formats nothing: a trace's floor."""
 
+    transmit: Callable[[bytes], bytes]
+
     def __init__(self, inner: CardInterface) -> None:
         super().__init__(inner)
-        self.kept: list[tuple[bytes, bytes, int, int]] = []
+        self.kept: list[bytes | int] = []
+        clock, inner_transmit, keep = time.perf_counter_ns, inner.transmit, self.kept.extend
 
-    def transmit(self, capdu: bytes) -> bytes:
-        start = time.perf_counter_ns()
-        response = self.inner.transmit(capdu)
-        kept = self.kept
-        kept.append((capdu, response, start, time.perf_counter_ns()))
-        if len(kept) >= BUFFER_LINES:
-            kept.clear()
-        return response
+        def transmit(capdu: bytes) -> bytes:
+            start = clock()
+            response = inner_transmit(capdu)
+            keep((capdu, response, start, clock()))
+            return response
+
+        self.transmit = transmit
 
 
 VARIANTS: dict[str, Variant] = {
@@ -100,18 +107,20 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def rate(card: CardInterface) -> float:
-    """Small APDUs per second: SELECT EF + READ BINARY of 32 bytes, PAIRS times."""
+def rate(card: CardInterface, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Small APDUs per second of `clock`: SELECT EF + READ BINARY of 32 bytes, PAIRS times."""
     transmit = card.transmit
-    start = time.perf_counter()
+    start = clock()
     for _ in range(PAIRS):
         transmit(SELECT_TOKEN)
         transmit(READ_32)
-    return 2 * PAIRS / (time.perf_counter() - start)
+    return 2 * PAIRS / (clock() - start)
 
 
-def measure(rounds: int) -> dict[str, tuple[float, float]]:
-    """For each variant: (median rate, median of the per-round ratios to the bare card)."""
+def measure(
+    rounds: int, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, tuple[float, list[float]]]:
+    """For each variant: its median rate and its per-round ratios to the bare card."""
     results = {}
     with tempfile.TemporaryDirectory() as state, ExitStack() as resources:
         card = resources.enter_context(open_card("default", state))
@@ -122,10 +131,12 @@ def measure(rounds: int) -> dict[str, tuple[float, float]]:
             stacked = variant(card, resources)
             rates, ratios = [], []
             for _ in range(rounds):  # the bare card before and after each variant's round
-                before = rate(card)
-                rates.append(rate(stacked))
-                ratios.append(2 * rates[-1] / (before + rate(card)))
-            results[name] = (statistics.median(rates), statistics.median(ratios))
+                before = rate(card, clock)
+                rates.append(rate(stacked, clock))
+                ratios.append(2 * rates[-1] / (before + rate(card, clock)))
+                if isinstance(stacked, _CaptureOnly):  # a trace's thread would drop them
+                    stacked.kept.clear()
+            results[name] = (statistics.median(rates), ratios)
     return results
 
 
@@ -170,14 +181,22 @@ def traced_through_pcscd(rounds: int) -> tuple[float, float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description="what layers cost the card in process")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--cpu-time", action="store_true", help="rates per CPU second")
     parser.add_argument("--skip-pcsc", action="store_true", help="skip the served-card part")
     args = parser.parse_args()
     targets = {"trace json": 0.25, "trace scriptor": 0.25, "trace floor": 0.25}
-    for name, (median, ratio) in measure(args.rounds).items():
-        target = targets.get(name, 0.03)
+    meaning = {
+        "trace floor": " (capture only: two clock readings and the exchange's bytes kept by a "
+        "closure, nothing formatted; no Python trace costs less)"
+    }
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    for name, (median, ratios) in measure(args.rounds, clock).items():
+        target, ratio = targets.get(name, 0.03), statistics.median(ratios)
+        low, _, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
         print(
-            f"{name}: {median:,.0f} APDUs/s, {ratio:.3f} of the bare card's rate "
-            f"(cost {1 - ratio:.1%}; target <= {target:.0%}; median of {args.rounds} rounds)"
+            f"{name}{meaning.get(name, '')}: {median:,.0f} APDUs/s, {ratio:.3f} of the bare "
+            f"card's rate (cost {1 - ratio:.1%}, quartiles {1 - high:.1%} to {1 - low:.1%}; "
+            f"target <= {target:.0%}; median of {args.rounds} rounds)"
         )
     if not args.skip_pcsc:
         traced_us, plain_us, ratio = traced_through_pcscd(args.rounds)
