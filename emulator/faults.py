@@ -192,17 +192,16 @@ class _Plan(Layer):
                 route = through
             return route(capdu)
 
-        self.transmit = transmit if commands is None else _counted(transmit, commands)
+        def counting(capdu: bytes) -> bytes:  # the same, counting the commands for `after`
+            count.value += 1
+            try:
+                route = routes[capdu[1]]
+            except IndexError:
+                route = through
+            return route(capdu)
 
-
-def _counted(transmit: Callable[[bytes], bytes], commands: _Count) -> Callable[[bytes], bytes]:
-    """`transmit` counting the commands, for faults with `after`."""
-
-    def counting(capdu: bytes) -> bytes:
-        commands.value += 1
-        return transmit(capdu)
-
-    return counting
+        count = commands or _Count()
+        self.transmit = transmit if commands is None else counting
 
 
 _EVERY_INS = frozenset(range(256))
