@@ -78,8 +78,6 @@ def _served(card: CardInterface, resources: ExitStack) -> CardInterface:
 class _CaptureOnly(Layer):
     """Keeps each exchange's bytes and clock readings, formats nothing: a trace's floor."""
 
-    transmit: Callable[[bytes], bytes]
-
     def __init__(self, inner: CardInterface) -> None:
         super().__init__(inner)
         self.kept: list[bytes | int] = []
@@ -91,7 +89,7 @@ class _CaptureOnly(Layer):
             keep((capdu, response, start, clock()))
             return response
 
-        self.transmit = transmit
+        self.transmit = transmit  # type: ignore[method-assign]
 
 
 VARIANTS: dict[str, Variant] = {

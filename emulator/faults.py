@@ -172,8 +172,6 @@ class _Plan(Layer):
     `transmit` is a closure set on the instance, its names bound at construction: one Python
     frame and no attribute lookup per command, as a layer that is off must cost (issue 11)."""
 
-    transmit: Callable[[bytes], bytes]
-
     def __init__(
         self,
         card: CardInterface,
@@ -201,7 +199,7 @@ class _Plan(Layer):
             return route(capdu)
 
         count = commands or _Count()
-        self.transmit = transmit if commands is None else counting
+        self.transmit = transmit if commands is None else counting  # type: ignore[method-assign]
 
 
 _EVERY_INS = frozenset(range(256))

@@ -24,7 +24,6 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from itertools import repeat
 from typing import Any, Literal, TextIO
@@ -52,8 +51,6 @@ class Trace(Layer):
     """Writes each exchange and power event to `out` in `fmt` (see the module's docstring
     for when lines are flushed); `close()` writes what waits."""
 
-    transmit: Callable[[bytes], bytes]
-
     def __init__(
         self,
         inner: CardInterface,
@@ -74,12 +71,13 @@ class Trace(Layer):
         self._waiting: _Waiting = []  # extended by the card, taken by `flush`
         self._writing = threading.Lock()
         self._closed = threading.Event()
-        self.transmit = self._capture()
+        self._capture()
         self._flusher = threading.Thread(target=self._flush_while_open, name="trace", daemon=True)
         self._flusher.start()
 
-    def _capture(self) -> Callable[[bytes], bytes]:
-        """The card's side of the trace: the exchange's bytes and clock readings kept."""
+    def _capture(self) -> None:
+        """Set `transmit`, the card's side of the trace: a closure keeping the exchange's bytes
+        and clock readings, its names bound here."""
         inner, keep, notes = self.inner.transmit, self._waiting.extend, self._notes
         unanswered, noted = self._unanswered, self._noted
 
@@ -96,7 +94,7 @@ class Trace(Layer):
                 keep((capdu, response, start, _clock()))
             return response
 
-        return transmit
+        self.transmit = transmit  # type: ignore[method-assign]
 
     def note(self, event: str) -> None:
         """Attach what another layer did (e.g. an injected fault) to the next line."""
