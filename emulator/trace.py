@@ -2,7 +2,8 @@
 
 Two formats: JSON lines (one object per exchange or event: time, reader, command, response,
 duration in µs, and what other layers noted, such as an injected fault) and a script for
-pcsc-tools' `scriptor` and `opensc-tool -s` (commands and `reset`, answers as comments).
+pcsc-tools' `scriptor` and `opensc-tool -s` (commands and `reset`, answers and durations
+in `us` as comments: ASCII, which is cheaper to write).
 Secret data (PINs, passwords, cryptograms) is masked unless `secrets` is true.
 
 An exchange is kept as its bytes and clock readings and formatted when the lines waiting are
@@ -191,9 +192,9 @@ class Trace(Layer):
                     f'"us": {micros}{events}}}\n'
                 )
             elif hidden:
-                lines.append(f"{comments}# {command}  (masked)\n# > {answer}  ({micros} µs)\n")
+                lines.append(f"{comments}# {command}  (masked)\n# > {answer}  ({micros} us)\n")
             else:
-                lines.append(f"{comments}{command}\n# > {answer}  ({micros} µs)\n")
+                lines.append(f"{comments}{command}\n# > {answer}  ({micros} us)\n")
         return "".join(lines)
 
     def _noted(self, capdu: bytes, response: bytes, start: int, end: int) -> None:
