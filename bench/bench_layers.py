@@ -19,9 +19,10 @@ and the median of the per-round ratios of APDUs per second is printed:
 Targets: an idle layer costs at most 3% of the baseline rate, tracing at most 25%. Each row
 also prints the spread of its per-round ratios (their quartiles, as costs), and what it adds
 to an APDU in its best round over the bare card's best (least disturbed by other work; the
-difference of two minima, so a few ns of noise). Rates are per
-second of wall time; `--cpu-time` counts this process's CPU time instead (all its threads,
-so a trace's writing thread counts), which other processes on a shared machine disturb less.
+difference of two minima, so a few ns of noise). A trace's round ends when its lines are
+written, so it pays for formatting them. Rates are per second of wall time; `--cpu-time`
+counts this process's CPU time instead (all its threads, so a trace's writing thread counts),
+which other processes on a shared machine disturb less.
 
 Then, as a served card is traced: `mynacard serve --trace` against `mynacard serve`, both
 through pcscd + vpcd (readers 0 and 1, the servers pinned to CPU 0, this process to CPU 1),

@@ -13,7 +13,7 @@ its last write or `BUFFER_LINES` wait. So `tail -f` follows a trace within about
 process killed with SIGKILL loses what waits (the exchanges of at most its last 50 ms, never
 a power event); closing loses nothing (`serve` closes on SIGTERM and Ctrl-C).
 
-The card's side is the cost of a trace, so it is as short as CPython allows: `transmit` is a
+The card's side runs in every exchange, so it is as short as CPython allows: `transmit` is a
 closure bound at construction that reads the clock twice and extends one list by four items
 (no tuple kept, so nothing for the garbage collector to track; no length check: the thread
 enforces `BUFFER_LINES`, which a burst can overshoot by what the card answers in 5 ms).
