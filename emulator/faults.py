@@ -167,33 +167,39 @@ class FaultLayer(Layer):
 
 class _Plan(Layer):
     """The entry of a plan's layers: a command whose INS no fault names goes straight to the
-    card, past the fault layers (`inner`), through a table of 256 routes made once."""
+    card, past the fault layers (`inner`), through a table of 256 routes made once.
 
-    def __init__(self, card: CardInterface, faulty: CardInterface, named: frozenset[int]) -> None:
-        super().__init__(faulty)
-        straight, through = card.transmit, faulty.transmit
-        self._routes = [through if ins in named else straight for ins in range(256)]
-
-    def transmit(self, capdu: bytes) -> bytes:
-        try:
-            route = self._routes[capdu[1]]
-        except IndexError:  # no INS: the faults decide
-            route = self.inner.transmit
-        return route(capdu)
-
-
-class _CountingPlan(_Plan):
-    """A plan entry that counts the commands, for faults with `after`."""
+    `transmit` is a closure set on the instance, its names bound at construction: one Python
+    frame and no attribute lookup per command, as a layer that is off must cost (issue 11)."""
 
     def __init__(
-        self, card: CardInterface, faulty: CardInterface, named: frozenset[int], commands: _Count
+        self,
+        card: CardInterface,
+        faulty: CardInterface,
+        named: frozenset[int],
+        commands: _Count | None = None,
     ) -> None:
-        super().__init__(card, faulty, named)
-        self._commands = commands
+        super().__init__(faulty)
+        straight, through = card.transmit, faulty.transmit
+        routes = [through if ins in named else straight for ins in range(256)]
 
-    def transmit(self, capdu: bytes) -> bytes:
-        self._commands.value += 1
-        return super().transmit(capdu)
+        def transmit(capdu: bytes) -> bytes:
+            try:
+                route = routes[capdu[1]]
+            except IndexError:  # no INS: the faults decide
+                route = through
+            return route(capdu)
+
+        def counting(capdu: bytes) -> bytes:  # the same, counting the commands for `after`
+            count.value += 1
+            try:
+                route = routes[capdu[1]]
+            except IndexError:
+                route = through
+            return route(capdu)
+
+        count = commands or _Count()
+        self.transmit = transmit if commands is None else counting  # type: ignore[method-assign]
 
 
 _EVERY_INS = frozenset(range(256))
@@ -219,9 +225,7 @@ def stack_faults(
         else:
             rng = random.Random(f"{seed}:{number}")
             faulty = FaultLayer(faulty, fault, rng, note, commands)
-    if any(f.after for f in plan):
-        return _CountingPlan(card, faulty, named, commands)
-    return _Plan(card, faulty, named)
+    return _Plan(card, faulty, named, commands if any(f.after for f in plan) else None)
 
 
 def read_plan(path: Path) -> tuple[list[Fault], int]:

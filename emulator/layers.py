@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from .apdu import INS, SW
 
-__all__ = ["ApduLog", "CardInterface", "Layer", "T0Chaining", "masked"]
+__all__ = ["SECRET_INS", "ApduLog", "CardInterface", "Layer", "T0Chaining", "masked"]
 
 
 @runtime_checkable
@@ -139,6 +139,10 @@ _SECRET_DATA = {
     (0x80, INS.CHANGE_KEY),
     (0x00, INS.EXTERNAL_AUTHENTICATE),
 }
+
+
+# Their INS as `capdu[1:2]` gives it: a command whose INS is not here is never masked.
+SECRET_INS = frozenset(bytes((ins,)) for _, ins in _SECRET_DATA)
 
 
 def masked(capdu: bytes) -> str:

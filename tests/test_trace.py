@@ -85,7 +85,7 @@ def test_serve_writes_a_private_trace(vpcd: FakeVpcd, tmp_path: Path) -> None:  
 def test_lines_wait_until_a_power_event_or_a_full_buffer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(trace, "FLUSH_INTERVAL", 3600.0)  # the flushing thread stays asleep
+    monkeypatch.setattr(trace, "FLUSH_INTERVAL", 3600.0)  # only a full buffer wakes the thread
     out = io.StringIO()
     with Trace(open_card("default", tmp_path), out) as card:
         card.power_on()
@@ -97,8 +97,13 @@ def test_lines_wait_until_a_power_event_or_a_full_buffer(
         card.power_on()
         for _ in range(trace.BUFFER_LINES - 1):
             card.transmit(SELECT_JPKI)
+        time.sleep(10 * trace.CHECK_INTERVAL)  # the thread looked, and left them waiting
         assert out.getvalue().count("\n") == 4
         card.transmit(SELECT_JPKI)
+        for _ in range(400):  # the thread looks every 5 ms; a loaded machine is slower
+            if out.getvalue().count("\n") > 4:
+                break
+            time.sleep(trace.CHECK_INTERVAL)
         assert out.getvalue().count("\n") == 4 + trace.BUFFER_LINES  # a full buffer is written
         card.transmit(SELECT_AUTH_PIN)
     assert json.loads(out.getvalue().splitlines()[-1])["command"] == "00 A4 02 0C 02 00 18"
@@ -301,3 +306,30 @@ def test_a_pss_signature_is_replayed_by_its_length(
     assert status == 0 and out.splitlines()[-1] == f"{sign_pss.hex().upper()} -> [256] 9000"
     status, out, _ = replay(capsys, str(trace))
     assert status == 0 and "all 7 exchanges matched" in out
+
+
+@pytest.mark.parametrize("fmt", ["json", "scriptor"])
+def test_a_fault_is_noted_on_its_own_exchange(tmp_path: Path, fmt: str) -> None:
+    """A note from a fault layer goes with the exchange it hit, and only with it."""
+    from mynacard.faults import Fault, stack_faults
+
+    tracing: list[Trace] = []
+    faulty = stack_faults(
+        open_card("default", tmp_path), [Fault("truncate", ins=frozenset({0xB0}))],
+        seed=0, note=lambda event: tracing[0].note(event),
+    )  # fmt: skip
+    out = io.StringIO()
+    with Trace(faulty, out, fmt=fmt) as card:
+        tracing.append(card)
+        for command in (SELECT_JPKI, SELECT_TOKEN, READ_TOKEN, SELECT_TOKEN):
+            card.transmit(command)
+    lines = out.getvalue().splitlines()
+    truncated = b"JPKIAPICCTOKEN2 \x90".hex(" ").upper()
+    if fmt == "json":
+        records = [json.loads(line) for line in lines]
+        assert [r.get("events") for r in records] == [None, None, ["fault truncate"], None]
+        assert records[2]["response"] == truncated
+    else:
+        assert lines.count("# fault truncate") == 1
+        assert lines[4:6] == ["# fault truncate", READ_TOKEN.hex(" ").upper()]
+        assert lines[6].startswith(f"# > {truncated}  (")
