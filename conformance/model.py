@@ -154,6 +154,7 @@ class CardFacts:
     live_counters: dict[ObjectKey, int] = field(default_factory=dict)  # last seen, all examples
     extra_apps: tuple[AppSpec, ...] = ()  # free-area applications a profile installs
     aes_keys: dict[ObjectKey, bytes] = field(default_factory=dict)  # (AID, key number)
+    card_objects: dict[int, bytes] = field(default_factory=dict)  # MF GET DATA a profile fixes
     _public_keys: dict[ObjectKey, rsa.RSAPublicKey] = field(default_factory=dict)
 
     @classmethod
@@ -174,6 +175,7 @@ class CardFacts:
         facts = cls.learning({**profile.pins, **(pins or {})}, profile.quirks)
         facts.exact = True
         facts.atr = profile.atr
+        facts.card_objects = dict(profile.card_objects)
         filler = bytes((profile.quirks.filler,))
         aid = JPKI.aid
         by_name = {"sign": 0x0001, "sign_ca": 0x0002, "auth": 0x000A, "auth_ca": 0x000B}
@@ -1171,10 +1173,13 @@ class CardModel:
     def _get_data(self, apdu: Apdu) -> Expectation:
         # MF-level objects are optional (docs/card-spec.md §2.3): absent ones answer 6A88;
         # only the big ones need an extended Le, so a small one answers Le 00 whole.
+        # With a profile the small ones' bytes are known (an emulator may still leave them out).
         tag = apdu.p1 << 8 | apdu.p2
         whole = apdu.le == 256 and not apdu.data and not apdu.extended
         if self.session.app is None and tag in SMALL_MF_OBJECTS and whole:
-            return Expectation(_pattern("6A88 | [1-256] 9000"), SECTION_CARD, portable=False)
+            known = self.facts.card_objects.get(tag)
+            data = known.hex().upper() if known is not None else "[1-256]"
+            return Expectation(_pattern(f"6A88 | {data} 9000"), SECTION_CARD, portable=False)
         return Expectation(_pattern("6A88 | 6700 | [1-65536] 9000"), SECTION_CARD, portable=False)
 
     def _get_response(self, apdu: Apdu) -> Expectation:

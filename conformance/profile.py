@@ -217,6 +217,7 @@ class ProfileFacts:
     # Keys whose signatures the bench checks without a certificate on the card: the 券面
     # APs' card keys, the 共通 AP's key, free-area RSA keys (their public halves).
     public_keys: dict[ObjectKey, rsa.RSAPublicKey] = field(default_factory=dict)
+    card_objects: dict[int, bytes] = field(default_factory=dict)  # MF-level GET DATA, by tag
 
     @property
     def has_sign_cert(self) -> bool:
@@ -263,8 +264,15 @@ def _facts(document: dict[str, object], path: Path) -> ProfileFacts:
         return value
 
     meta, holder, card = table("profile"), table("holder"), table("card")
+    form = str(meta.get("form", "card"))
+    if form != "card":
+        raise ProfileProblem(f"{path}: form {form!r}: the bench models the plastic card only")
     atr_text = str(meta.get("atr", "jpki"))
-    atr = bytes.fromhex(KNOWN_ATRS.get(atr_text.lower(), atr_text))
+    try:
+        atr = bytes.fromhex(KNOWN_ATRS.get(atr_text.lower(), atr_text))
+    except ValueError:
+        names = ", ".join(KNOWN_ATRS)
+        raise ProfileProblem(f"{path}: atr {atr_text!r} is not hex, nor one of {names}") from None
     pins = {name: str(value) for name, value in table("pins").items()}
     birth = holder["birth_date"]
     expiry = card["expiry"]
@@ -334,7 +342,23 @@ def _facts(document: dict[str, object], path: Path) -> ProfileFacts:
         partial_efs=partial_efs(holder_facts, quirks.filler),
         records=national_records(holder_facts) if holder_facts.serial_number else {},
         public_keys=public_keys,
+        card_objects=card_objects(holder_facts, atr),
     )
+
+
+def card_objects(holder: Holder, atr: bytes) -> dict[int, bytes]:
+    """The MF-level GET DATA objects the profile fixes (docs/card-spec.md §2.3; 0045 is the
+    serial of 共通カードAP EF 0001, docs/decisions.md): 0045, 00F0 (municipality), 00F2 (expiry,
+    YYYYMMDD), 5F51 (the contact ATR without TS: the profile's, or the default one when the
+    profile's is one a contactless reader makes, 3B 8n 80 01 ...)."""
+    contactless = atr[1] & 0xF0 == 0x80 and atr[2:4] == b"\x80\x01"
+    contact = bytes.fromhex(KNOWN_ATRS["jpki"]) if contactless else atr
+    objects = {0x00F2: holder.expiry.strftime("%Y%m%d").encode(), 0x5F51: contact[1:]}
+    if holder.serial_number:
+        objects[0x0045] = holder.serial_number.encode()
+    if holder.municipality_code:
+        objects[0x00F0] = holder.municipality_code.encode()
+    return objects
 
 
 def _private_key(pem: object, where: str) -> rsa.RSAPrivateKey:

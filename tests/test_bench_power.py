@@ -597,6 +597,17 @@ class CardDataNeedsExtendedLe(Layer):
         return b"\x67\x00" if short and answer[-2:] == b"\x90\x00" else answer
 
 
+class CardIdentificationOffByOne(Layer):
+    """GET DATA 0045 (card identification) answers the serial with its last digit one off:
+    the bytes the profile fixes, checked whole."""
+
+    def transmit(self, capdu: bytes) -> bytes:
+        answer = self.inner.transmit(capdu)
+        if capdu[:4] == b"\x00\xca\x00\x45" and len(answer) > 3:
+            return answer[:-3] + bytes((answer[-3] ^ 0x01,)) + answer[-2:]
+        return answer
+
+
 class ChangeAtOneTryLeftBlocked(Layer):
     """CHANGE REFERENCE DATA / CHANGE KEY of an unverified PIN with one try left answers
     blocked, not 6982 (the blocked check `remaining == 0` written `== 1`, a survivor of an
@@ -859,6 +870,11 @@ MUTANTS: dict[str, Mutant] = {
         "default",
         lambda: lambda state: CardDataNeedsExtendedLe(open_card(profile_of("default"), state)),
         "select",
+    ),
+    "card-identification-off-by-one": Mutant(
+        "default",
+        lambda: lambda state: CardIdentificationOffByOne(open_card(profile_of("default"), state)),
+        "filler",
     ),
     "select-by-path-read-as-by-name": Mutant(
         "default",

@@ -505,6 +505,7 @@ def test_cli_replay_of_a_golden_transcript(capsys: pytest.CaptureFixture[str]) -
     [
         (["conformance", "--target", "floppy"], "unknown target 'floppy'"),
         (["conformance", "--profile", "nonexistent-profile"], "shipped: building-entry, default"),
+        (["conformance", "--profile", "smartphone-ios"], "models the plastic card only"),
         (["replay", "/nonexistent.apdu"], "/nonexistent.apdu: cannot read: No such file"),
     ],
 )
