@@ -1,9 +1,9 @@
-"""The hypothesis state machine: rules that mirror the card's commands, checked by the model.
+"""The hypothesis state machine: actions that mirror the card's commands, checked by the model.
 
-Every rule builds APDUs the way some client of docs/card-spec.md §12 does (or deliberately
-does not),
-sends them through `Bench.exchange` (which checks each answer against the model), and the
-invariants check what the observer saw.  `build_machine` binds the class to one bench.
+Its one rule, `step`, picks an action that may run; every action builds APDUs the way some
+client of docs/card-spec.md §12 does (or deliberately does not), sends them through
+`Bench.exchange` (which checks each answer against the model), and the invariant checks what
+the observer saw.  `build_machine` binds the class to one bench.
 """
 
 from __future__ import annotations
@@ -95,8 +95,8 @@ INVARIANT_SECTIONS = {
 # An index into a table of cases (taken modulo its size): hypothesis draws integers of a
 # wide range close to uniformly, where a narrow one leans hard on its ends.
 picks = st.integers(0, 2**32 - 1)
-# Several such choices at once (`Dice`): one draw where a rule would make many, each of
-# which costs the engine more than most rules' own work.
+# Several such choices at once (`Dice`): one draw where an action would make many, each of
+# which costs the engine more than most actions' own work.
 rolls = st.integers(0, 2**64 - 1)
 
 
@@ -173,9 +173,9 @@ def action(
 def in_session(holds: Callable[[ConformanceMachine], bool]) -> Callable[[Any], bool]:
     """A precondition that reads the session (the selected application), always true on a
     target that is not disposable. There the PIN guard's run-long state (the budget spent,
-    the PINs confirmed) decides whether a rule sends its APDUs, `dice` stirs with the
+    the PINs confirmed) decides whether an action sends its APDUs, `dice` stirs with the
     transcript's length, so the session after the same draws differs between an example
-    and its replay: a rule that read it would appear or vanish (FlakyStrategyDefinition)."""
+    and its replay: an action that read it would appear or vanish (FlakyStrategyDefinition)."""
     return lambda machine: machine.careful or holds(machine)
 
 
@@ -256,7 +256,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         return self.send(verify(value, p2))
 
     def dice(self, roll: int) -> Dice:
-        """`roll` stirred as `mix` does, to take a rule's choices from."""
+        """`roll` stirred as `mix` does, to take an action's choices from."""
         return Dice((roll + len(self.bench.transcript) * 0x9E3779B97F4A7C15) % 2**64)
 
     def mix(self, pick: int) -> int:
