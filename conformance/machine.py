@@ -179,6 +179,26 @@ def in_session(holds: Callable[[ConformanceMachine], bool]) -> Callable[[Any], b
     return lambda machine: machine.careful or holds(machine)
 
 
+THE_MACHINE = st.runner()  # the running machine (one strategy: each new one is validated)
+
+
+@st.composite
+def moves(draw: st.DrawFn) -> tuple[Action, dict[str, Any]]:
+    """A step's action and its arguments, drawn when the step starts: the low 16 bits of a
+    roll name the action among those that may run now (`ConformanceMachine.choose`), the
+    rest of the roll is its `rolls` argument, its other arguments are drawn.  (Drawing them
+    here, not from `st.data()` inside the step, spares hypothesis a third of its per-step
+    work: docs/benchmarks.md.)"""
+    machine = draw(THE_MACHINE)
+    roll = draw(rolls)
+    chosen = machine.choose(roll & 0xFFFF)
+    arguments = {
+        name: roll >> 16 if strategy is rolls else draw(strategy)
+        for name, strategy in chosen.arguments
+    }
+    return chosen, arguments
+
+
 class ConformanceMachine(RuleBasedStateMachine):
     """Random APDU sequences, each answer checked against the model (see the module doc)."""
 
@@ -193,18 +213,13 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     # -- steps ----------------------------------------------------------------------------
 
-    @rule(roll=rolls, data=st.data())
-    def step(self, roll: int, data: st.DataObject) -> None:
-        """One action (the "stateful step" the statistics count): the low 16 bits of `roll`
-        name it among those that may run now, its arguments are drawn from `data`, a `rolls`
-        argument being the rest of `roll`.  The machine's only rule: hypothesis pays for
-        every rule it considers at each step, an action only when it runs."""
+    @rule(move=moves())
+    def step(self, move: tuple[Action, dict[str, Any]]) -> None:
+        """One action (the "stateful step" the statistics count), as `moves` drew it.  The
+        machine's only rule: hypothesis pays for every rule it considers at each step, an
+        action only when it runs."""
         self.bench.stats.rule_steps += 1
-        chosen = self.choose(roll & 0xFFFF)
-        arguments = {
-            name: roll >> 16 if strategy is rolls else data.draw(strategy, label=name)
-            for name, strategy in chosen.arguments
-        }
+        chosen, arguments = move
         chosen.body(self, **arguments)
 
     def choose(self, pick: int) -> Action:

@@ -53,6 +53,7 @@ SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
 TOKEN_LABEL = b"JPKIAPICCTOKEN2".ljust(32, b" ")  # docs/card-spec.md §3.1: a My Number Card
 RSA_BYTES = 256
 PSS_SALT_LENGTH = 32  # docs/card.md (an assumption: no source gives it)
+_PKCS1 = padding.PKCS1v15()
 # MF-level GET DATA objects of a few bytes (docs/card-spec.md §2.3): card identification,
 # municipality code, expiry, contact ATR; the others (0042, 0066, 00F7, 00F8, 7F21) are
 # key ids and certificates, of sizes no source gives.
@@ -1260,9 +1261,6 @@ def signature_problem(
                 f"{PSS_SALT_LENGTH}-byte salt) of the input"
             )
         return None
-    numbers = public.public_numbers()
-    recovered = pow(int.from_bytes(signature, "big"), numbers.e, numbers.n)
-    block = recovered.to_bytes(RSA_BYTES, "big")
     if scheme == 0:
         payload = data
     elif scheme == 1:
@@ -1270,6 +1268,14 @@ def signature_problem(
     else:
         digest = data if scheme == 2 else hashlib.sha256(data).digest()
         payload = SHA256_DIGEST_INFO + digest
+    try:  # OpenSSL checks the whole type-1 block (00 01, FF only, 00) and gives what follows
+        if public.recover_data_from_signature(signature, _PKCS1, None) == payload:
+            return None
+    except (InvalidSignature, ValueError):
+        pass
+    numbers = public.public_numbers()
+    recovered = pow(int.from_bytes(signature, "big"), numbers.e, numbers.n)
+    block = recovered.to_bytes(RSA_BYTES, "big")
     expected = b"\x00\x01" + b"\xff" * (RSA_BYTES - 3 - len(payload)) + b"\x00" + payload
     if block != expected:
         what = ("the input as sent", "SHA-256 of the input", "a DigestInfo of the input")
