@@ -94,7 +94,7 @@ class EmulatorTarget:
             loaded = load_profile(profile)  # read once: examples and restarts reopen the card
 
             def opener(state: Path) -> CardLike:
-                return open_card(loaded, state)
+                return open_card(loaded, state, exclusive=True)  # a scratch state of its own
 
         self.name = f"emulator ({Path(str(profile)).stem})"
         self._open = opener

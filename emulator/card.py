@@ -149,6 +149,7 @@ def open_card(
     *,
     store_type: type[CardStore] = CardStore,
     handlers: Mapping[int, Mapping[int, Handler]] = commands.DISPATCH,
+    exclusive: bool = False,
 ) -> CardInterface:
     """Open the card personalised from `profile`, keeping its live state in `state_dir`.
 
@@ -156,7 +157,9 @@ def open_card(
     `state_dir` is created (0700) if missing; a live card holding it raises StateLockedError.
     The card comes inside the layers its profile asks for (T=0 chaining). `store_type` and
     `handlers` replace the durable store and the command handlers (fault injection and
-    deliberately broken cards in tests).
+    deliberately broken cards in tests). `exclusive` locks the state's database to this
+    card while it is open (`CardStore.open`): for cards nobody else looks at, such as the
+    conformance bench's scratch cards.
     """
     loaded = profile if isinstance(profile, Profile) else _profiles.load_profile(profile)
     phone = loaded.form != "card"  # a smartphone holds the JPKI-AP alone
@@ -171,6 +174,7 @@ def open_card(
         free_apps=[free_area.record(spec) for spec in loaded.free_area.apps],
         profile_source=_source(loaded),
         free_area=free_area.check_stored,
+        exclusive=exclusive,
     )
     try:
         applications += free_area.installed(store.free_apps())

@@ -113,6 +113,11 @@ def reading(db_path: Path) -> Iterator[None]:
     try:
         yield
     except sqlite3.Error as error:
+        if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
+            raise StateError(
+                f"{db_path}: the card that has it open keeps it locked (opened `exclusive`, "
+                "as the conformance bench's scratch cards are); read it once that card closes"
+            ) from None
         if isinstance(error, sqlite3.OperationalError):
             raise StateError(
                 f"{db_path}: cannot use the card state ({error}); check the file's owner and "

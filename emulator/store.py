@@ -267,6 +267,7 @@ class CardStore:
         free_apps: Sequence[FreeAppRecord],
         profile_source: str = "",
         free_area: FreeAreaCheck | None = None,
+        exclusive: bool = False,
     ) -> CardStore:
         """Open (creating 0700 if missing) and lock `state_dir` for the card of `profile_id`.
 
@@ -275,6 +276,8 @@ class CardStore:
         is opened, every stored value checked (the national PINs against `pins`' maxima);
         StateError if it is damaged, never a fresh card. `free_area` checks the stored
         free-area declarations; `profile_source` is recorded for `mynacard state reset`.
+        `exclusive` keeps the database locked to this card until it closes: a durable write
+        costs half as much, and nothing else (`mynacard state ...`) can read it meanwhile.
         """
         card = Personalisation(
             profile_id, profile_label, profile_source, tuple(pins), free_capacity,
@@ -300,6 +303,8 @@ class CardStore:
                 _belongs(checked, card, state_dir)
                 maxima = {pin.name: pin.max_tries for pin in card.pins}
                 expect_pins(checked.pins, maxima, checked.db_path, "its profile")
+                if exclusive:
+                    checked.conn.execute("PRAGMA locking_mode=EXCLUSIVE")
             except BaseException:
                 checked.conn.close()
                 raise

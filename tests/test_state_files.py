@@ -206,7 +206,7 @@ def test_state_reset_is_the_only_way_to_a_new_card(tmp_path: Path) -> None:
 KILLED_WHILE_BLOCKING = """
 import sys
 from mynacard import open_card
-card = open_card("default", sys.argv[1])
+card = open_card("default", sys.argv[1], exclusive=sys.argv[2] == "exclusive")
 for command in ("00A4040C0AD392F000260100000001", "00A4020C020018", *["002000800439393939"] * 3):
     answer = card.transmit(bytes.fromhex(command))
 print(answer.hex(), flush=True)
@@ -214,12 +214,14 @@ sys.stdin.read()
 """
 
 
-def test_a_wal_deleted_after_kill_9_loses_no_answered_try(tmp_path: Path) -> None:
+@pytest.mark.parametrize("locking", ["shared", "exclusive"])
+def test_a_wal_deleted_after_kill_9_loses_no_answered_try(tmp_path: Path, locking: str) -> None:
     """The counters are in the database file before the card answers: without its -wal and
-    -shm, the card comes back blocked, not full."""
+    -shm, the card comes back blocked, not full (whether others may read it meanwhile or it
+    is locked to the card, as the bench's scratch cards are)."""
     state = tmp_path / "state"
     child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_WHILE_BLOCKING, str(state)],
+        [sys.executable, "-c", KILLED_WHILE_BLOCKING, str(state), locking],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert child.stdout is not None
@@ -228,7 +230,7 @@ def test_a_wal_deleted_after_kill_9_loses_no_answered_try(tmp_path: Path) -> Non
     child.kill()
     child.wait()
     (state / "card.sqlite-wal").unlink()
-    (state / "card.sqlite-shm").unlink()
+    (state / "card.sqlite-shm").unlink(missing_ok=True)
     status = mynacard("status", "--state", state, "--json")
     assert status.returncode == 0
     assert {row["name"]: row["remaining"] for row in json.loads(status.stdout)}["auth"] == 0
@@ -236,6 +238,18 @@ def test_a_wal_deleted_after_kill_9_loses_no_answered_try(tmp_path: Path) -> Non
         for command in JPKI_AUTH:
             card.transmit(bytes.fromhex(command))
         assert card.transmit(bytes.fromhex("002000800431323334"))[0] == 0x69  # still blocked
+
+
+def test_a_card_opened_exclusive_keeps_its_state_to_itself(tmp_path: Path) -> None:
+    """While it is open no other process reads its database (one line, exit 2); once it
+    closes the state is whole and the counters it spent are there."""
+    state = tmp_path / "state"
+    with open_card("default", state, exclusive=True) as card:
+        for command in JPKI_AUTH:
+            card.transmit(bytes.fromhex(command))
+        assert card.transmit(bytes.fromhex("002000800439393939")) == bytes.fromhex("63C2")
+        assert_one_line(mynacard("status", "--state", state), "keeps it locked")
+    assert {p.name: p.remaining for p in read_pin_status(state)}["auth"] == 2
 
 
 def test_a_read_only_database_is_refused(tmp_path: Path) -> None:
