@@ -60,31 +60,6 @@ SELECT_KINDS = (
     *("full", "prefix", "prefix", "away-and-back", "away-and-back"),
     *("national", "unknown", "longer", "isd", "bad-p2"),
 )
-fids = st.one_of(
-    st.integers(0x0001, 0x001E),
-    st.sampled_from([0x3F00, 0x2F10, 0x0000, 0xFFFF, 0x001F]),
-    st.integers(0, 0xFFFF),
-)
-short_le = st.one_of(st.sampled_from([256, 255, 224, 32, 8, 7, 4, 3, 1]), st.integers(1, 256))
-extended_le = st.one_of(st.just(65536), st.integers(1, 65536))
-wrong_values = st.one_of(
-    st.text("0123456789", min_size=4, max_size=4),
-    st.text("0123456789", min_size=1, max_size=16),
-    st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", min_size=6, max_size=16),
-    st.text("abcdefxyz0123456789", min_size=6, max_size=16),
-).map(str.encode) | st.binary(min_size=1, max_size=16)
-payloads = st.one_of(
-    st.tuples(st.sampled_from(sorted(DIGEST_INFO_PREFIXES)), st.binary(max_size=64)).map(
-        lambda pair: DIGEST_INFO_PREFIXES[pair[0]] + hashlib.new(pair[0], pair[1]).digest()
-    ),
-    st.tuples(st.sampled_from(sorted(DIGEST_INFO_WITHOUT_NULL)), st.binary(max_size=8)).map(
-        lambda pair: DIGEST_INFO_WITHOUT_NULL[pair[0]] + hashlib.new(pair[0], pair[1]).digest()
-    ),
-    st.binary(min_size=32, max_size=32),
-    st.binary(min_size=1, max_size=255),
-    st.sampled_from([1, 244, 245, 246]).map(lambda size: b"\x5a" * size),  # P1 00's limits
-    st.just(b""),
-)
 INVARIANT_SECTIONS = {
     "counter": "§7 PINs",
     "query": "§7 PINs",
@@ -92,12 +67,10 @@ INVARIANT_SECTIONS = {
     "protected": "§3 JPKI-AP",
 }
 
-# An index into a table of cases (taken modulo its size): hypothesis draws integers of a
-# wide range close to uniformly, where a narrow one leans hard on its ends.
-picks = st.integers(0, 2**32 - 1)
-# Several such choices at once (`Dice`): one draw where an action would make many, each of
-# which costs the engine more than most actions' own work.
-rolls = st.integers(0, 2**64 - 1)
+# Every choice of a step from one draw (`Dice`): each draw costs the engine more than most
+# actions' own work.  The low 16 bits name the action (`moves`), the other 112 its choices.
+rolls = st.integers(0, 2**128 - 1)
+ROLL_BITS = 112
 
 
 T = TypeVar("T")
@@ -120,6 +93,75 @@ class Dice:
     def coin(self) -> bool:
         return bool(self.below(2))
 
+    def blob(self, size: int, variety: int = 2**16) -> bytes:
+        """`size` bytes, one of `variety` contents for each size (a card's caches see inputs
+        come back, as from a real client)."""
+        return hashlib.shake_128(self.below(variety).to_bytes(4, "big")).digest(size)
+
+    def text(self, alphabet: str, shortest: int, longest: int) -> str:
+        size = shortest + self.below(longest - shortest + 1)
+        return "".join(self.of(alphabet) for _ in range(size))
+
+
+ODD_FIDS = (0x3F00, 0x2F10, 0x0000, 0xFFFF, 0x001F)
+SHORT_LES = (256, 255, 224, 32, 8, 7, 4, 3, 1)
+WRONG_VALUE_FORMATS = (
+    ("0123456789", 4, 4),
+    ("0123456789", 1, 16),
+    ("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", 6, 16),
+    ("abcdefxyz0123456789", 6, 16),
+)
+DIGESTS = tuple(sorted(DIGEST_INFO_PREFIXES))
+DIGESTS_WITHOUT_NULL = tuple(sorted(DIGEST_INFO_WITHOUT_NULL))
+
+
+def any_fid(dice: Dice) -> int:
+    """A short-EF FID, a special one (MF, EF.DIR, 0000, FFFF, 001F) or any at all."""
+    kind = dice.below(3)
+    if kind == 0:
+        return 1 + dice.below(0x1E)
+    return dice.of(ODD_FIDS) if kind == 1 else dice.below(0x10000)
+
+
+def short_le(dice: Dice) -> int:
+    return dice.of(SHORT_LES) if dice.coin() else 1 + dice.below(256)
+
+
+def extended_le(dice: Dice) -> int:
+    return 65536 if dice.coin() else 1 + dice.below(65536)
+
+
+def wrong_value(dice: Dice) -> bytes:
+    """A value that is not the PIN: digits (four, or 1-16), capitals and digits or small
+    letters and digits (6-16), or any bytes (1-16)."""
+    if dice.coin():
+        return dice.blob(1 + dice.below(16))
+    return dice.text(*dice.of(WRONG_VALUE_FORMATS)).encode()
+
+
+def scheme(dice: Dice) -> int:
+    """A P1 of COMPUTE DIGITAL SIGNATURE: mostly one of the six, else any."""
+    return dice.below(6) if dice.below(3) else 6 + dice.below(250)
+
+
+def payload(dice: Dice) -> bytes:
+    """An input to sign: a DigestInfo (with or without NULL parameters), 32 bytes, 1-255
+    bytes, P1 00's limits (1, 244-246 bytes) or nothing."""
+    kind = dice.below(6)
+    if kind == 0:
+        name = dice.of(DIGESTS)
+        digest = hashlib.new(name, dice.blob(dice.below(65), 16)).digest()
+        return DIGEST_INFO_PREFIXES[name] + digest
+    if kind == 1:
+        name = dice.of(DIGESTS_WITHOUT_NULL)
+        digest = hashlib.new(name, dice.blob(dice.below(9), 16)).digest()
+        return DIGEST_INFO_WITHOUT_NULL[name] + digest
+    if kind == 2:
+        return dice.blob(32, 16)
+    if kind == 3:
+        return dice.blob(1 + dice.below(255), 16)
+    return b"\x5a" * dice.of((1, 244, 245, 246)) if kind == 4 else b""
+
 
 SESSION_EVENTS = ("none", "none", *SWEEP_EVENTS, "select-ef")
 # How EXTERNAL AUTHENTICATE is tried (docs/free-area.md: a challenge is good once).
@@ -137,9 +179,6 @@ FRESHNESS = (
     "after-switch",
     "block",
 )
-
-schemes = st.one_of(st.integers(0, 5), st.integers(0, 5), st.integers(6, 255))
-
 
 # -- steps: the machine's one rule chooses among its actions -------------------------------
 
@@ -272,12 +311,7 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     def dice(self, roll: int) -> Dice:
         """`roll` stirred as `mix` does, to take an action's choices from."""
-        return Dice((roll + len(self.bench.transcript) * 0x9E3779B97F4A7C15) % 2**64)
-
-    def mix(self, pick: int) -> int:
-        """`pick` stirred with how far the example has come: hypothesis copies the draws of
-        earlier examples into new ones, and the same case should not come back each time."""
-        return (pick + len(self.bench.transcript) * 0x9E3779B1) % 2**32
+        return Dice((roll + len(self.bench.transcript) * 0x9E3779B97F4A7C15) % 2**ROLL_BITS)
 
     def enter(self, app: AppSpec) -> None:
         """SELECT `app` unless it is the selected application."""
@@ -305,13 +339,14 @@ class ConformanceMachine(RuleBasedStateMachine):
         if apps and anywhere:
             self.send(select_aid(apps[index % len(apps)].aid))
 
-    @action(roll=rolls, noise=st.binary(min_size=1, max_size=16))
-    def select_application(self, roll: int, noise: bytes) -> None:
+    @action(roll=rolls)
+    def select_application(self, roll: int) -> None:
         """SELECT by DF name: an application on the card (full AID or a prefix), any national
         AP (present or not), an unknown or too long name, the ISD, or away and back."""
         dice = self.dice(roll)
         kind = dice.of(SELECT_KINDS)
         index, cut, fci = dice.below(len(CATALOGUE)), dice.below(16), dice.coin()
+        noise = dice.blob(1 + dice.below(16))
         model = self.bench.model
         present = model.present_apps()
         app = present[index % len(present)] if present and kind != "national" else CATALOGUE[index]
@@ -339,18 +374,19 @@ class ConformanceMachine(RuleBasedStateMachine):
         p2 = 0x04 if kind == "bad-p2" else 0x00 if fci else 0x0C
         self.send(select_aid(name, p2))
 
-    @action(index=st.one_of(st.integers(0, 15), st.integers(0, 15), st.none()), fid=fids)
-    def select_file(self, index: int | None, fid: int) -> None:
+    @action(roll=rolls)
+    def select_file(self, roll: int) -> None:
         """SELECT EF: mostly an object of the selected application, sometimes any FID."""
-        app = self.bench.model.app
-        if index is not None and app is not None:
-            fid = app.fids[index % len(app.fids)]
+        dice = self.dice(roll)
+        app, index, fid = self.bench.model.app, dice.below(3), any_fid(dice)
+        if index and app is not None:
+            fid = app.fids[dice.below(16) % len(app.fids)]
         self.send(select_ef(fid))
 
     # -- READ BINARY / READ RECORD ------------------------------------------------------
 
-    @action(roll=rolls, delta=st.integers(0, 300), le=short_le, long_le=extended_le)
-    def read_binary(self, roll: int, delta: int, le: int, long_le: int) -> None:
+    @action(roll=rolls)
+    def read_binary(self, roll: int) -> None:
         """READ BINARY of an EF (selected first, by SFI, or the current one), at offsets
         around its end; a third of the time after VERIFY of its PIN."""
         dice = self.dice(roll)
@@ -358,6 +394,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         where = dice.of(("start", "inside", "end", "end", "past", "anywhere"))
         shape = dice.of(("normal", "normal", "normal", "normal", "no-le", "with-data"))
         extended, login = dice.coin(), dice.below(3)
+        delta, le, long_le = dice.below(301), short_le(dice), extended_le(dice)
         model = self.bench.model
         ef = self.pick_ef(index)
         if how == "current" or ef is None:
@@ -536,10 +573,8 @@ class ConformanceMachine(RuleBasedStateMachine):
             self.send(select_ef(pin.fid))
         self.send(verify(value, p2))
 
-    @action(
-        roll=rolls, wrong=wrong_values, when=in_session(lambda self: bool(self.bench.model.pins()))
-    )
-    def verify_wrong_pin(self, roll: int, wrong: bytes) -> None:
+    @action(roll=rolls, when=in_session(lambda self: bool(self.bench.model.pins())))
+    def verify_wrong_pin(self, roll: int) -> None:
         """VERIFY with a wrong value (right or wrong format).  On a disposable card, one time
         in eight until the key is blocked and once more, then CHANGE with that value (a
         blocked key answers blocked, an unverified one 6982, whatever its count); on any
@@ -547,6 +582,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         correct value."""
         dice = self.dice(roll)
         index, by_sfi, until_blocked = dice.below(8), dice.coin(), dice.below(8)
+        wrong = wrong_value(dice)
         found = self.pick_pin(index)
         if found is None:
             return
@@ -570,13 +606,8 @@ class ConformanceMachine(RuleBasedStateMachine):
         if self.query_then(pin, p2, wrong) is not None:
             self.query_then(pin, p2, correct)
 
-    @action(
-        roll=rolls,
-        new=st.text("0123456789", min_size=14, max_size=14),
-        long_new=st.text("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789", min_size=6, max_size=16),
-        when=in_session(lambda self: bool(self.bench.model.pins())),
-    )
-    def change_pin(self, roll: int, new: str, long_new: str) -> None:
+    @action(roll=rolls, when=in_session(lambda self: bool(self.bench.model.pins())))
+    def change_pin(self, roll: int) -> None:
         """CHANGE REFERENCE DATA / CHANGE KEY, mostly right after VERIFY of the old value.
         On a card that is not disposable only to the same value (nothing changes)."""
         dice = self.dice(roll)
@@ -603,10 +634,11 @@ class ConformanceMachine(RuleBasedStateMachine):
         elif kind == "empty":
             value = b""
         elif pin.value_format.startswith("[A-Z"):
-            value = long_new.encode()
+            value = dice.text("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789", 6, 16).encode()
         else:
             digits = pin.value_format.removeprefix("[0-9]{").removesuffix("}")
-            value = new[: int(digits) if digits.isdigit() else 4].encode()
+            size = int(digits) if digits.isdigit() else 4
+            value = dice.text("0123456789", size, size).encode()
         change_ins = pin.change_ins or INS.CHANGE_REFERENCE_DATA
         if kind == "other-ins":
             swap = {
@@ -694,14 +726,15 @@ class ConformanceMachine(RuleBasedStateMachine):
         p2 = {"sfi": 0x80 | key.fid, "default": 0x00 if key.default else 0x80}.get(form, 0x80)
         self.send(Apdu(0x80, INS.COMPUTE_SIGNATURE, scheme, p2, payload, le=256).encode())
 
-    @action(roll=rolls, scheme=schemes, payload=payloads)
-    def sign(self, roll: int, scheme: int, payload: bytes) -> None:
+    @action(roll=rolls)
+    def sign(self, roll: int) -> None:
         """COMPUTE DIGITAL SIGNATURE with every P1 scheme and digest size, half the time
         after VERIFY of the key's PIN; the signature is checked with the card's certificate."""
         dice = self.dice(roll)
         index = dice.below(4)
         form = dice.of(("select", "select", "sfi", "current", "default", "other-p2"))
         login, extended = dice.coin(), dice.below(10)
+        p1, data = scheme(dice), payload(dice)
         found = self.pick_key(index)
         if found is not None and login:
             self.log_in(*(found[0], found[1].use))
@@ -709,16 +742,16 @@ class ConformanceMachine(RuleBasedStateMachine):
         if form == "select":
             self.send(select_ef(fid))
         p2 = {"sfi": 0x80 | fid, "default": 0x00, "other-p2": 0x01}.get(form, 0x80)
-        long_form = extended == 0 and len(payload) > 0 and self.bench.extended_ok
-        command = Apdu(0x80, INS.COMPUTE_SIGNATURE, scheme, p2, payload, le=256, extended=long_form)
+        long_form = extended == 0 and len(data) > 0 and self.bench.extended_ok
+        command = Apdu(0x80, INS.COMPUTE_SIGNATURE, p1, p2, data, le=256, extended=long_form)
         self.send(command.encode())
 
-    @action(
-        le=st.one_of(st.integers(1, 256), st.just(8), st.just(16)),
-        shape=st.sampled_from(["normal", "normal", "normal", "extended", "p1", "no-le"]),
-    )
-    def get_challenge(self, le: int, shape: str) -> None:
+    @action(roll=rolls)
+    def get_challenge(self, roll: int) -> None:
         """GET CHALLENGE: Le random bytes; extended Le is refused (6985)."""
+        dice = self.dice(roll)
+        le = dice.of((1 + dice.below(256), 8, 16))
+        shape = dice.of(("normal", "normal", "normal", "extended", "p1", "no-le"))
         if shape == "extended" and not self.bench.extended_ok:
             shape = "normal"
         apdu = Apdu(
@@ -766,13 +799,8 @@ class ConformanceMachine(RuleBasedStateMachine):
             for operation, _rule in ef.writes
         ]
 
-    @action(
-        pick=picks,
-        variant=picks,
-        by_sfi=st.booleans(),
-        when=lambda self: not self.careful and bool(self.free_cases()),
-    )
-    def free_area_write(self, pick: int, variant: int, by_sfi: bool) -> None:
+    @action(roll=rolls, when=lambda self: not self.careful and bool(self.free_cases()))
+    def free_area_write(self, roll: int) -> None:
         """A free-area write at its edges, in a fresh session under one credential state
         (half the time what the EF's rule asks for; else nothing, a PIN or a key alone, a
         pair): UPDATE BINARY across and at the end,
@@ -781,7 +809,8 @@ class ConformanceMachine(RuleBasedStateMachine):
         of a counter above its maximum; then the EF is read back whole."""
         bench, model = self.bench, self.bench.model
         cases = self.free_cases()
-        pick, variant = self.mix(pick), self.mix(variant)
+        dice = self.dice(roll)
+        pick, variant, by_sfi = dice.below(2**32), dice.below(2**32), dice.coin()
         app, ef, operation = cases[pick % len(cases)]
         rule = ef.rule(operation)
         fitting = [(c,) for c in bench.credentials(app) if c.opens in rule]
@@ -982,8 +1011,8 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     # -- what no client sends (only where nothing real can be harmed) --------------------
 
-    @action(roll=rolls, body=st.binary(min_size=1, max_size=12), when=lambda self: not self.careful)
-    def odd_command(self, roll: int, body: bytes) -> None:
+    @action(roll=rolls, when=lambda self: not self.careful)
+    def odd_command(self, roll: int) -> None:
         """Classes other than 00 / 80 (channels, secure messaging, chaining, the reserved
         20-3F, proprietary ones), SELECT by FID with a P2 other than 0C, unknown
         instructions, broken length fields, SELECT of the MF, SET SESSION KEY with a random
@@ -991,6 +1020,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         dice = self.dice(roll)
         kind = dice.of(("class", "instruction", "length", "master-file", "session-key", "ef-p2"))
         cla, ins, lc = dice.of(ODD_CLASSES), dice.of(ODD_INSTRUCTIONS), 1 + dice.below(255)
+        body = dice.blob(1 + dice.below(12))
         if kind == "class":
             command = bytes((cla, ins, 0x00, 0x00))
         elif kind == "instruction":

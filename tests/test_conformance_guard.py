@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import FlakyStrategyDefinition
 
+from mynacard import open_card
 from mynacard.cli import main as mynacard
 from mynacard.conformance import runner
 from mynacard.conformance.apdu import Apdu, select_aid, select_ef, verify
@@ -36,7 +37,8 @@ class KeptCard(TargetLayer):
     """The emulator as a card whose state is kept: `fresh` is only a reset."""
 
     def __init__(self) -> None:
-        self.emulator = EmulatorTarget("default")
+        # not `exclusive`: `counters` reads its state while it is open
+        self.emulator = EmulatorTarget("default", opener=lambda state: open_card("default", state))
         super().__init__(self.emulator)
         self.name, self.disposable = "kept emulator", False
         self.sent: list[bytes] = []
