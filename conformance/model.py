@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo, Prehashed
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.cmac import CMAC
 
@@ -1269,7 +1269,7 @@ def signature_problem(
         digest = data if scheme == 2 else hashlib.sha256(data).digest()
         payload = SHA256_DIGEST_INFO + digest
     try:  # OpenSSL checks the whole type-1 block (00 01, FF only, 00) and gives what follows
-        if public.recover_data_from_signature(signature, _PKCS1, None) == payload:
+        if public.recover_data_from_signature(signature, _PKCS1, NoDigestInfo()) == payload:
             return None
     except (InvalidSignature, ValueError):
         pass

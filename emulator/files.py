@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives import cmac, hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo, Prehashed
 from cryptography.hazmat.primitives.ciphers.algorithms import AES
 
 from .apdu import SW, StatusError
@@ -131,18 +131,11 @@ class Pin:
         return re.fullmatch(self.value_format, value.decode("latin-1")) is not None
 
 
-# DER DigestInfo prefixes (RFC 8017 §9.2 note 1), by total DigestInfo length.
-_DIGEST_INFOS: dict[int, tuple[bytes, hashes.HashAlgorithm]] = {
-    35: (bytes.fromhex("3021300906052b0e03021a05000414"), hashes.SHA1()),
-    47: (bytes.fromhex("302d300d06096086480165030402040500041c"), hashes.SHA224()),
-    51: (bytes.fromhex("3031300d060960864801650304020105000420"), hashes.SHA256()),
-    67: (bytes.fromhex("3041300d060960864801650304020205000430"), hashes.SHA384()),
-    83: (bytes.fromhex("3051300d060960864801650304020305000440"), hashes.SHA512()),
-}
 _PKCS1 = padding.PKCS1v15()
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
 _SHA256 = hashes.SHA256()
 _PREHASHED_SHA256 = Prehashed(_SHA256)
+_NO_DIGEST_INFO = NoDigestInfo()  # the input padded as it is
 
 
 class SignatureScheme:
@@ -173,19 +166,7 @@ class RsaKey:
     key: RSAPrivateKey
     use: Access
     internal_authenticate: bool = False
-    _crt: tuple[int, int, int, int, int, int] = field(init=False, repr=False)
     _signed: dict[tuple[int, bytes], bytes] = field(init=False, repr=False, default_factory=dict)
-
-    def __post_init__(self) -> None:
-        numbers = self.key.private_numbers()
-        self._crt = (
-            numbers.public_numbers.n,
-            numbers.p,
-            numbers.q,
-            numbers.dmp1,
-            numbers.dmq1,
-            numbers.iqmp,
-        )
 
     def sign(self, scheme: int, data: bytes) -> bytes:
         """Sign `data` under the P1 `scheme`; a bad input length raises StatusError(6700).
@@ -204,7 +185,7 @@ class RsaKey:
 
     def _sign(self, scheme: int, data: bytes) -> bytes:
         if scheme == SignatureScheme.RAW_PKCS1:
-            return self._sign_padded(data)
+            return self._raw_pkcs1(data)
         if not data:
             raise StatusError(SW.WRONG_LENGTH)
         if scheme == SignatureScheme.HASH_BARE_PKCS1:
@@ -227,28 +208,12 @@ class RsaKey:
             raise StatusError(SW.WRONG_LENGTH)
         return self.sign(SignatureScheme.HASH_PKCS1, challenge)
 
-    def _sign_padded(self, data: bytes) -> bytes:
-        """PKCS#1 v1.5 type-1 padding of `data` exactly as given, then the private operation.
-
-        A standard DigestInfo goes through `cryptography` (same bytes, OpenSSL speed); any
-        other input (a DigestInfo without NULL parameters, raw bytes) is padded here.
-        """
-        known = _DIGEST_INFOS.get(len(data))
-        if known is not None and data.startswith(known[0]):
-            return self.key.sign(data[len(known[0]) :], _PKCS1, Prehashed(known[1]))
-        return self._raw_pkcs1(data)
-
     def _raw_pkcs1(self, data: bytes) -> bytes:
-        n, p, q, dp, dq, qinv = self._crt
-        k = (n.bit_length() + 7) // 8
-        if not 1 <= len(data) <= k - 11:
+        """PKCS#1 v1.5 type-1 padding of `data` exactly as given (no DigestInfo added), then
+        the private operation; 1 to k - 11 bytes (6700 otherwise)."""
+        if not 1 <= len(data) <= self.key.key_size // 8 - 11:
             raise StatusError(SW.WRONG_LENGTH)
-        block = b"\x00\x01" + b"\xff" * (k - 3 - len(data)) + b"\x00" + data
-        m = int.from_bytes(block, "big")
-        m1 = pow(m, dp, p)
-        m2 = pow(m, dq, q)
-        h = (qinv * (m1 - m2)) % p
-        return (m2 + h * q).to_bytes(k, "big")
+        return self.key.sign(data, _PKCS1, _NO_DIGEST_INFO)
 
 
 @dataclass(frozen=True, slots=True)
