@@ -185,25 +185,24 @@ FRESHNESS = (
 
 @dataclass(frozen=True)
 class Action:
-    """One kind of step: a method of the machine, its arguments' strategies, and when it may
-    run (None: always)."""
+    """One kind of step: a method of the machine that takes its roll (every choice it
+    makes), and when it may run (None: always)."""
 
     name: str
-    body: Callable[..., None]
-    arguments: tuple[tuple[str, st.SearchStrategy[Any]], ...]
+    body: Callable[[Any, int], None]
     when: Callable[[Any], bool] | None
 
 
 ACTIONS: list[Action] = []  # every action of ConformanceMachine, in the order defined
 
+Body = TypeVar("Body", bound=Callable[[Any, int], None])
 
-def action(
-    when: Callable[[Any], bool] | None = None, **arguments: st.SearchStrategy[Any]
-) -> Callable[[Callable[..., None]], Callable[..., None]]:
+
+def action(when: Callable[[Any], bool] | None = None) -> Callable[[Body], Body]:
     """Make a method an action of the machine (as `@rule` and `@precondition` would)."""
 
-    def register(body: Callable[..., None]) -> Callable[..., None]:
-        ACTIONS.append(Action(body.__name__, body, tuple(arguments.items()), when))
+    def register(body: Body) -> Body:
+        ACTIONS.append(Action(body.__name__, body, when))
         return body
 
     return register
@@ -216,26 +215,6 @@ def in_session(holds: Callable[[ConformanceMachine], bool]) -> Callable[[Any], b
     transcript's length, so the session after the same draws differs between an example
     and its replay: an action that read it would appear or vanish (FlakyStrategyDefinition)."""
     return lambda machine: machine.careful or holds(machine)
-
-
-THE_MACHINE = st.runner()  # the running machine (one strategy: each new one is validated)
-
-
-@st.composite
-def moves(draw: st.DrawFn) -> tuple[Action, dict[str, Any]]:
-    """A step's action and its arguments, drawn when the step starts: the low 16 bits of a
-    roll name the action among those that may run now (`ConformanceMachine.choose`), the
-    rest of the roll is its `rolls` argument, its other arguments are drawn.  (Drawing them
-    here, not from `st.data()` inside the step, spares hypothesis a third of its per-step
-    work: docs/benchmarks.md.)"""
-    machine = draw(THE_MACHINE)
-    roll = draw(rolls)
-    chosen = machine.choose(roll & 0xFFFF)
-    arguments = {
-        name: roll >> 16 if strategy is rolls else draw(strategy)
-        for name, strategy in chosen.arguments
-    }
-    return chosen, arguments
 
 
 class ConformanceMachine(RuleBasedStateMachine):
@@ -252,14 +231,14 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     # -- steps ----------------------------------------------------------------------------
 
-    @rule(move=moves())
-    def step(self, move: tuple[Action, dict[str, Any]]) -> None:
-        """One action (the "stateful step" the statistics count), as `moves` drew it.  The
-        machine's only rule: hypothesis pays for every rule it considers at each step, an
-        action only when it runs."""
+    @rule(roll=rolls)
+    def step(self, roll: int) -> None:
+        """One action (the "stateful step" the statistics count): the low 16 bits of `roll`
+        name it among those that may run now, the rest are its own choices.  The machine's
+        only rule, with one draw: hypothesis pays for every rule it considers and for every
+        draw, at every step (docs/benchmarks.md)."""
         self.bench.stats.rule_steps += 1
-        chosen, arguments = move
-        chosen.body(self, **arguments)
+        self.choose(roll & 0xFFFF).body(self, roll >> 16)
         self.answers_keep_the_invariants()
 
     def choose(self, pick: int) -> Action:
@@ -342,7 +321,7 @@ class ConformanceMachine(RuleBasedStateMachine):
             self.send(select_aid(apps[index % len(apps)].aid))
         self.answers_keep_the_invariants()
 
-    @action(roll=rolls)
+    @action()
     def select_application(self, roll: int) -> None:
         """SELECT by DF name: an application on the card (full AID or a prefix), any national
         AP (present or not), an unknown or too long name, the ISD, or away and back."""
@@ -377,7 +356,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         p2 = 0x04 if kind == "bad-p2" else 0x00 if fci else 0x0C
         self.send(select_aid(name, p2))
 
-    @action(roll=rolls)
+    @action()
     def select_file(self, roll: int) -> None:
         """SELECT EF: mostly an object of the selected application, sometimes any FID."""
         dice = self.dice(roll)
@@ -388,7 +367,7 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     # -- READ BINARY / READ RECORD ------------------------------------------------------
 
-    @action(roll=rolls)
+    @action()
     def read_binary(self, roll: int) -> None:
         """READ BINARY of an EF (selected first, by SFI, or the current one), at offsets
         around its end; a third of the time after VERIFY of its PIN."""
@@ -436,7 +415,7 @@ class ConformanceMachine(RuleBasedStateMachine):
             return size + delta % 16
         return delta % 256
 
-    @action(roll=rolls)
+    @action()
     def read_at_the_edges(self, roll: int) -> None:
         """READ BINARY of any transparent EF of known size (after its PIN), at one of its
         edges: offsets 0, 1, the last byte, the end and past it, with Le of 1, what is left
@@ -467,7 +446,7 @@ class ConformanceMachine(RuleBasedStateMachine):
             p1, p2 = offset >> 8, offset & 0xFF
         self.send(Apdu(0x00, INS.READ_BINARY, p1, p2, le=le, extended=le > 256).encode())
 
-    @action(roll=rolls)
+    @action()
     def access_matrix(self, roll: int) -> None:
         """One application under one credential state (nothing, each PIN or code alone, each
         pair), then a session event (none, a re-SELECT of the AP, the ISD, a warm reset, a
@@ -483,7 +462,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         event, by_sfi = dice.of(SESSION_EVENTS), dice.coin()
         bench.check_access(app, credentials, event, by_sfi, dice.below(2**32))
 
-    @action(roll=rolls)
+    @action()
     def probe_access_control(self, roll: int) -> None:
         """Read a PIN-protected EF, or sign with a PIN-protected key, of any application
         without VERIFY: as the session is, after a reset, or after selecting another
@@ -521,7 +500,7 @@ class ConformanceMachine(RuleBasedStateMachine):
             command = Apdu(0x00, INS.READ_BINARY, p1, 0x00, le=256)
         self.send(command.encode())
 
-    @action(roll=rolls)
+    @action()
     def read_record(self, roll: int) -> None:
         """READ RECORD of an EF of the application, selected first or by SFI."""
         dice = self.dice(roll)
@@ -536,7 +515,7 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     # -- PINs ---------------------------------------------------------------------------
 
-    @action(roll=rolls)
+    @action()
     def retry_query(self, roll: int) -> None:
         """VERIFY with no data (the retry query), in the forms clients use and a few others."""
         dice = self.dice(roll)
@@ -554,7 +533,6 @@ class ConformanceMachine(RuleBasedStateMachine):
         self.send(Apdu(0x00, INS.VERIFY, p1, p2, le=le).encode())
 
     @action(
-        roll=rolls,
         when=in_session(lambda m: any(m.bench.model.value(*p) for p in m.bench.model.pins())),
     )
     def verify_correct_pin(self, roll: int) -> None:
@@ -576,7 +554,7 @@ class ConformanceMachine(RuleBasedStateMachine):
             self.send(select_ef(pin.fid))
         self.send(verify(value, p2))
 
-    @action(roll=rolls, when=in_session(lambda self: bool(self.bench.model.pins())))
+    @action(when=in_session(lambda self: bool(self.bench.model.pins())))
     def verify_wrong_pin(self, roll: int) -> None:
         """VERIFY with a wrong value (right or wrong format).  On a disposable card, one time
         in eight until the key is blocked and once more, then CHANGE with that value (a
@@ -609,7 +587,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         if self.query_then(pin, p2, wrong) is not None:
             self.query_then(pin, p2, correct)
 
-    @action(roll=rolls, when=in_session(lambda self: bool(self.bench.model.pins())))
+    @action(when=in_session(lambda self: bool(self.bench.model.pins())))
     def change_pin(self, roll: int) -> None:
         """CHANGE REFERENCE DATA / CHANGE KEY, mostly right after VERIFY of the old value.
         On a card that is not disposable only to the same value (nothing changes)."""
@@ -651,7 +629,7 @@ class ConformanceMachine(RuleBasedStateMachine):
             change_ins = swap[INS(change_ins)]
         self.send(change_command(change_ins, value))
 
-    @action(roll=rolls, when=lambda self: bool(self.bench.model.facts.pin_values))
+    @action(when=lambda self: bool(self.bench.model.facts.pin_values))
     def verify_near_miss(self, roll: int) -> None:
         """VERIFY with a value close to a PIN the run knows (a prefix, one character more or
         changed, another case, padding, full-width digits, Lc up to 255), then the right
@@ -679,9 +657,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         self.send(verify(wrong, p2))
         self.send(verify(value, p2))
 
-    @action(
-        roll=rolls, when=lambda self: not self.careful and bool(self.bench.model.facts.pin_values)
-    )
+    @action(when=lambda self: not self.careful and bool(self.bench.model.facts.pin_values))
     def change_outside_format(self, roll: int) -> None:
         """CHANGE REFERENCE DATA / CHANGE KEY, right after VERIFY, to a value one step outside
         the PIN's format (a character too few or too many, one outside the alphabet, more
@@ -704,7 +680,7 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     # -- keys ---------------------------------------------------------------------------
 
-    @action(roll=rolls)
+    @action()
     def sign_every_scheme(self, roll: int) -> None:
         """Each P1 of COMPUTE DIGITAL SIGNATURE with an input made for it, by every signing
         key of the card after its PIN: the signature must be exactly that scheme (P1 00 the
@@ -729,7 +705,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         p2 = {"sfi": 0x80 | key.fid, "default": 0x00 if key.default else 0x80}.get(form, 0x80)
         self.send(Apdu(0x80, INS.COMPUTE_SIGNATURE, scheme, p2, payload, le=256).encode())
 
-    @action(roll=rolls)
+    @action()
     def sign(self, roll: int) -> None:
         """COMPUTE DIGITAL SIGNATURE with every P1 scheme and digest size, half the time
         after VERIFY of the key's PIN; the signature is checked with the card's certificate."""
@@ -749,7 +725,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         command = Apdu(0x80, INS.COMPUTE_SIGNATURE, p1, p2, data, le=256, extended=long_form)
         self.send(command.encode())
 
-    @action(roll=rolls)
+    @action()
     def get_challenge(self, roll: int) -> None:
         """GET CHALLENGE: Le random bytes; extended Le is refused (6985)."""
         dice = self.dice(roll)
@@ -773,7 +749,7 @@ class ConformanceMachine(RuleBasedStateMachine):
             answer[:-2] if answer is not None and sw_of(answer) == SW.OK else b""
         )
 
-    @action(roll=rolls, when=lambda self: bool(self.challenges))
+    @action(when=lambda self: bool(self.challenges))
     def internal_authenticate(self, roll: int) -> None:
         """INTERNAL AUTHENTICATE of a challenge the card gave (one GET CHALLENGE kept)."""
         dice = self.dice(roll)
@@ -802,7 +778,7 @@ class ConformanceMachine(RuleBasedStateMachine):
             for operation, _rule in ef.writes
         ]
 
-    @action(roll=rolls, when=lambda self: not self.careful and bool(self.free_cases()))
+    @action(when=lambda self: not self.careful and bool(self.free_cases()))
     def free_area_write(self, roll: int) -> None:
         """A free-area write at its edges, in a fresh session under one credential state
         (half the time what the EF's rule asks for; else nothing, a PIN or a key alone, a
@@ -881,7 +857,7 @@ class ConformanceMachine(RuleBasedStateMachine):
             if app.free_area
         ]
 
-    @action(roll=rolls, when=lambda self: not self.careful and bool(self.aes_keys()))
+    @action(when=lambda self: not self.careful and bool(self.aes_keys()))
     def external_authenticate(self, roll: int) -> None:
         """GET CHALLENGE and EXTERNAL AUTHENTICATE: a fresh challenge answered right opens
         the key, once; the same answer again, an answer to an older challenge, to none, to
@@ -941,7 +917,7 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     # -- power --------------------------------------------------------------------------
 
-    @action(roll=rolls)
+    @action()
     def reset_or_power_cycle(self, roll: int) -> None:
         """Warm reset or power cycle: the session ends, the counters stay (half the time
         read back at once in the application the card was in)."""
@@ -958,16 +934,16 @@ class ConformanceMachine(RuleBasedStateMachine):
                 self.send(verify(b"", 0x80 | pin.fid))
 
     @action(when=lambda self: self.bench.restartable)
-    def power_loss(self) -> None:
+    def power_loss(self, roll: int) -> None:
         """A power loss or a process restart between two commands (disposable targets with
         `restart`): the card is closed and opened again from its state directory and every
         counter is read back at once. When nothing it must keep has changed since it was
         powered on, a wrong VERIFY first gives it something to lose (the right one puts the
         counter back after). A power cycle instead once the example or the run has had its
         restarts; the same commands around it either way, so what rules may run next does
-        not depend on that (hypothesis replays examples)."""
+        not depend on that (hypothesis replays examples); the roll picks the PIN."""
         bench = self.bench
-        spent = None if bench.kept_changed else self.spend_a_try()
+        spent = None if bench.kept_changed else self.spend_a_try(roll)
         if bench.may_restart:
             bench.restart()
         else:
@@ -979,21 +955,16 @@ class ConformanceMachine(RuleBasedStateMachine):
             self.send(verify(value, 0x80 | pin.fid))
         bench.reset()
 
-    def spend_a_try(self) -> tuple[AppSpec, PinSpec, bytes] | None:
-        """A wrong VERIFY (one character off) of the first PIN the run knows that has tries
-        to spare; the PIN and its right value, or None if there is none."""
-        model = self.bench.model
-        for app in model.present_apps():
-            for pin in app.pins:
-                key = (app.aid, pin.fid)
-                value, remaining = model.values.get(key), model.counters.get(key)
-                present = model.facts.present(app, pin.fid) is True
-                if not present or not value or not remaining or remaining < 2:
-                    continue
-                self.send(select_aid(app.aid))
-                self.send(verify(near_misses(value)["change"][0], 0x80 | pin.fid))
-                return app, pin, value
-        return None
+    def spend_a_try(self, roll: int) -> tuple[AppSpec, PinSpec, bytes] | None:
+        """A wrong VERIFY (one character off) of a PIN the run knows that has tries to
+        spare, chosen by `roll`; the PIN and its right value, or None if there is none."""
+        spare = self.bench.known_pins(spare=2)
+        if not spare:
+            return None
+        app, pin, value = self.dice(roll).of(spare)
+        self.send(select_aid(app.aid))
+        self.send(verify(near_misses(value)["change"][0], 0x80 | pin.fid))
+        return app, pin, value
 
     def look_back(self) -> None:
         """Read every PIN counter of every application (the retry query costs nothing)."""
@@ -1003,18 +974,17 @@ class ConformanceMachine(RuleBasedStateMachine):
             for _app, pin in model.pins():
                 self.send(verify(b"", 0x80 | pin.fid))
 
-    @action(
-        seed=st.binary(min_size=32, max_size=32),
-        steps=st.lists(st.sampled_from(SM_STEPS)),
-        when=lambda self: not self.careful and self.bench.extended_ok,
-    )
-    def secure_messaging_session(self, seed: bytes, steps: list[str]) -> None:
-        """docs/secure-messaging.md: open, use, break and reopen a session, byte for byte."""
+    @action(when=lambda self: not self.careful and self.bench.extended_ok)
+    def secure_messaging_session(self, roll: int) -> None:
+        """docs/secure-messaging.md: open, use, break and reopen a session, byte for byte
+        (a session key seed and up to 12 steps)."""
+        dice = self.dice(roll)
+        seed, steps = dice.blob(32), [dice.of(SM_STEPS) for _ in range(dice.below(13))]
         secure_messaging.session_rule(self, seed, steps)
 
     # -- what no client sends (only where nothing real can be harmed) --------------------
 
-    @action(roll=rolls, when=lambda self: not self.careful)
+    @action(when=lambda self: not self.careful)
     def odd_command(self, roll: int) -> None:
         """Classes other than 00 / 80 (channels, secure messaging, chaining, the reserved
         20-3F, proprietary ones), SELECT by FID with a P2 other than 0C, unknown
