@@ -292,21 +292,23 @@ class Interrupt:
 
 class Instruments:
     """Watches a bench while it runs, without changing what it checks: the time of the
-    exchanges counted in each spec section, the answer behind each deviation, and Ctrl-C
-    before every exchange."""
+    exchanges counted in each spec section (from the start of the exchange until it is
+    counted there), the answer behind each deviation, and Ctrl-C before every exchange."""
 
     def __init__(self, bench: Bench, interrupt: Interrupt) -> None:
         self.bench = bench
         self.interrupt = interrupt
-        self.timing = True
         self.times: dict[str, float] = {}
         self.evidence: weakref.WeakKeyDictionary[Deviation, Evidence] = weakref.WeakKeyDictionary()
-        self._touched: list[str] = []
+        self._exchange: list[Any] = [0.0, None]  # when the exchange began, the section noted last
         self._installed: list[tuple[object, str]] = []
-        section = bench.stats.section
+        section, times, exchange = bench.stats.section, self.times, self._exchange
+        clock = time.perf_counter
 
         def noting(name: str) -> Any:
-            self._touched.append(name)
+            if name != exchange[1]:  # an exchange counted twice in one section: timed once
+                exchange[1] = name
+                times[name] = times.get(name, 0.0) + clock() - exchange[0]
             return section(name)
 
         self._install(bench.stats, "section", noting)
@@ -320,7 +322,6 @@ class Instruments:
 
     def stop_clocks(self) -> None:
         """No more timing (Ctrl-C and the deviations are still watched)."""
-        self.timing = False
         if (self.bench.stats, "section") in self._installed:
             self._installed.remove((self.bench.stats, "section"))
             del self.bench.stats.section
@@ -331,25 +332,12 @@ class Instruments:
         self._installed.clear()
 
     def _timed(self, method: Callable[..., Any]) -> Callable[..., Any]:
-        touched, times, clock, check = (
-            self._touched,
-            self.times,
-            time.perf_counter,
-            self.interrupt.check,
-        )
+        exchange, clock, check = self._exchange, time.perf_counter, self.interrupt.check
 
         def timed(*args: Any) -> Any:
             check()
-            if not self.timing:
-                return method(*args)
-            mark, started = len(touched), clock()
-            try:
-                return method(*args)
-            finally:
-                spent = clock() - started
-                for name in set(touched[mark:]):
-                    times[name] = times.get(name, 0.0) + spent
-                del touched[mark:]
+            exchange[0], exchange[1] = clock(), None
+            return method(*args)
 
         return timed
 
