@@ -174,8 +174,10 @@ def parse_cvc(data: bytes) -> CvCertificate:
     )
 
 
+@functools.lru_cache(maxsize=64)
 def sign_sha256(key: rsa.RSAPrivateKey, message: bytes) -> bytes:
-    """PKCS#1 v1.5 signature of SHA-256(message): how the 券面 APs' records are signed."""
+    """PKCS#1 v1.5 signature of SHA-256(message): how the 券面 APs' records are signed (the
+    same bytes every time: each card opened from a profile signs them once per process)."""
     return key.sign(message, _PKCS1, _SHA256)
 
 
