@@ -625,9 +625,11 @@ class Bench:
         return [(), *((one,) for one in found), *itertools.combinations(found, 2)]
 
     def open_with(self, app: AppSpec, credential: Credential) -> None:
-        """VERIFY the PIN (after the retry query), or EXTERNAL AUTHENTICATE with the key."""
+        """VERIFY the PIN (after the retry query where the guard wants it), or EXTERNAL
+        AUTHENTICATE with the key."""
         if credential.pin is not None:
-            self.send(verify(b"", 0x80 | credential.pin.fid))
+            if not self.disposable:
+                self.send(verify(b"", 0x80 | credential.pin.fid))
             self.send(verify(credential.value, 0x80 | credential.pin.fid))
             return
         self.authenticate(app, credential.key, self.challenge(16))

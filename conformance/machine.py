@@ -295,7 +295,9 @@ class ConformanceMachine(RuleBasedStateMachine):
         return self.send(verify(value, p2))
 
     def dice(self, roll: int) -> Dice:
-        """`roll` stirred as `mix` does, to take an action's choices from."""
+        """`roll` stirred with how far the example has come, to take an action's choices
+        from: hypothesis copies the draws of earlier examples into new ones, and the same
+        case should not come back each time."""
         return Dice((roll + len(self.bench.transcript) * 0x9E3779B97F4A7C15) % 2**ROLL_BITS)
 
     def enter(self, app: AppSpec) -> None:
@@ -304,13 +306,18 @@ class ConformanceMachine(RuleBasedStateMachine):
             self.send(select_aid(app.aid))
 
     def log_in(self, app: AppSpec, pins: frozenset[int]) -> None:
-        """VERIFY the first of `pins` whose value is known (nothing if none is)."""
+        """VERIFY (by SFI) the first of `pins` whose value is known, nothing if none is; the
+        retry query first where the guard wants it (a disposable card is logged in to as a
+        client does, its counters are read elsewhere)."""
         model = self.bench.model
         for fid in sorted(pins):
             pin = app.pin(fid)
             value = model.value(app, pin) if pin is not None else None
             if pin is not None and value is not None:
-                self.query_then(pin, 0x80 | pin.fid, value)
+                if self.careful:
+                    self.query_then(pin, 0x80 | pin.fid, value)
+                else:
+                    self.send(verify(value, 0x80 | pin.fid))
                 return
 
     # -- SELECT -------------------------------------------------------------------------
