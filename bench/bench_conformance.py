@@ -2,8 +2,10 @@
 
 1. In process: stateful steps per second of `mynacard conformance --target emulator
    --profile default`, beside a no-op hypothesis RuleBasedStateMachine (three rules that do
-   nothing, one small argument each) run with the same settings in the same process;
-   rounds alternate and the median per-round ratio is printed (target >= 50%).  A step is
+   nothing, one small argument each) run with the same settings in the same process: each
+   round runs it just before and just after the bench and takes the mean of the two as its
+   baseline (a shared host's speed drifts); the median per-round ratio is printed (target
+   >= 50%).  A step is
    one rule of the state machine: one to five APDUs, each checked against the model.  The
    ratio is given by wall time and by CPU time of this process (the machine's part of the
    run, survey excluded, in both): on a machine shared with other work the latter is the
@@ -123,8 +125,10 @@ def in_process(examples: int, rounds: int) -> bool:
     ratios, cpu_ratios, bench_speeds, no_op_speeds = [], [], [], []
     result = None
     for number in range(1, rounds + 1):
+        before = no_op(config)
         result, cpu = machine_cpu_time(config)
-        baseline, baseline_cpu = no_op(config)
+        after = no_op(config)
+        baseline, baseline_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
         bench_speeds.append(result.stats.steps_per_second)
         no_op_speeds.append(baseline)
         ratios.append(result.stats.steps_per_second / baseline)
