@@ -435,23 +435,26 @@ class Bench:
             self.restart()
             return b""
         key = answering or self._answering.get(command, b"")
-        sent = _answer(self.model, command, key)
-        if sent != command or answering:
+        sent = _answer(self.model, command, key) if key else command
+        if key and (sent != command or answering):
             self._answering[sent] = key
         expectation = self.model.expect(sent)
-        second, other_command = b"", _answer(self.secondary_model, command, key)
-        secondary_first = self.secondary is not None and self.primary.guard is None
-        if self.secondary is not None and secondary_first:
-            second = self._send(self.secondary, other_command)
-        response = self._send(self.primary, sent)
-        if self.secondary is not None and not secondary_first:
-            second = self._send(self.secondary, other_command)
-        derived = key if self.model.session.last_challenge is not None else b""
+        secondary, primary = self.secondary, self.primary
+        if secondary is None:
+            response = self._send(primary, sent)
+        else:  # the guarded target first (see above)
+            other_command = _answer(self.secondary_model, command, key) if key else command
+            if primary.guard is None:
+                second = self._send(secondary, other_command)
+            response = self._send(primary, sent)
+            if primary.guard is not None:
+                second = self._send(secondary, other_command)
+        derived = key if key and self.model.session.last_challenge is not None else b""
         exchange = Exchange(
             Action.APDU, sent, expectation.pattern, expectation.note, cmac_key=derived
         )
         self._record(exchange, expectation, response)
-        if self.secondary is not None and self.secondary_model is not None:
+        if secondary is not None and self.secondary_model is not None:
             other = self.secondary_model.expect(other_command)
             self._compare(expectation, response, second)
             if other.effect is not None:
