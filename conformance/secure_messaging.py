@@ -404,6 +404,9 @@ def session_rule(machine: ConformanceMachine, seed: bytes, steps: list[str]) -> 
         elif step == "trailing-byte":  # DO 96 02 0000, then one byte more: not one DO, 6988
             command = client.read_binary()
             machine.send(command[:8] + b"\x02" + command[9:])
+        elif step == "other-tag":  # DO 86 where READ BINARY takes DO 96: the wrong DO, 6988
+            command = client.read_binary()
+            machine.send(command[:7] + b"\x86" + command[8:])
         elif step == "skip-counter":
             client.counter += 1
             machine.send(client.select_ef(0x0001))
@@ -427,6 +430,7 @@ STEPS = (
     "read-long-form",
     "le-high-byte",
     "trailing-byte",
+    "other-tag",
     "skip-counter",
     "mac-class",
     "plain",

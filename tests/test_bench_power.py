@@ -812,6 +812,17 @@ class SmObjectReadPastItsLength(Layer):
         return self.inner.transmit(capdu)
 
 
+class SmLowerTagTaken(Layer):
+    """Under secure messaging, a DO whose tag is below the one the command takes read as
+    that one (`!=` written `>` in the card's one-DO check, a survivor of the mutation run):
+    READ BINARY with DO 86 is read as DO 96."""
+
+    def transmit(self, capdu: bytes) -> bytes:
+        if capdu[:2] == b"\x08\xb0" and len(capdu) > 8 and capdu[7] < 0x96:
+            capdu = capdu[:7] + b"\x96" + capdu[8:]
+        return self.inner.transmit(capdu)
+
+
 def rewritten(rewrite: Callable[[bytes, bytes], bytes], profile: str = "default") -> Opener:
     return lambda state: Rewritten(open_card(profile_of(profile), state), rewrite)  # type: ignore[arg-type]
 
@@ -890,6 +901,11 @@ MUTANTS: dict[str, Mutant] = {
     "sm-object-read-past-its-length": Mutant(
         "default",
         lambda: lambda state: SmObjectReadPastItsLength(open_card(profile_of("default"), state)),
+        "secure messaging",
+    ),
+    "sm-lower-tag-taken": Mutant(
+        "default",
+        lambda: lambda state: SmLowerTagTaken(open_card(profile_of("default"), state)),
         "secure messaging",
     ),
     # the free area
