@@ -68,8 +68,9 @@ INVARIANT_SECTIONS = {
 }
 
 # Every choice of a step from one draw (`Dice`): each draw costs the engine more than most
-# actions' own work.  The low 16 bits name the action (`moves`), the other 112 its choices.
-rolls = st.integers(0, 2**128 - 1)
+# actions' own work.  The low 16 bits name the action (`ConformanceMachine.choose`), the next
+# 112 are its choices, the top 64 start the example at its first step.
+rolls = st.integers(0, 2**192 - 1)
 ROLL_BITS = 112
 
 
@@ -237,14 +238,13 @@ class ConformanceMachine(RuleBasedStateMachine):
         """One action (the "stateful step" the statistics count): the low 16 bits of `roll`
         name it among those that may run now, the rest are its own choices.  The machine's
         only rule, with one draw: hypothesis pays for every rule it considers and for every
-        draw, at every step (docs/benchmarks.md).  An example's first step only starts it
-        (`start`, not counted): an `@initialize` rule would make new strategies for every
-        example, which hypothesis keeps."""
-        if self.started:
-            self.bench.stats.rule_steps += 1
-            self.choose(roll & 0xFFFF).body(self, roll >> 16)
-        else:
-            self.start(roll >> 16)
+        draw, at every step (docs/benchmarks.md).  An example's first step also starts it
+        (`start`, from the roll's top bits): an `@initialize` rule would make new strategies
+        for every example, which hypothesis keeps."""
+        if not self.started:
+            self.start(roll >> 16 + ROLL_BITS)
+        self.bench.stats.rule_steps += 1
+        self.choose(roll & 0xFFFF).body(self, roll >> 16 & (2**ROLL_BITS - 1))
         self.answers_keep_the_invariants()
 
     def choose(self, pick: int) -> Action:
