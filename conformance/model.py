@@ -326,6 +326,7 @@ def _pattern(text: str) -> Pattern:
     return Pattern(text)
 
 
+@functools.lru_cache(maxsize=1024)
 def _status(*sws: int) -> Pattern:
     return _pattern(" | ".join(f"{sw:04X}" for sw in sws))
 
@@ -335,9 +336,12 @@ class _Refused(Exception):
     (the EF it named made current)."""
 
     def __init__(self, *sws: int, effect: Effect | None = None) -> None:
-        super().__init__(" ".join(f"{sw:04X}" for sw in sws))
+        super().__init__(*sws)
         self.sws = sws
         self.effect = effect
+
+    def __str__(self) -> str:
+        return " ".join(f"{sw:04X}" for sw in self.sws)
 
 
 @dataclass
