@@ -9,6 +9,7 @@ is one more `AppSpec` in `CATALOGUE`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -127,15 +128,28 @@ class AppSpec:
         return next((key for key in self.aes_keys if key.number == number), None)
 
     def ef(self, fid: int) -> EfSpec | None:
-        return next((ef for ef in self.efs if ef.fid == fid), None)
+        return self._efs.get(fid)
 
     def pin(self, fid: int) -> PinSpec | None:
-        return next((pin for pin in self.pins if pin.fid == fid), None)
+        return self._pins.get(fid)
 
     def key(self, fid: int) -> KeySpec | None:
-        return next((key for key in self.keys if key.fid == fid), None)
+        return self._keys.get(fid)
 
-    @property
+    # By FID, made once (the model and the bench look them up for every APDU).
+    @functools.cached_property
+    def _efs(self) -> dict[int, EfSpec]:
+        return {ef.fid: ef for ef in reversed(self.efs)}
+
+    @functools.cached_property
+    def _pins(self) -> dict[int, PinSpec]:
+        return {pin.fid: pin for pin in reversed(self.pins)}
+
+    @functools.cached_property
+    def _keys(self) -> dict[int, KeySpec]:
+        return {key.fid: key for key in reversed(self.keys)}
+
+    @functools.cached_property
     def fids(self) -> tuple[int, ...]:
         objects: tuple[EfSpec | PinSpec | KeySpec, ...] = (*self.efs, *self.pins, *self.keys)
         return tuple(o.fid for o in objects)
