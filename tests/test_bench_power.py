@@ -838,6 +838,13 @@ def wrapping(cls: type[Tracking], issue_class: str, profile: str = "default") ->
     return Mutant(profile, lambda: wrapped(cls, profile), issue_class)
 
 
+def layered(layer: type[Layer], issue_class: str, profile: str = "default") -> Mutant:
+    """A mutant that is `layer` over the card of `profile`."""
+    return Mutant(
+        profile, lambda: lambda state: layer(open_card(profile_of(profile), state)), issue_class
+    )
+
+
 MUTANTS: dict[str, Mutant] = {
     # PIN values close to the right one
     "verify-accepts-a-prefix": wrapping(PrefixAccepted, "near miss"),
@@ -848,11 +855,7 @@ MUTANTS: dict[str, Mutant] = {
     # values just outside a PIN's format
     "change-accepts-a-fifth-digit": wrapping(OneDigitMoreAccepted, "format"),
     "change-stores-before-checking": wrapping(StoredBeforeChecked, "format"),
-    "change-at-one-try-left-answers-blocked": Mutant(
-        "default",
-        lambda: lambda state: ChangeAtOneTryLeftBlocked(open_card(profile_of("default"), state)),
-        "format",
-    ),
+    "change-at-one-try-left-answers-blocked": layered(ChangeAtOneTryLeftBlocked, "format"),
     # durability
     "state-lost-on-restart": Mutant("default", lambda: StaleOnReopen("default"), "restart"),
     "free-area-flushed-at-power-off": Mutant(
@@ -869,53 +872,25 @@ MUTANTS: dict[str, Mutant] = {
     "text-ef-0008-zero-filled": wrapping(read_rewriter(TEXT, 0x08, zeros_at(range(16))), "filler"),
     "last-byte-unreadable": Mutant("default", lambda: rewritten(last_byte_unreadable), "boundary"),
     "isd-select-without-fci": Mutant("default", lambda: rewritten(isd_without_fci), "select"),
-    "select-ef-low-p2-accepted": Mutant(
-        "default",
-        lambda: lambda state: SelectEfLowP2(open_card(profile_of("default"), state)),
-        "select",
-    ),
+    "select-ef-low-p2-accepted": layered(SelectEfLowP2, "select"),
     "reserved-class-read-as-first": Mutant(
         "default", lambda: rewritten(reserved_class_as_first), "class"
     ),
-    "card-data-needs-extended-le": Mutant(
-        "default",
-        lambda: lambda state: CardDataNeedsExtendedLe(open_card(profile_of("default"), state)),
-        "select",
-    ),
-    "card-identification-off-by-one": Mutant(
-        "default",
-        lambda: lambda state: CardIdentificationOffByOne(open_card(profile_of("default"), state)),
-        "filler",
-    ),
-    "select-by-path-read-as-by-name": Mutant(
-        "default",
-        lambda: lambda state: SelectByPathAsByName(open_card(profile_of("default"), state)),
-        "select",
-    ),
+    "card-data-needs-extended-le": layered(CardDataNeedsExtendedLe, "select"),
+    "card-identification-off-by-one": layered(CardIdentificationOffByOne, "filler"),
+    "select-by-path-read-as-by-name": layered(SelectByPathAsByName, "select"),
     # signature schemes
     "pss-salt-length-20": wrapping(PssSaltTwenty, "scheme"),
     "card-key-signs-p1-02-as-p1-00": wrapping(CardKeyP1TwoAsZero, "scheme"),
     "raw-digest-info-completed": wrapping(DigestInfoCompleted, "scheme"),
     "pss-signature-kept": wrapping(PssSignatureKept, "scheme"),
     # secure messaging
-    "sm-object-read-past-its-length": Mutant(
-        "default",
-        lambda: lambda state: SmObjectReadPastItsLength(open_card(profile_of("default"), state)),
-        "secure messaging",
-    ),
-    "sm-lower-tag-taken": Mutant(
-        "default",
-        lambda: lambda state: SmLowerTagTaken(open_card(profile_of("default"), state)),
-        "secure messaging",
-    ),
+    "sm-object-read-past-its-length": layered(SmObjectReadPastItsLength, "secure messaging"),
+    "sm-lower-tag-taken": layered(SmLowerTagTaken, "secure messaging"),
     # the free area
     "append-without-key": wrapping(opened_by(0xE2, 1), "free area", "library-card"),
-    "update-record-refuses-short-records": Mutant(
-        "library-card",
-        lambda: (
-            lambda state: UpdateRecordRefusesShort(open_card(profile_of("library-card"), state))
-        ),
-        "free area",
+    "update-record-refuses-short-records": layered(
+        UpdateRecordRefusesShort, "free area", "library-card"
     ),
     "increase-with-the-meter-key": wrapping(
         opened_by(0x32, 2, needs=1), "free area", "taxi-tickets"
