@@ -242,9 +242,9 @@ class ConformanceMachine(RuleBasedStateMachine):
         (`start`, from the roll's top bits): an `@initialize` rule would make new strategies
         for every example, which hypothesis keeps."""
         if not self.started:
-            self.start(roll >> 16 + ROLL_BITS)
+            self.start(roll >> (16 + ROLL_BITS))
         self.bench.stats.rule_steps += 1
-        self.choose(roll & 0xFFFF).body(self, roll >> 16 & (2**ROLL_BITS - 1))
+        self.choose(roll & 0xFFFF).body(self, (roll >> 16) & (2**ROLL_BITS - 1))
         self.answers_keep_the_invariants()
 
     def choose(self, pick: int) -> Action:

@@ -54,6 +54,7 @@ TOKEN_LABEL = b"JPKIAPICCTOKEN2".ljust(32, b" ")  # docs/card-spec.md §3.1: a M
 RSA_BYTES = 256
 PSS_SALT_LENGTH = 32  # docs/card.md (an assumption: no source gives it)
 _PKCS1 = padding.PKCS1v15()
+_NO_DIGEST_INFO = NoDigestInfo()  # the whole block after the padding
 # MF-level GET DATA objects of a few bytes (docs/card-spec.md §2.3): card identification,
 # municipality code, expiry, contact ATR; the others (0042, 0066, 00F7, 00F8, 7F21) are
 # key ids and certificates, of sizes no source gives.
@@ -1273,7 +1274,7 @@ def signature_problem(
         digest = data if scheme == 2 else hashlib.sha256(data).digest()
         payload = SHA256_DIGEST_INFO + digest
     try:  # OpenSSL checks the whole type-1 block (00 01, FF only, 00) and gives what follows
-        if public.recover_data_from_signature(signature, _PKCS1, NoDigestInfo()) == payload:
+        if public.recover_data_from_signature(signature, _PKCS1, _NO_DIGEST_INFO) == payload:
             return None
     except (InvalidSignature, ValueError):
         pass

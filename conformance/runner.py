@@ -312,7 +312,7 @@ class Instruments:
             return section(name)
 
         self._install(bench.stats, "section", noting)
-        for name in ("exchange", "reset", "power_cycle"):
+        for name in ("exchange", "reset", "power_cycle", "restart"):
             self._install(bench, name, self._timed(getattr(bench, name)))
         self._install(bench, "fail", self._witnessed(bench.fail))
 
