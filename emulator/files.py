@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterator
@@ -150,7 +151,7 @@ class SignatureScheme:
 
 
 _PSS_SCHEMES = frozenset((SignatureScheme.DIGEST_PSS, SignatureScheme.HASH_PSS))
-KEPT_SIGNATURES = 256  # per key
+KEPT_SIGNATURES = 1024  # PKCS#1 v1.5 signatures kept, in the process (every key together)
 
 
 @dataclass(slots=True)
@@ -166,41 +167,17 @@ class RsaKey:
     key: RSAPrivateKey
     use: Access
     internal_authenticate: bool = False
-    _signed: dict[tuple[int, bytes], bytes] = field(init=False, repr=False, default_factory=dict)
 
     def sign(self, scheme: int, data: bytes) -> bytes:
         """Sign `data` under the P1 `scheme`; a bad input length raises StatusError(6700).
 
-        PKCS#1 v1.5 signatures depend on the input alone: up to `KEPT_SIGNATURES` are
-        kept, so the same input signed again costs a lookup (PSS ones are always new)."""
+        PKCS#1 v1.5 signatures depend on the key and input alone: the last
+        `KEPT_SIGNATURES` made in the process are kept, so the same input signed again (on
+        this card or another opened with the same key) costs a lookup. PSS ones are always
+        new."""
         if scheme in _PSS_SCHEMES:
-            return self._sign(scheme, data)
-        signed = self._signed.get((scheme, data))
-        if signed is None:
-            signed = self._sign(scheme, data)
-            if len(self._signed) >= KEPT_SIGNATURES:
-                self._signed.clear()
-            self._signed[(scheme, data)] = signed
-        return signed
-
-    def _sign(self, scheme: int, data: bytes) -> bytes:
-        if scheme == SignatureScheme.RAW_PKCS1:
-            return self._raw_pkcs1(data)
-        if not data:
-            raise StatusError(SW.WRONG_LENGTH)
-        if scheme == SignatureScheme.HASH_BARE_PKCS1:
-            return self._raw_pkcs1(hashlib.sha256(data).digest())
-        if scheme == SignatureScheme.HASH_PKCS1:
-            return self.key.sign(data, _PKCS1, _SHA256)
-        if scheme == SignatureScheme.HASH_PSS:
-            return self.key.sign(data, _PSS, _SHA256)
-        if len(data) != 32:
-            raise StatusError(SW.WRONG_LENGTH)
-        if scheme == SignatureScheme.DIGEST_PKCS1:
-            return self.key.sign(data, _PKCS1, _PREHASHED_SHA256)
-        if scheme == SignatureScheme.DIGEST_PSS:
-            return self.key.sign(data, _PSS, _PREHASHED_SHA256)
-        raise StatusError(SW.INCORRECT_P1_P2)
+            return _signature(self.key, scheme, data)
+        return _kept_signature(self.key, scheme, data)
 
     def authenticate(self, challenge: bytes) -> bytes:
         """INTERNAL AUTHENTICATE: sign the SHA-256 DigestInfo of a 1-255 byte challenge."""
@@ -208,12 +185,36 @@ class RsaKey:
             raise StatusError(SW.WRONG_LENGTH)
         return self.sign(SignatureScheme.HASH_PKCS1, challenge)
 
-    def _raw_pkcs1(self, data: bytes) -> bytes:
-        """PKCS#1 v1.5 type-1 padding of `data` exactly as given (no DigestInfo added), then
-        the private operation; 1 to k - 11 bytes (6700 otherwise)."""
-        if not 1 <= len(data) <= self.key.key_size // 8 - 11:
-            raise StatusError(SW.WRONG_LENGTH)
-        return self.key.sign(data, _PKCS1, _NO_DIGEST_INFO)
+
+def _signature(key: RSAPrivateKey, scheme: int, data: bytes) -> bytes:
+    if scheme == SignatureScheme.RAW_PKCS1:
+        return _raw_pkcs1(key, data)
+    if not data:
+        raise StatusError(SW.WRONG_LENGTH)
+    if scheme == SignatureScheme.HASH_BARE_PKCS1:
+        return _raw_pkcs1(key, hashlib.sha256(data).digest())
+    if scheme == SignatureScheme.HASH_PKCS1:
+        return key.sign(data, _PKCS1, _SHA256)
+    if scheme == SignatureScheme.HASH_PSS:
+        return key.sign(data, _PSS, _SHA256)
+    if len(data) != 32:
+        raise StatusError(SW.WRONG_LENGTH)
+    if scheme == SignatureScheme.DIGEST_PKCS1:
+        return key.sign(data, _PKCS1, _PREHASHED_SHA256)
+    if scheme == SignatureScheme.DIGEST_PSS:
+        return key.sign(data, _PSS, _PREHASHED_SHA256)
+    raise StatusError(SW.INCORRECT_P1_P2)
+
+
+_kept_signature = functools.lru_cache(maxsize=KEPT_SIGNATURES)(_signature)
+
+
+def _raw_pkcs1(key: RSAPrivateKey, data: bytes) -> bytes:
+    """PKCS#1 v1.5 type-1 padding of `data` exactly as given (no DigestInfo added), then the
+    private operation; 1 to k - 11 bytes (6700 otherwise)."""
+    if not 1 <= len(data) <= key.key_size // 8 - 11:
+        raise StatusError(SW.WRONG_LENGTH)
+    return key.sign(data, _PKCS1, _NO_DIGEST_INFO)
 
 
 @dataclass(frozen=True, slots=True)
