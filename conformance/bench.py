@@ -354,6 +354,7 @@ class Bench:
         self._answering: dict[bytes, bytes] = {}  # EXTERNAL AUTHENTICATE sent -> its AES key
         self._restarted = False  # in this example
         self._kept_at_power_on: object = ()  # what the card kept when it was last powered on
+        self._counters_at_power_on: dict[ObjectKey, int] = {}
 
     @property
     def links(self) -> Iterator[Link]:
@@ -388,6 +389,7 @@ class Bench:
         self._restarted = False
         self.model = CardModel(self.primary.facts, fresh=self.primary.disposable)
         self._kept_at_power_on = self.model.initially_kept
+        self._counters_at_power_on = dict(self.model.counters)
         if self.secondary is not None:
             self.secondary_model = CardModel(self.secondary.facts, fresh=self.secondary.disposable)
         if not self.disposable:
@@ -521,6 +523,7 @@ class Bench:
         self._record(Exchange(action, b"", expectation.pattern), expectation, answers[0])
         if action is not Action.RESET:
             self._kept_at_power_on = self.model.kept()
+            self._counters_at_power_on = dict(self.model.counters)
         if expectation.effect is not None:
             expectation.effect(answers[0])
         if self.secondary_model is not None:
@@ -555,6 +558,11 @@ class Bench:
         """Whether what the card must keep (counters, PINs, free-area EFs) changed since it
         was last powered on: what a restart now must not lose."""
         return self.model.kept() != self._kept_at_power_on
+
+    def moved_counters(self) -> set[ObjectKey]:
+        """The counters the model saw move since the card was last powered on."""
+        now, before = self.model.counters, self._counters_at_power_on
+        return {key for key in now.keys() | before.keys() if now.get(key) != before.get(key)}
 
     def restart(self) -> None:
         """Every target closed and opened again from its state (`restartable` ones)."""

@@ -31,7 +31,7 @@ from .adversarial import (
 )
 from .apdu import INS, SW, Apdu, change_command, select_aid, select_ef, sw_of, verify
 from .bench import ODD_CLASSES, SWEEP_EVENTS, Bench, read_back_commands
-from .model import SHA256_DIGEST_INFO, cmac
+from .model import SHA256_DIGEST_INFO, ObjectKey, cmac
 from .secure_messaging import STEPS as SM_STEPS
 from .spec import (
     CATALOGUE,
@@ -948,19 +948,21 @@ class ConformanceMachine(RuleBasedStateMachine):
     @action(when=lambda self: self.bench.restartable)
     def power_loss(self, roll: int) -> None:
         """A power loss or a process restart between two commands (disposable targets with
-        `restart`): the card is closed and opened again from its state directory and every
-        counter is read back at once. When nothing it must keep has changed since it was
-        powered on, a wrong VERIFY first gives it something to lose (the right one puts the
-        counter back after). A power cycle instead once the example or the run has had its
-        restarts; the same commands around it either way, so what rules may run next does
-        not depend on that (hypothesis replays examples); the roll picks the PIN."""
+        `restart`): the card is closed and opened again from its state directory and the
+        counters it could lose are read back at once (`look_back`). When nothing it must
+        keep has changed since it was powered on, a wrong VERIFY first gives it something to
+        lose (the right one puts the counter back after). A power cycle instead once the
+        example or the run has had its restarts; the same commands around it either way, so
+        what rules may run next does not depend on that (hypothesis replays examples); the
+        roll picks the PIN."""
         bench = self.bench
         spent = None if bench.kept_changed else self.spend_a_try(roll)
+        moved = bench.moved_counters()
         if bench.may_restart:
             bench.restart()
         else:
             bench.power_cycle()
-        self.look_back()
+        self.look_back(moved, roll)
         if spent is not None:
             app, pin, value = spent
             self.send(select_aid(app.aid))
@@ -978,12 +980,32 @@ class ConformanceMachine(RuleBasedStateMachine):
         self.send(verify(near_misses(value)["change"][0], 0x80 | pin.fid))
         return app, pin, value
 
-    def look_back(self) -> None:
-        """Read every PIN counter of every application (the retry query costs nothing)."""
+    def look_back(self, moved: set[ObjectKey], roll: int) -> None:
+        """Read back (with the retry query, which costs nothing) each PIN counter a power
+        loss could betray: those in `moved` (since the last power-on), those not at their
+        start or not known, and one that `roll` picks (a loss that touches a counter nothing
+        moved)."""
         model = self.bench.model
+        start = model.facts.initial_counters
+        every = [(app, pin) for app in model.present_apps() for pin in model.pins_in(app)]
+        if not every:
+            return
+        extra = every[self.dice(roll).below(len(every))]
         for app in model.present_apps():
-            self.send(select_aid(app.aid))
-            for _app, pin in model.pins():
+            wanted = [
+                pin
+                for a, pin in every
+                if a is app
+                and (
+                    (a, pin) == extra
+                    or (app.aid, pin.fid) in moved
+                    or model.remaining(app, pin) is None
+                    or model.remaining(app, pin) != start.get((app.aid, pin.fid))
+                )
+            ]
+            if wanted:
+                self.send(select_aid(app.aid))
+            for pin in wanted:
                 self.send(verify(b"", 0x80 | pin.fid))
 
     @action(when=lambda self: not self.careful and self.bench.extended_ok)

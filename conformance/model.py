@@ -426,9 +426,11 @@ class CardModel:
     def pins(self) -> list[tuple[AppSpec, PinSpec]]:
         """PINs of the selected application that exist on this card."""
         app = self.session.app
-        if app is None:
-            return []
-        return [(app, pin) for pin in app.pins if self.facts.present(app, pin.fid) is True]
+        return [] if app is None else [(app, pin) for pin in self.pins_in(app)]
+
+    def pins_in(self, app: AppSpec) -> list[PinSpec]:
+        """PINs of `app` that exist on this card."""
+        return [pin for pin in app.pins if self.facts.present(app, pin.fid) is True]
 
     def keys(self) -> list[tuple[AppSpec, KeySpec]]:
         app = self.session.app
