@@ -1013,7 +1013,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         """docs/secure-messaging.md: open, use, break and reopen a session, byte for byte
         (a session key seed and up to 8 steps)."""
         dice = self.dice(roll)
-        seed, steps = dice.blob(32), [dice.of(SM_STEPS) for _ in range(dice.below(9))]
+        seed, steps = dice.blob(32, 16), [dice.of(SM_STEPS) for _ in range(dice.below(9))]
         secure_messaging.session_rule(self, seed, steps)
 
     # -- what no client sends (only where nothing real can be harmed) --------------------

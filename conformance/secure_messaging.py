@@ -8,6 +8,7 @@ AES-ECB of the counter), so the reference predicts every byte of a wrapped answe
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -131,7 +132,8 @@ class SmClient:
     def open(self) -> bytes:
         """SET SESSION KEY (extended Lc, no Le); the counter starts again at 1."""
         self.counter = 1
-        cryptogram = self.public_key.encrypt(SEED_HEADER + self.seed, _OAEP)
+        numbers = self.public_key.public_numbers()
+        cryptogram = _sealed(numbers.n, numbers.e, SEED_HEADER + self.seed)
         return SET_SESSION_KEY + b"\x00" + len(cryptogram).to_bytes(2, "big") + cryptogram
 
     def _next(self) -> int:
@@ -172,6 +174,15 @@ class SmClient:
         if start + length != len(body) or value[:1] != b"\x01":
             raise ValueError("DO 86 malformed")
         return decrypt(self.key, self.last, value[1:])
+
+
+@functools.lru_cache(maxsize=256)
+def _sealed(modulus: int, exponent: int, plain: bytes) -> bytes:
+    """RSA-OAEP of `plain`, made once per key and plaintext: OAEP's random seed changes
+    nothing the card must answer, and a cryptogram sent again (as by a client that replays
+    its SET SESSION KEY) lets the card skip the private operation."""
+    public_key = rsa.RSAPublicNumbers(exponent, modulus).public_key()
+    return public_key.encrypt(plain, _OAEP)
 
 
 def describe(client: SmClient, command: bytes, response: bytes) -> str | None:
