@@ -65,8 +65,9 @@ def _length(data: bytes, position: int) -> tuple[int, int]:
     return int.from_bytes(data[position + 1 : position + 1 + size], "big"), position + 1 + size
 
 
+@functools.lru_cache(maxsize=256)
 def iv(key: bytes, counter: int) -> bytes:
-    """IV(N) = AES-128-ECB_K(N as 16 big-endian bytes)."""
+    """IV(N) = AES-128-ECB_K(N as 16 big-endian bytes), kept for the last few keys and N."""
     encryptor = Cipher(AES(key), ECB()).encryptor()
     return encryptor.update(counter.to_bytes(BLOCK, "big")) + encryptor.finalize()
 

@@ -174,7 +174,9 @@ def _length(value: bytes) -> int | None:
     return int.from_bytes(value, "big") or 65536
 
 
+@functools.lru_cache(maxsize=256)
 def _cipher_iv(key: bytes, counter: int) -> bytes:
+    """IV(N) = AES-ECB_K(N as 16 bytes); kept for the last few keys and counters."""
     encryptor = Cipher(AES(key), ECB()).encryptor()
     return encryptor.update(counter.to_bytes(BLOCK, "big")) + encryptor.finalize()
 
