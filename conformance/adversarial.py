@@ -200,14 +200,16 @@ DIGEST_INFO_WITHOUT_NULL = {
 MESSAGE = b"mynacard conformance"
 MESSAGE_HASH = hashlib.sha256(MESSAGE).digest()
 # An input made for each P1 (docs/card-spec.md §8): P1 00 pads it as sent (DigestInfos with
-# and without NULL parameters, the shortest and longest inputs), 01/03/05 hash a message,
-# 02/04 take a 32-byte hash. The survey signs each with each signing key once.
+# and without NULL parameters, the shortest and longest inputs, and one byte too long: 6700),
+# 01/03/05 hash a message, 02/04 take a 32-byte hash. The survey signs each with each signing
+# key once.
 SCHEME_CASES: tuple[tuple[int, bytes], ...] = (
     (0x00, SHA256_DIGEST_INFO + MESSAGE_HASH),
     (0x00, DIGEST_INFO_WITHOUT_NULL["sha256"] + MESSAGE_HASH),
     (0x00, DIGEST_INFO_WITHOUT_NULL["sha1"] + hashlib.sha1(MESSAGE).digest()),
     (0x00, b"\x01"),
     (0x00, b"\x5a" * 245),
+    (0x00, b"\x5a" * 246),
     (0x01, MESSAGE),
     (0x01, b"\x00" * 255),
     (0x02, MESSAGE_HASH),

@@ -370,12 +370,18 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     @action()
     def select_file(self, roll: int) -> None:
-        """SELECT EF: mostly an object of the selected application, sometimes any FID."""
+        """SELECT EF: mostly an object of the selected application, sometimes any FID; now
+        and then the FID one byte short or long (6700)."""
         dice = self.dice(roll)
         app, index, fid = self.bench.model.app, dice.below(3), any_fid(dice)
+        size = dice.of((2, 2, 2, 2, 2, 2, 1, 3))
         if index and app is not None:
             fid = app.fids[dice.below(16) % len(app.fids)]
-        self.send(select_ef(fid))
+        if size == 2:
+            self.send(select_ef(fid))
+        else:
+            name = (fid.to_bytes(2, "big") + b"\x00")[:size]
+            self.send(Apdu(0x00, INS.SELECT, 0x02, 0x0C, name).encode())
 
     # -- READ BINARY / READ RECORD ------------------------------------------------------
 

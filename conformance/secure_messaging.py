@@ -416,6 +416,9 @@ def session_rule(machine: ConformanceMachine, seed: bytes, steps: list[str]) -> 
         elif step == "trailing-byte":  # DO 96 02 0000, then one byte more: not one DO, 6988
             command = client.read_binary()
             machine.send(command[:8] + b"\x02" + command[9:])
+        elif step == "le-four-bytes":  # DO 96 04 00000000: an Le of 4 bytes, 6988
+            command = client.read_binary()
+            machine.send(command[:5] + b"\x00\x06\x96\x04\x00" + command[9:])
         elif step == "other-tag":  # DO 86 where READ BINARY takes DO 96: the wrong DO, 6988
             command = client.read_binary()
             machine.send(command[:7] + b"\x86" + command[8:])
@@ -442,6 +445,7 @@ STEPS = (
     "read-long-form",
     "le-high-byte",
     "trailing-byte",
+    "le-four-bytes",
     "other-tag",
     "skip-counter",
     "mac-class",

@@ -823,6 +823,36 @@ class SmLowerTagTaken(Layer):
         return self.inner.transmit(capdu)
 
 
+class SmLeOfFourBytesTaken(Layer):
+    """Under secure messaging, READ BINARY's DO 96 with a 4-byte Le read as its last three
+    bytes (`<= 3` written `<= 4` in the card's Le check, a survivor of the mutation run)."""
+
+    def transmit(self, capdu: bytes) -> bytes:
+        if capdu[:2] == b"\x08\xb0" and capdu[4:9] == b"\x00\x00\x06\x96\x04":
+            capdu = capdu[:5] + b"\x00\x05\x96\x03" + capdu[10:]
+        return self.inner.transmit(capdu)
+
+
+class SelectEfLongFidTaken(Layer):
+    """SELECT by FID with three bytes of data selects by the first two (`!= 2` written `< 2`
+    in the card's length check, a survivor of the mutation run)."""
+
+    def transmit(self, capdu: bytes) -> bytes:
+        if capdu[:5] == b"\x00\xa4\x02\x0c\x03":
+            capdu = b"\x00\xa4\x02\x0c\x02" + capdu[5:7]
+        return self.inner.transmit(capdu)
+
+
+class RawInputOneTooLongFails(Layer):
+    """P1 00 with 246 bytes (one more than RSA-2048 pads) fails inside the card: 6F00, not
+    6700 (`// 8` written `** 8` in the card's length check, a survivor of the mutation run)."""
+
+    def transmit(self, capdu: bytes) -> bytes:
+        if capdu[:3] == b"\x80\x2a\x00" and capdu[4:5] == b"\xf6" and len(capdu) >= 251:
+            return b"\x6f\x00"
+        return self.inner.transmit(capdu)
+
+
 def rewritten(rewrite: Callable[[bytes, bytes], bytes], profile: str = "default") -> Opener:
     return lambda state: Rewritten(open_card(profile_of(profile), state), rewrite)  # type: ignore[arg-type]
 
@@ -879,14 +909,17 @@ MUTANTS: dict[str, Mutant] = {
     "card-data-needs-extended-le": layered(CardDataNeedsExtendedLe, "select"),
     "card-identification-off-by-one": layered(CardIdentificationOffByOne, "filler"),
     "select-by-path-read-as-by-name": layered(SelectByPathAsByName, "select"),
+    "select-ef-long-fid-taken": layered(SelectEfLongFidTaken, "select"),
     # signature schemes
     "pss-salt-length-20": wrapping(PssSaltTwenty, "scheme"),
     "card-key-signs-p1-02-as-p1-00": wrapping(CardKeyP1TwoAsZero, "scheme"),
     "raw-digest-info-completed": wrapping(DigestInfoCompleted, "scheme"),
     "pss-signature-kept": wrapping(PssSignatureKept, "scheme"),
+    "raw-input-one-too-long-fails": layered(RawInputOneTooLongFails, "scheme"),
     # secure messaging
     "sm-object-read-past-its-length": layered(SmObjectReadPastItsLength, "secure messaging"),
     "sm-lower-tag-taken": layered(SmLowerTagTaken, "secure messaging"),
+    "sm-le-of-four-bytes-taken": layered(SmLeOfFourBytesTaken, "secure messaging"),
     # the free area
     "append-without-key": wrapping(opened_by(0xE2, 1), "free area", "library-card"),
     "update-record-refuses-short-records": layered(
