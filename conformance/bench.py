@@ -271,11 +271,18 @@ class Link:
         return restart_of(self.target) if self.disposable else None
 
 
-def restore_initial_state(link: Link, model: CardModel) -> bool:
+# Instructions that change a PIN's value on some card: CHANGE REFERENCE DATA, CHANGE KEY
+# (CLA 80; INCREASE under CLA 00), RESET RETRY COUNTER.
+VALUE_CHANGING_INS = frozenset({INS.CHANGE_REFERENCE_DATA, INS.CHANGE_KEY, 0x2C})
+
+
+def restore_initial_state(link: Link, model: CardModel, at_risk: set[bytes | None]) -> bool:
     """Put a disposable card back in its initial state with APDUs, where that is possible
     (reopening a card costs far more than a VERIFY): counters that are down but not
     blocked go back up with the correct PIN, changed PINs are changed back.  The counters
-    are then read back; any surprise returns False and the target is reopened instead.
+    are then read back, and the values of the PINs of the applications in `at_risk` (those
+    a `VALUE_CHANGING_INS` was sent to; None: with none selected) are checked; any surprise
+    returns False and the target is reopened instead.
     """
     if model.irreversible:  # free-area writes, key counters
         return False
@@ -312,16 +319,18 @@ def restore_initial_state(link: Link, model: CardModel) -> bool:
     for app in model.present_apps():
         if sw_of(port.transmit(select_aid(app.aid))) != SW.OK:
             return False
+        risky = app.aid in at_risk or None in at_risk
         for pin in app.pins:
             start = initial.get((app.aid, pin.fid))
             if start is not None and facts.present(app, pin.fid) is True:
                 by_sfi = 0x80 | pin.fid  # the PIN's own reference: no SELECT EF needed
                 if sw_of(port.transmit(verify(b"", by_sfi))) != 0x63C0 | start:
                     return False
-                # A full counter is checked with the PIN itself: a card that changed it
-                # behind the model's back (a planted bug) is reopened, not reused.
+                # A full counter of a PIN that may have changed is checked with the PIN
+                # itself: a card that changed it behind the model's back (a planted bug) is
+                # reopened, not reused.
                 value = facts.pin_values.get((app.aid, pin.fid))
-                full = value is not None and start == pin.max_tries
+                full = risky and value is not None and start == pin.max_tries
                 if full and sw_of(port.transmit(verify(value or b"", by_sfi))) != SW.OK:
                     return False
     port.power_cycle()
@@ -355,6 +364,7 @@ class Bench:
         self._restarted = False  # in this example
         self._kept_at_power_on: object = ()  # what the card kept when it was last powered on
         self._counters_at_power_on: dict[ObjectKey, int] = {}
+        self._values_at_risk: set[bytes | None] = set()  # see restore_initial_state
 
     @property
     def links(self) -> Iterator[Link]:
@@ -383,8 +393,12 @@ class Bench:
         models = [self.model, self.secondary_model]
         for link, model in zip(self.links, models, strict=False):
             restorable = link.disposable and model is not None and not self._dirty
-            if not (restorable and model is not None and restore_initial_state(link, model)):
+            at_risk = self._values_at_risk
+            if not (
+                restorable and model is not None and restore_initial_state(link, model, at_risk)
+            ):
                 link.port.fresh()
+        self._values_at_risk = set()
         self._dirty = False
         self._restarted = False
         self.model = CardModel(self.primary.facts, fresh=self.primary.disposable)
@@ -440,6 +454,8 @@ class Bench:
         sent = _answer(self.model, command, key) if key else command
         if key and (sent != command or answering):
             self._answering[sent] = key
+        if len(sent) > 1 and sent[1] in VALUE_CHANGING_INS:
+            self._values_at_risk.add(self.model.app.aid if self.model.app else None)
         expectation = self.model.expect(sent)
         secondary, primary = self.secondary, self.primary
         if secondary is None:
