@@ -625,21 +625,25 @@ class Bench:
     def known_pins(self, spare: int) -> list[tuple[AppSpec, PinSpec, bytes]]:
         """The card's PINs, in every application, whose value the run knows and that have
         `spare` tries left (or an unknown count)."""
+        apps = self.model.present_apps()
+        return [(app, pin, value) for app in apps for pin, value in self.known_in(app, spare)]
+
+    def known_in(self, app: AppSpec, spare: int) -> list[tuple[PinSpec, bytes]]:
+        """`known_pins` of one application."""
         model = self.model
         found = []
-        for app in model.present_apps():
-            for pin in app.pins:
-                value, remaining = model.value(app, pin), model.remaining(app, pin)
-                if value is None or model.facts.present(app, pin.fid) is not True:
-                    continue
-                if remaining is None or remaining >= spare:
-                    found.append((app, pin, value))
+        for pin in app.pins:
+            value, remaining = model.value(app, pin), model.remaining(app, pin)
+            if value is None or model.facts.present(app, pin.fid) is not True:
+                continue
+            if remaining is None or remaining >= spare:
+                found.append((pin, value))
         return found
 
     def credentials(self, app: AppSpec) -> list[Credential]:
         """What the run can open `app` with: the PINs it knows that are not blocked, and on
         a disposable card the free area's AES keys that are not blocked."""
-        found = [Credential(pin, value) for a, pin, value in self.known_pins(1) if a is app]
+        found = [Credential(pin, value) for pin, value in self.known_in(app, 1)]
         if self.disposable:
             for key in app.aes_keys:
                 if self.model.counters.get((app.aid, key_credential(key.number))) != 0:

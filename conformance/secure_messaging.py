@@ -41,8 +41,10 @@ MAC_CLASS = b"\x69\x87"  # 6987: CLA 0C in a session
 _OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
 
+@functools.lru_cache(maxsize=16)
 def session_public_key(ef_0006: bytes) -> rsa.RSAPublicKey:
-    """The RSA key of text EF 0006: A1 { 90 exponent, 91 modulus } (BER, any order)."""
+    """The RSA key of text EF 0006: A1 { 90 exponent, 91 modulus } (BER, any order); made
+    once for the same EF content."""
     if not ef_0006 or ef_0006[0] != 0xA1:
         raise ValueError("EF 0006 does not start with A1")
     length, start = _length(ef_0006, 1)
