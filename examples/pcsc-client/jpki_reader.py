@@ -3,6 +3,8 @@ authentication certificate of the card in a reader with pyscard."""
 
 from __future__ import annotations
 
+import contextlib
+
 from smartcard.Exceptions import CardConnectionException, NoCardException
 from smartcard.System import readers
 
@@ -42,7 +44,5 @@ def read_auth_certificate(reader_name: str) -> bytes:
     except (CardConnectionException, NoCardException) as error:
         raise CardRemovedError(f"the card left {reader_name!r}: {error}") from error
     finally:
-        try:
+        with contextlib.suppress(CardConnectionException):
             connection.disconnect()
-        except CardConnectionException:
-            pass
