@@ -540,6 +540,7 @@ class Bench:
         if action is not Action.RESET:
             self._kept_at_power_on = self.model.kept()
             self._counters_at_power_on = dict(self.model.counters)
+            self.model.tried.clear()
         if expectation.effect is not None:
             expectation.effect(answers[0])
         if self.secondary_model is not None:
@@ -576,9 +577,12 @@ class Bench:
         return self.model.kept() != self._kept_at_power_on
 
     def moved_counters(self) -> set[ObjectKey]:
-        """The counters the model saw move since the card was last powered on."""
+        """The counters the model saw move since the card was last powered on, and the PINs
+        tried since then (the card wrote their counters: a wrong try put right by the
+        right value moved nothing, but wrote twice)."""
         now, before = self.model.counters, self._counters_at_power_on
-        return {key for key in now.keys() | before.keys() if now.get(key) != before.get(key)}
+        moved = {key for key in now.keys() | before.keys() if now.get(key) != before.get(key)}
+        return moved | self.model.tried
 
     def restart(self) -> None:
         """Every target closed and opened again from its state (`restartable` ones)."""

@@ -370,14 +370,15 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     @action()
     def select_file(self, roll: int) -> None:
-        """SELECT EF: mostly an object of the selected application, sometimes any FID; now
-        and then the FID one byte short or long (6700)."""
+        """SELECT EF: mostly an object of the selected application, sometimes any FID; on a
+        disposable card now and then the FID one byte short or long (6700: what a real card
+        answers is not measured)."""
         dice = self.dice(roll)
         app, index, fid = self.bench.model.app, dice.below(3), any_fid(dice)
         size = dice.of((2, 2, 2, 2, 2, 2, 1, 3))
         if index and app is not None:
             fid = app.fids[dice.below(16) % len(app.fids)]
-        if size == 2:
+        if size == 2 or self.careful:
             self.send(select_ef(fid))
         else:
             name = (fid.to_bytes(2, "big") + b"\x00")[:size]
@@ -988,9 +989,9 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     def look_back(self, moved: set[ObjectKey], roll: int) -> None:
         """Read back (with the retry query, which costs nothing) each PIN counter a power
-        loss could betray: those in `moved` (since the last power-on), those not at their
-        start or not known, and one that `roll` picks (a loss that touches a counter nothing
-        moved)."""
+        loss could betray: those in `moved` (`Bench.moved_counters`), those not at their
+        start, not starting full or not known, and one that `roll` picks (a loss that
+        touches a counter nothing moved)."""
         model = self.bench.model
         start = model.facts.initial_counters
         every = [(app, pin) for app in model.present_apps() for pin in model.pins_in(app)]
@@ -1007,6 +1008,7 @@ class ConformanceMachine(RuleBasedStateMachine):
                     or (app.aid, pin.fid) in moved
                     or model.remaining(app, pin) is None
                     or model.remaining(app, pin) != start.get((app.aid, pin.fid))
+                    or start.get((app.aid, pin.fid)) != pin.max_tries
                 )
             ]
             if wanted:

@@ -396,6 +396,9 @@ class CardModel:
         self.record_lists: dict[ObjectKey, list[bytes]] = {}
         self.irreversible = False  # a change APDUs cannot undo (a write, a key counter)
         self.pss_signatures: set[bytes] = set()  # each must be new
+        # PINs a VERIFY with a value went to (the card wrote their counters); the bench
+        # empties it at every power-on.
+        self.tried: set[ObjectKey] = set()
         self.initially_kept = self.kept()
 
     def kept(self) -> tuple[object, ...]:
@@ -994,6 +997,7 @@ class CardModel:
             return Expectation(pattern, SECTION_PINS, learn_count)
         if remaining == 0:
             raise _Refused(quirks.blocked_sw)
+        self.tried.add(key)
         value = self.values.get(key)
         if value is None:
 
