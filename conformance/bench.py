@@ -362,8 +362,7 @@ class Bench:
         self.restarts = 0
         self._answering: dict[bytes, bytes] = {}  # EXTERNAL AUTHENTICATE sent -> its AES key
         self._restarted = False  # in this example
-        self._kept_at_power_on: object = ()  # what the card kept when it was last powered on
-        self._counters_at_power_on: dict[ObjectKey, int] = {}
+        self._kept_at_power_on = self.model.initially_kept  # when it was last powered on
         self._values_at_risk: set[bytes | None] = set()  # see restore_initial_state
 
     @property
@@ -403,7 +402,6 @@ class Bench:
         self._restarted = False
         self.model = CardModel(self.primary.facts, fresh=self.primary.disposable)
         self._kept_at_power_on = self.model.initially_kept
-        self._counters_at_power_on = dict(self.model.counters)
         if self.secondary is not None:
             self.secondary_model = CardModel(self.secondary.facts, fresh=self.secondary.disposable)
         if not self.disposable:
@@ -539,7 +537,6 @@ class Bench:
         self._record(Exchange(action, b"", expectation.pattern), expectation, answers[0])
         if action is not Action.RESET:
             self._kept_at_power_on = self.model.kept()
-            self._counters_at_power_on = dict(self.model.counters)
             self.model.tried.clear()
         if expectation.effect is not None:
             expectation.effect(answers[0])
@@ -580,7 +577,7 @@ class Bench:
         """The counters the model saw move since the card was last powered on, and the PINs
         tried since then (the card wrote their counters: a wrong try put right by the
         right value moved nothing, but wrote twice)."""
-        now, before = self.model.counters, self._counters_at_power_on
+        now, before = self.model.counters, dict(self._kept_at_power_on.counters)
         moved = {key for key in now.keys() | before.keys() if now.get(key) != before.get(key)}
         return moved | self.model.tried
 

@@ -994,22 +994,19 @@ class ConformanceMachine(RuleBasedStateMachine):
         touches a counter nothing moved)."""
         model = self.bench.model
         start = model.facts.initial_counters
+
+        def may_betray(app: AppSpec, pin: PinSpec) -> bool:
+            key = (app.aid, pin.fid)
+            now, first = model.counters.get(key), start.get(key)
+            return key in moved or now is None or now != first or first != pin.max_tries
+
         every = [(app, pin) for app in model.present_apps() for pin in model.pins_in(app)]
         if not every:
             return
         extra = every[self.dice(roll).below(len(every))]
         for app in model.present_apps():
             wanted = [
-                pin
-                for a, pin in every
-                if a is app
-                and (
-                    (a, pin) == extra
-                    or (app.aid, pin.fid) in moved
-                    or model.remaining(app, pin) is None
-                    or model.remaining(app, pin) != start.get((app.aid, pin.fid))
-                    or start.get((app.aid, pin.fid)) != pin.max_tries
-                )
+                pin for a, pin in every if a is app and ((a, pin) == extra or may_betray(a, pin))
             ]
             if wanted:
                 self.send(select_aid(app.aid))

@@ -15,7 +15,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -381,6 +381,15 @@ class Session:
     secure: SmState | None = None  # an open secure-messaging session (secure_messaging.py)
 
 
+class Kept(NamedTuple):
+    """What a card must keep across a power loss (`CardModel.kept`), each part sorted."""
+
+    counters: tuple[tuple[ObjectKey, int], ...]
+    values: tuple[tuple[ObjectKey, bytes], ...]
+    written: tuple[tuple[ObjectKey, bytes], ...]
+    records: tuple[tuple[ObjectKey, tuple[bytes, ...]], ...]
+
+
 class CardModel:
     """One run of commands against a card described by `facts`."""
 
@@ -401,7 +410,7 @@ class CardModel:
         self.tried: set[ObjectKey] = set()
         self.initially_kept = self.kept()
 
-    def kept(self) -> tuple[object, ...]:
+    def kept(self) -> Kept:
         """What the card must keep across a power loss, as the model knows it now."""
         facts = self.facts
         records = [
@@ -410,7 +419,7 @@ class CardModel:
             if len(found) + 1 != facts.record_ends.get(key, 1)
             or any(facts.records.get((*key, n)) != r for n, r in enumerate(found, 1))
         ]
-        return (
+        return Kept(
             tuple(sorted(self.counters.items())),
             tuple(sorted(self.values.items())),
             tuple(sorted((key, bytes(data)) for key, data in self.written.items())),
